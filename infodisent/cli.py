@@ -1,0 +1,142 @@
+"""The ``infodisent`` command: ``demo``, ``train``, ``evaluate``.
+
+argparse lives here only; each subcommand turns its arguments into the
+library's dataclasses and calls one function of :mod:`infodisent.runs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from typing import Sequence
+
+from .backbone import DEFAULT_BACKBONE, BackboneError
+from .datasets import DATASETS, DatasetLayoutError, ImageReadError
+from .model import RunMismatchError
+from .runs import HeadOptions, RunConfig, RunExistsError, demo_config, evaluate_run, summary_table, train_run
+from .training import FitConfig
+
+USER_ERRORS = (BackboneError, DatasetLayoutError, ImageReadError, RunMismatchError, RunExistsError, FileNotFoundError, ValueError)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--cache-dir", default=None, help="feature cache root (default $INFODISENT_CACHE or ~/.cache/infodisent/features)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
+    f = defaults.fit
+    p.add_argument("--epochs", type=int, default=f.epochs)
+    p.add_argument("--lr", type=float, default=f.lr, help="learning rate of W (and bias)")
+    p.add_argument("--rotation-lr", type=float, default=f.rotation_lr, help="learning rate of U's parameters")
+    p.add_argument("--weight-decay", type=float, default=f.weight_decay)
+    p.add_argument("--seed", type=int, default=f.seed)
+    p.add_argument("--views", type=int, default=defaults.views, help="cached views per training image (>1 adds augmented views)")
+    p.add_argument("--orthogonal-map", choices=["cayley", "householder", "matrix_exp"], default=defaults.head.orthogonal_map)
+    p.add_argument("--relaxation", choices=["none", "gumbel"], default=defaults.head.relaxation,
+                   help="Gumbel-softmax relaxation of the max during training (evaluation always uses the exact max)")
+    p.add_argument("--bias", action="store_true", help="add a per-class bias to the classifier")
+    p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
+    p.add_argument("--no-cache", action="store_true", help="stream images through the backbone every epoch")
+    p.add_argument("--out", default=defaults.out, help="run directory")
+
+
+def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
+    fit = replace(base.fit, epochs=a.epochs, lr=a.lr, rotation_lr=a.rotation_lr, weight_decay=a.weight_decay,
+                  seed=a.seed, amp=not a.no_amp)
+    head = replace(base.head, orthogonal_map=a.orthogonal_map, relaxation=a.relaxation, bias=a.bias)
+    return replace(
+        base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
+        cache_dir=a.cache_dir, strict=a.strict, progress=not a.quiet, views=a.views,
+        use_cache=not a.no_cache, fit=fit, head=head,
+    )
+
+
+def _print_run(result) -> None:
+    m = result.metrics
+    print()
+    print(summary_table(m).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"\nInfoDisent / linear probe accuracy ratio: {m['ratio']:.3f}")
+    for split, info in m["feature_cache"].items():
+        state = "reused (no image passed through the backbone)" if info["reused"] else "extracted now"
+        print(f"feature cache {split}: {state} — {info['path']}")
+    skipped = sum(len(v) for v in m["skipped_images"].values())
+    if skipped:
+        print(f"skipped {skipped} unreadable images (listed in metrics.json)")
+    print(f"run directory: {result.run_dir}")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    _print_run(train_run(_run_config(a, demo_config(a.out))))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    base = RunConfig(
+        out=a.out, dataset=a.dataset, root=a.root, backbone=a.backbone, weights=a.weights,
+        image_size=a.image_size, max_classes=a.max_classes, resume=a.resume, overwrite=a.overwrite,
+    )
+    _print_run(train_run(_run_config(a, base)))
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    out = evaluate_run(
+        a.run_dir, a.dataset, a.root, a.split, cache_dir=a.cache_dir, batch_size=a.batch_size,
+        num_workers=a.num_workers, device=a.device, strict=a.strict, progress=not a.quiet,
+    )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infodisent", description="InfoDisent: interpretable heads on frozen timm backbones")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train on the embedded default (offline EfficientNet-Lite0, synthetic parts)")
+    _common(demo)
+    _train_args(demo, demo_config())
+
+    train = sub.add_parser("train", help="train an InfoDisent head and the linear-probe reference")
+    base = RunConfig(out="runs/train")
+    train.add_argument("--dataset", choices=list(DATASETS), default="parts")
+    train.add_argument("--root", default=None, help="dataset folder (not needed for parts)")
+    train.add_argument("--backbone", default=DEFAULT_BACKBONE, help="any timm model name")
+    train.add_argument("--weights", default="offline", help="offline | timm | random | PATH to .safetensors/.pth")
+    train.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's own)")
+    train.add_argument("--max-classes", type=int, default=None, help="use only the first N classes (quick runs)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _common(train)
+    _train_args(train, base)
+
+    ev = sub.add_parser("evaluate", help="accuracy of a saved run on a dataset split")
+    ev.add_argument("run_dir")
+    ev.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the run's own dataset")
+    ev.add_argument("--root", default=None)
+    ev.add_argument("--split", choices=["train", "test"], default="test")
+    _common(ev)
+
+    demo.set_defaults(func=cmd_demo)
+    train.set_defaults(func=cmd_train)
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"infodisent {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The InfoDisent head: orthogonal rotation, two-sided max pooling, non-negative linear layer.
+
+``J = U F`` per position (U orthogonal, identity at start, kept orthogonal by
+``torch.nn.utils.parametrizations.orthogonal``), ``v_d = max ReLU(J_d) - max
+ReLU(-J_d)`` over positions, ``logits = W v (+ b)`` with ``W >= 0``. The logit
+of class ``c`` is exactly ``sum_d W[c, d] v_d (+ b_c)``: per-channel contributions.
+
+Example:
+    >>> head = InfoDisentHead(num_features=1280, num_classes=200)
+    >>> out = head.forward_details(feature_maps)       # (B, 1280, 7, 7)
+    >>> out.logits, out.v, out.J
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import orthogonal
+
+OrthogonalMap = Literal["cayley", "householder", "matrix_exp"]
+Pooling = Literal["max", "avg"]
+Relaxation = Literal["none", "gumbel"]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Everything needed to rebuild a head (stored in a run's ``config.json``)."""
+
+    num_features: int
+    num_classes: int
+    orthogonal_map: OrthogonalMap = "cayley"
+    rotation: bool = True
+    pooling: Pooling = "max"
+    relaxation: Relaxation = "none"
+    gumbel_tau: float = 0.5
+    nonnegative: bool = True
+    bias: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    """Two-sided max pooling: pooled values and where each side was found (flat ``h*W+w``)."""
+
+    values: torch.Tensor  # (B, D)
+    pos_index: torch.Tensor  # (B, D) position of max ReLU(J)
+    neg_index: torch.Tensor  # (B, D) position of max ReLU(-J)
+    pos_values: torch.Tensor  # (B, D) max ReLU(J) >= 0
+    neg_values: torch.Tensor  # (B, D) max ReLU(-J) >= 0
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """Everything the head computes for a batch."""
+
+    logits: torch.Tensor  # (B, C)
+    v: torch.Tensor  # (B, D) pooled channel values
+    J: torch.Tensor  # (B, D, H, W) rotated channel maps
+    pool: PoolResult | None  # None for average pooling
+
+
+def two_sided_max(J: torch.Tensor) -> PoolResult:
+    """``v_d = max_{r,s} ReLU(J_d) - max_{r,s} ReLU(-J_d)`` with the argmax of each side."""
+    flat = J.flatten(2)
+    hi, hi_idx = flat.max(dim=2)
+    lo, lo_idx = flat.min(dim=2)
+    pos, neg = hi.clamp_min(0), (-lo).clamp_min(0)
+    return PoolResult(pos - neg, hi_idx, lo_idx, pos, neg)
+
+
+def gumbel_two_sided(J: torch.Tensor, tau: float) -> torch.Tensor:
+    """Training relaxation of :func:`two_sided_max`: a Gumbel-softmax choice of position per side.
+
+    The selection weights are sampled with ``F.gumbel_softmax(hard=True)`` (a
+    straight-through estimator over spatial positions, scaled by ``tau``), so the
+    forward value is one sampled response per side, close to the max for small
+    ``tau``, and the gradient reaches every position.
+    """
+    flat = J.flatten(2)
+    pos, neg = flat.clamp_min(0), (-flat).clamp_min(0)
+    scale = flat.detach().abs().amax(dim=2, keepdim=True).clamp_min(1e-6)
+    w_pos = F.gumbel_softmax(pos / scale / tau, tau=1.0, hard=True, dim=2)
+    w_neg = F.gumbel_softmax(neg / scale / tau, tau=1.0, hard=True, dim=2)
+    return (w_pos * pos).sum(2) - (w_neg * neg).sum(2)
+
+
+class _NonNegative(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.relu(w)
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return w.clamp_min(0)
+
+
+class OrthogonalRotation(nn.Module):
+    """``J = U F`` with U orthogonal (torch's orthogonal parametrization), identity at start."""
+
+    def __init__(self, dim: int, orthogonal_map: OrthogonalMap = "cayley", enabled: bool = True):
+        super().__init__()
+        self.dim = dim
+        self.enabled = enabled
+        self.linear = nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(dim))
+        if enabled:
+            orthogonal(self.linear, "weight", orthogonal_map=orthogonal_map, use_trivialization=True)
+        else:
+            self.linear.weight.requires_grad_(False)
+
+    def matrix(self) -> torch.Tensor:
+        """U, computed once per call (once per optimizer step in training). Do not weight-decay the rotation's
+        parameters: torch's Householder map reads signs from their diagonal, and decay erases them."""
+        return self.linear.weight
+
+    def forward(self, F_: torch.Tensor, U: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.enabled:
+            return F_
+        U = self.matrix() if U is None else U
+        b, d, h, w = F_.shape
+        return torch.matmul(U, F_.reshape(b, d, h * w)).reshape(b, d, h, w)
+
+
+class InfoDisentHead(nn.Module):
+    """Rotation, pooling and non-negative classifier composed; see the module docstring."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        d, c = config.num_features, config.num_classes
+        self.rotation = OrthogonalRotation(d, config.orthogonal_map, enabled=config.rotation)
+        self.classifier = nn.Linear(d, c, bias=config.bias)
+        with torch.no_grad():
+            self.classifier.weight.uniform_(0.0, 1.0 / d**0.5)
+            if config.bias:
+                self.classifier.bias.zero_()
+        if config.nonnegative:
+            parametrize.register_parametrization(self.classifier, "weight", _NonNegative())
+
+    @property
+    def W(self) -> torch.Tensor:
+        """The classifier weights (non-negative when ``nonnegative``), shape (C, D)."""
+        return self.classifier.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.classifier.bias
+
+    def U(self) -> torch.Tensor:
+        """The orthogonal matrix (identity when the rotation is disabled)."""
+        if not self.config.rotation:
+            return torch.eye(self.config.num_features, device=self.W.device)
+        return self.rotation.matrix()
+
+    @contextmanager
+    def frozen_parameters(self) -> Iterator[None]:
+        """Compute U and W once for everything inside (evaluation, mining)."""
+        with parametrize.cached():
+            yield
+
+    def pool(self, J: torch.Tensor) -> tuple[torch.Tensor, PoolResult | None]:
+        if self.config.pooling == "avg":
+            return J.mean(dim=(2, 3)), None
+        if self.training and self.config.relaxation == "gumbel":
+            return gumbel_two_sided(J, self.config.gumbel_tau), None
+        res = two_sided_max(J)
+        return res.values, res
+
+    def forward_details(self, features: torch.Tensor) -> HeadOutput:
+        J = self.rotation(features)
+        v, pool = self.pool(J)
+        return HeadOutput(self.classifier(v), v, J, pool)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.forward_details(features).logits
+
+    def contributions(self, v: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``W[c, d] * v_d``: (B, C, D) for all classes, or (B, D) for one class per image."""
+        W = self.W
+        if target is None:
+            return v[:, None, :] * W[None]
+        if isinstance(target, int):
+            target = torch.full((v.shape[0],), target, dtype=torch.long, device=v.device)
+        return v * W[target]

@@ -1,0 +1,265 @@
+"""Training an InfoDisent head: a pure per-epoch step and a thin ``fit`` around it.
+
+``fit`` owns checkpoints (written atomically after every epoch), resume,
+progress bars and the history table; ``train_one_epoch`` and ``evaluate``
+only compute. Features come from a :class:`FeatureSource`: cached maps
+(:class:`CachedSource`, the fast path) or images streamed through the
+frozen backbone (:class:`StreamingSource`, for datasets too large to cache).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .datasets.base import ImageDataset
+from .features import FeatureCache
+from .head import InfoDisentHead
+from .io import atomic_path, atomic_write_text
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.csv"
+
+
+class FeatureSource(Protocol):
+    """Mini-batches of backbone feature maps and labels."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass; shuffled with a seed derived from ``epoch`` when it is not None."""
+        ...
+
+
+@dataclass
+class CachedSource:
+    """Batches read from a :class:`FeatureCache` (all views of every valid image)."""
+
+    cache: FeatureCache
+    batch_size: int = 64
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    view: int | None = None  # restrict to one view (0: the un-augmented one)
+
+    def __len__(self) -> int:
+        return len(self.cache.rows(self.view))
+
+    def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        shuffle = epoch is not None
+        seed = self.seed * 100_003 + (epoch or 0)
+        return self.cache.batches(self.batch_size, shuffle, seed, self.cache.rows(self.view), self.device)
+
+
+@dataclass
+class StreamingSource:
+    """Batches computed by the frozen backbone from images, every pass (no cache)."""
+
+    backbone: Backbone
+    dataset: ImageDataset
+    batch_size: int = 64
+    seed: int = 0
+    num_workers: int = 0
+    device: str | torch.device = "cpu"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.dataset.transform = self.backbone.transform
+        g = torch.Generator().manual_seed(self.seed * 100_003 + (epoch or 0))
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=epoch is not None, generator=g,
+            num_workers=self.num_workers,
+        )
+        for x, y, _ in loader:
+            yield self.backbone(x.to(self.device)), y.to(self.device)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation settings (stored in the run's ``config.json``)."""
+
+    epochs: int = 30
+    lr: float = 2e-3
+    rotation_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    eval_every: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float
+    accuracy: float
+    seconds: float
+    images: int
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(head: InfoDisentHead, config: FitConfig) -> torch.optim.Optimizer:
+    rot = [p for p in head.rotation.parameters() if p.requires_grad]
+    rest = [p for n, p in head.named_parameters() if p.requires_grad and not n.startswith("rotation.")]
+    groups = [{"params": rest, "lr": config.lr, "base_lr": config.lr, "weight_decay": config.weight_decay}]
+    if rot:
+        groups.append({"params": rot, "lr": config.rotation_lr, "base_lr": config.rotation_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def train_one_epoch(
+    head: InfoDisentHead,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    config: FitConfig,
+    progress: tqdm | None = None,
+) -> tuple[EpochStats, int]:
+    """One pass over ``batches``; U is computed once per optimizer step. Returns stats and the new step."""
+    head.train()
+    t0, loss_sum, correct, n = time.perf_counter(), 0.0, 0, 0
+    for x, y in batches:
+        factor = lr_factor(step, total_steps, warmup_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        with _autocast(x.device, config.amp):
+            logits = head(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+        if progress is not None:
+            progress.update(len(y))
+            progress.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
+    return EpochStats(loss_sum / max(n, 1), correct / max(n, 1), time.perf_counter() - t0, n), step
+
+
+@torch.no_grad()
+def predict(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a whole source; U and W are computed once."""
+    head.eval()
+    logits, labels = [], []
+    with head.frozen_parameters():
+        for x, y in source.batches(None):
+            with _autocast(x.device, amp):
+                logits.append(head(x).float().cpu())
+            labels.append(y.cpu())
+    if not logits:
+        return torch.zeros(0, head.config.num_classes), torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy."""
+    if len(labels) == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "top5": float("nan")}
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return {
+        "loss": float(F.cross_entropy(logits, labels)),
+        "accuracy": float((top[:, 0] == labels).float().mean()),
+        "top5": float((top == labels[:, None]).any(1).float().mean()),
+    }
+
+
+def evaluate(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> dict[str, float]:
+    return classification_metrics(*predict(head, source, amp))
+
+
+def _save_checkpoint(run_dir: Path, head, optimizer, epoch: int, step: int, history: pd.DataFrame) -> None:
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "head": head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_write_text(run_dir / HISTORY, history.to_csv(index=False))
+    with atomic_path(run_dir / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fit(
+    head: InfoDisentHead,
+    train: FeatureSource,
+    test: FeatureSource | None,
+    config: FitConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Train ``head`` for ``config.epochs``; returns the history (one row per epoch).
+
+    With ``run_dir``, a checkpoint and ``history.csv`` are written atomically after
+    each epoch; ``resume=True`` continues from the last finished epoch there, and
+    gives the same result as an uninterrupted run (on CPU, for a seed).
+    """
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    head.to(device)
+    optimizer = make_optimizer(head, config)
+    steps_per_epoch = max(1, math.ceil(len(train) / getattr(train, "batch_size", 64)))
+    total, warmup = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
+    start, step, rows = 0, 0, []
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is not None and (ckpt := load_checkpoint(run_dir)) is not None:
+        head.load_state_dict(ckpt["head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start, step = int(ckpt["epoch"]), int(ckpt["step"])
+        rows = pd.read_csv(run_dir / HISTORY).to_dict("records")[:start]
+    bar = tqdm(total=(config.epochs - start) * len(train), desc="train InfoDisent", unit="img", disable=not progress)
+    for epoch in range(start, config.epochs):
+        stats, step = train_one_epoch(
+            head, train.batches(epoch), optimizer, step, total, warmup, config, bar
+        )
+        row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_accuracy": stats.accuracy, "seconds": stats.seconds}
+        last = epoch + 1 == config.epochs
+        if test is not None and (last or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
+            m = evaluate(head, test, config.amp)
+            row.update({"test_loss": m["loss"], "test_accuracy": m["accuracy"]})
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        rows.append(row)
+        if run_dir is not None:
+            _save_checkpoint(run_dir, head, optimizer, epoch + 1, step, pd.DataFrame(rows))
+    bar.close()
+    return pd.DataFrame(rows)
+

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from infodisent.head import HeadConfig, InfoDisentHead, OrthogonalRotation, gumbel_two_sided, two_sided_max
+
+
+def _train_a_bit(head, steps=5):
+    opt = torch.optim.AdamW(head.parameters(), lr=5e-2, weight_decay=0.0)  # never decay U (householder keeps signs on its diagonal)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, head.config.num_features, 3, 3, generator=g)
+    y = torch.randint(0, head.config.num_classes, (16,), generator=g)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(head(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return x
+
+
+@pytest.mark.parametrize("omap", ["cayley", "householder", "matrix_exp"])
+def test_rotation_starts_at_identity_and_stays_orthogonal(omap):
+    head = InfoDisentHead(HeadConfig(24, 5, orthogonal_map=omap))
+    torch.testing.assert_close(head.U(), torch.eye(24))
+    _train_a_bit(head)
+    U = head.U().detach()
+    assert (U - torch.eye(24)).abs().max() > 1e-3  # it moved
+    torch.testing.assert_close(U.T @ U, torch.eye(24), atol=1e-4, rtol=0)
+
+
+def test_w_stays_nonnegative_under_training():
+    head = InfoDisentHead(HeadConfig(24, 5))
+    _train_a_bit(head, 20)
+    assert head.W.min() >= 0
+    unconstrained = InfoDisentHead(HeadConfig(24, 5, nonnegative=False))
+    _train_a_bit(unconstrained, 20)
+    assert unconstrained.W.min() < 0
+
+
+def test_two_sided_max_by_hand():
+    J = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]], [[-1.0, -4.0], [-0.5, -0.1]], [[0.2, 0.1], [0.3, 0.0]]]])
+    res = two_sided_max(J)
+    # channel 0: max ReLU = 3, max ReLU(-J) = 2 -> 1; channel 1: 0 - 4; channel 2: 0.3 - 0
+    torch.testing.assert_close(res.values, torch.tensor([[1.0, -4.0, 0.3]]))
+    assert res.pos_index.tolist() == [[3, 3, 2]]  # channel 1: argmax of J even though its ReLU is 0
+    assert res.neg_index[0, :2].tolist() == [1, 1]
+    torch.testing.assert_close(res.neg_values, torch.tensor([[2.0, 4.0, 0.0]]))
+
+
+def test_contributions_sum_to_logits():
+    head = InfoDisentHead(HeadConfig(32, 7, bias=True))
+    x = _train_a_bit(head)
+    head.eval()
+    out = head.forward_details(x)
+    contrib = head.contributions(out.v)  # (B, C, D)
+    recon = contrib.sum(-1) + head.bias
+    assert torch.allclose(recon, out.logits, rtol=1e-4, atol=1e-5)
+    target = out.logits.argmax(1)
+    torch.testing.assert_close(head.contributions(out.v, target).sum(-1) + head.bias[target], out.logits.gather(1, target[:, None])[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_rotation_is_per_position_channel_mixing():
+    rot = OrthogonalRotation(8)
+    with torch.no_grad():
+        rot.linear.parametrizations.weight.original.normal_()
+    F_ = torch.randn(2, 8, 3, 4)
+    J = rot(F_)
+    U = rot.matrix().detach()
+    torch.testing.assert_close(J[1, :, 2, 3], U @ F_[1, :, 2, 3], rtol=1e-5, atol=1e-5)
+    # norms per position are preserved (no information lost)
+    torch.testing.assert_close(J.norm(dim=1), F_.norm(dim=1), rtol=1e-4, atol=1e-5)
+
+
+def test_gumbel_only_in_training_and_exact_max_in_eval():
+    head = InfoDisentHead(HeadConfig(6, 3, relaxation="gumbel", gumbel_tau=0.1))
+    x = torch.randn(4, 6, 3, 3)
+    head.eval()
+    torch.testing.assert_close(head.forward_details(x).v, two_sided_max(x).values)
+    torch.manual_seed(0)
+    soft = gumbel_two_sided(x, tau=0.1)
+    # every value is a real response of the map on each side, bounded by the exact sides
+    ex = two_sided_max(x)
+    assert (soft <= ex.pos_values + 1e-6).all() and (soft >= -ex.neg_values - 1e-6).all()
+    x.requires_grad_(True)
+    gumbel_two_sided(x, 0.5).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_average_pooling_ablation():
+    head = InfoDisentHead(HeadConfig(6, 3, pooling="avg"))
+    x = torch.randn(2, 6, 3, 3)
+    torch.testing.assert_close(head.forward_details(x).v, x.mean(dim=(2, 3)))
+
+
+def test_u_is_computed_once_in_frozen_mode():
+    head = InfoDisentHead(HeadConfig(16, 3))
+    head.eval()
+    calls = []
+    handle = head.rotation.linear.parametrizations.weight.register_forward_hook(lambda *a: calls.append(1))
+    with head.frozen_parameters():
+        for _ in range(3):
+            head(torch.randn(2, 16, 2, 2))
+    handle.remove()
+    assert len(calls) == 1

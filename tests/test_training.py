@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from infodisent.datasets import PartsConfig, PartsDataset
+from infodisent.features import extract_features
+from infodisent.head import HeadConfig, InfoDisentHead
+from infodisent.probe import fit_linear_probe, probe_accuracy
+from infodisent.training import CHECKPOINT, CachedSource, FitConfig, StreamingSource, evaluate, fit, lr_factor
+
+SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory, tiny_backbone):
+    root = tmp_path_factory.mktemp("cache")
+    return {s: extract_features(tiny_backbone, PartsDataset(s, config=SMALL), root, progress=False) for s in ("train", "test")}
+
+
+def _head(caches, **kw):
+    torch.manual_seed(0)  # W's initialisation, as train_run seeds it
+    return InfoDisentHead(HeadConfig(caches["train"].shape[0], 15, **kw))
+
+
+def test_fit_learns_and_writes_history(caches):
+    head = _head(caches)
+    cfg = FitConfig(epochs=8, lr=1e-2, rotation_lr=1e-2)
+    before = evaluate(head, CachedSource(caches["train"], 16))["loss"]
+    hist = fit(head, CachedSource(caches["train"], 16), CachedSource(caches["test"], 64), cfg, progress=False)
+    assert list(hist["epoch"]) == list(range(1, 9))
+    assert {"train_loss", "train_accuracy", "seconds", "test_accuracy", "lr"} <= set(hist.columns)
+    assert hist["train_loss"].iloc[-1] < before
+    assert head.W.min() >= 0
+
+
+def test_cpu_training_is_deterministic_for_a_seed(caches):
+    runs = []
+    for _ in range(2):
+        head = _head(caches, relaxation="gumbel")
+        fit(head, CachedSource(caches["train"], 16, seed=3), None, FitConfig(epochs=2, seed=3), progress=False)
+        runs.append(head.U().detach().clone())
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(caches, tmp_path):
+    cfg = FitConfig(epochs=4, seed=1)
+    full = _head(caches, relaxation="gumbel")
+    h_full = fit(full, CachedSource(caches["train"], 16, seed=1), None, cfg, tmp_path / "full", progress=False)
+
+
+    class Stop(Exception):
+        pass
+
+    stopper = _head(caches, relaxation="gumbel")
+    source = CachedSource(caches["train"], 16, seed=1)
+    original = source.batches
+
+    def batches(epoch):
+        if epoch == 2:
+            raise Stop
+        return original(epoch)
+
+    object.__setattr__(source, "batches", batches)
+    with pytest.raises(Stop):
+        fit(stopper, source, None, cfg, tmp_path / "s", progress=False)
+    assert torch.load(tmp_path / "s" / CHECKPOINT, weights_only=True)["epoch"] == 2
+    assert len(pd.read_csv(tmp_path / "s" / "history.csv")) == 2
+    resumed = _head(caches, relaxation="gumbel")
+    h_res = fit(resumed, CachedSource(caches["train"], 16, seed=1), None, cfg, tmp_path / "s", resume=True, progress=False)
+    torch.testing.assert_close(resumed.U(), full.U(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.W, full.W, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h_res["train_loss"], h_full["train_loss"], rtol=1e-6)
+
+
+def test_streaming_source_matches_cached(caches, tiny_backbone):
+    head = _head(caches)
+    cached = evaluate(head, CachedSource(caches["test"], 64))
+    streamed = evaluate(head, StreamingSource(tiny_backbone, PartsDataset("test", config=SMALL), 64))
+    assert abs(cached["loss"] - streamed["loss"]) < 1e-2  # fp16 cache vs fp32 stream
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 100, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+
+
+def test_linear_probe_recovers_a_linear_rule():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 20, generator=g) * 3 + 5
+    w = torch.randn(4, 20, generator=g)
+    y = (x @ w.T).argmax(1)
+    res = fit_linear_probe(x[:400], y[:400], 4)
+    assert probe_accuracy(res.linear, x[400:], y[400:]) > 0.9
+    assert set(res.validation) and res.l2 in res.validation
