@@ -169,9 +169,8 @@ def train_run(cfg: RunConfig) -> RunResult:
         "num_train_images": len(train_ds),
         "num_test_images": len(test_ds),
         "num_test_evaluated": int(len(yte)),
-        "skipped_images": {
-            split: [b["path"] for b in c.bad_files] for split, c in caches.items()
-        },
+        "num_skipped_images": sum(len(c.bad_files) for c in caches.values()),
+        "skipped_images": {split: [b["path"] for b in c.bad_files] for split, c in caches.items()},
         "linear_probe": {"l2": probe.l2, "holdout_accuracy": {str(k): v for k, v in probe.validation.items()}},
         "feature_cache": {
             split: {"path": str(c.path), "reused": not c.extracted, "extraction_seconds": c.manifest.get("seconds")}

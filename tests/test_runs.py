@@ -41,7 +41,7 @@ def test_run_directory_contents(run):
     assert set(m["accuracy"]) == {"infodisent", "linear_probe"}
     assert 0 <= m["accuracy"]["infodisent"] <= 1 and 0 <= m["accuracy"]["linear_probe"] <= 1
     assert m["dataset"] == "parts" and m["backbone"] == "test_resnet"
-    assert m["num_classes"] == 15 and m["num_test_images"] == 30
+    assert m["num_classes"] == 15 and m["num_test_images"] == 30 and m["num_skipped_images"] == 0
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["backbone"]["name"] == "test_resnet" and cfg["backbone"]["weights"]["kind"] == "random"
     assert cfg["data"]["input_size"] == [3, 64, 64] and len(cfg["class_names"]) == 15
