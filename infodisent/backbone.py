@@ -166,7 +166,7 @@ def _plain(v: Any) -> Any:
 
 
 def _check_name(name: str) -> None:
-    if name in timm.list_models():
+    if name.split(".", 1)[0] in timm.list_models():  # "resnet50.a1_in1k": architecture plus weights tag
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""

@@ -70,11 +70,13 @@ class StreamingSource:
     num_workers: int = 0
     device: str | torch.device = "cpu"
 
+    def __post_init__(self) -> None:
+        self.dataset.transform = self.backbone.transform
+
     def __len__(self) -> int:
         return len(self.dataset)
 
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.dataset.transform = self.backbone.transform
         g = torch.Generator().manual_seed(self.seed * 100_003 + (epoch or 0))
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, shuffle=epoch is not None, generator=g,

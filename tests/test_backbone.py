@@ -150,3 +150,8 @@ def test_offline_default_is_a_real_imagenet_model():
         pred = bb.model(x).argmax(1).tolist()
     assert pred[0] in (281, 282, 285)  # tabby / tiger / Egyptian cat
     assert pred[1] == 967  # espresso
+
+
+def test_tagged_names_are_accepted():
+    bb = load_backbone("test_resnet.r160_in1k", "random", image_size=64)
+    assert bb.num_features == 96
