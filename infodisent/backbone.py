@@ -122,18 +122,16 @@ class Backbone(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
-        self.num_features = self._probe_num_features()
-
-    def _probe_num_features(self) -> int:
-        return int(self.feature_shape()[0])
-
-    def feature_shape(self) -> tuple[int, int, int]:
-        """``(D, H, W)`` of the feature map at the configured input size."""
         size = self.data_config["input_size"]
         with torch.no_grad():
             p = next(self.model.parameters())
             f = feature_map(self.model, torch.zeros(1, *size, device=p.device, dtype=p.dtype))
-        return tuple(f.shape[1:])  # type: ignore[return-value]
+        self._feature_shape: tuple[int, int, int] = tuple(f.shape[1:])  # type: ignore[assignment]
+        self.num_features = int(self._feature_shape[0])
+
+    def feature_shape(self) -> tuple[int, int, int]:
+        """``(D, H, W)`` of the feature map at the configured input size (probed once, at construction)."""
+        return self._feature_shape
 
     def train(self, mode: bool = True) -> "Backbone":
         """The backbone stays in eval mode: its BatchNorm statistics are frozen."""
