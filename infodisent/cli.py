@@ -1,4 +1,4 @@
-"""The ``infodisent`` command: ``demo``, ``train``, ``evaluate``.
+"""The ``infodisent`` command: ``demo``, ``train``, ``evaluate``, ``mine``, ``report``, ``ablate``.
 
 argparse lives here only; each subcommand turns its arguments into the
 library's dataclasses and calls one function of :mod:`infodisent.runs`.
@@ -15,10 +15,15 @@ from typing import Sequence
 from .backbone import DEFAULT_BACKBONE, BackboneError
 from .datasets import DATASETS, DatasetLayoutError, ImageReadError
 from .model import RunMismatchError
-from .runs import HeadOptions, RunConfig, RunExistsError, demo_config, evaluate_run, summary_table, train_run
+from .prototypes import StaleIndexError
+from .runs import HeadOptions, RunConfig, RunExistsError, demo_config, evaluate_run, mine_run, summary_table, train_run
+from .sparse import SparseOptions
 from .training import FitConfig
 
-USER_ERRORS = (BackboneError, DatasetLayoutError, ImageReadError, RunMismatchError, RunExistsError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    BackboneError, DatasetLayoutError, ImageReadError, RunMismatchError, RunExistsError, StaleIndexError,
+    FileNotFoundError, ValueError,
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -42,19 +47,43 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     p.add_argument("--relaxation", choices=["none", "gumbel"], default=defaults.head.relaxation,
                    help="Gumbel-softmax relaxation of the max during training (evaluation always uses the exact max)")
     p.add_argument("--bias", action="store_true", help="add a per-class bias to the classifier")
+    p.add_argument("--no-rotation", action="store_true", help="ablation: keep U fixed at the identity")
+    p.add_argument("--pooling", choices=["max", "avg"], default=defaults.head.pooling,
+                   help="ablation: avg replaces the two-sided max")
+    p.add_argument("--unconstrained", action="store_true", help="ablation: allow negative weights in W")
+    p.add_argument("--loss", choices=["softmax", "sigmoid"], default=defaults.fit.loss,
+                   help="sigmoid: SIDE's one-vs-rest loss")
+    p.add_argument("--prune-k", type=int, default=None,
+                   help="SIDE-style sparse head: after training keep K channels per class and fine-tune W")
+    p.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs after the last pruning round")
+    p.add_argument("--prune-ratio", type=int, default=4,
+                   help="each pruning round keeps 1/ratio of the channels per class (1: prune to K at once)")
+    p.add_argument("--finetune-fixed-u", action="store_true", help="fine-tune only W after pruning (U as trained)")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
     p.add_argument("--no-cache", action="store_true", help="stream images through the backbone every epoch")
     p.add_argument("--out", default=defaults.out, help="run directory")
 
 
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=list(DATASETS), default="parts")
+    p.add_argument("--root", default=None, help="dataset folder (not needed for parts)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="any timm model name")
+    p.add_argument("--weights", default="offline", help="offline | timm | random | PATH to .safetensors/.pth")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's own)")
+    p.add_argument("--max-classes", type=int, default=None, help="use only the first N classes (quick runs)")
+
+
 def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     fit = replace(base.fit, epochs=a.epochs, lr=a.lr, rotation_lr=a.rotation_lr, weight_decay=a.weight_decay,
-                  seed=a.seed, amp=not a.no_amp)
-    head = replace(base.head, orthogonal_map=a.orthogonal_map, relaxation=a.relaxation, bias=a.bias)
+                  seed=a.seed, amp=not a.no_amp, loss=a.loss)
+    head = replace(base.head, orthogonal_map=a.orthogonal_map, relaxation=a.relaxation, bias=a.bias,
+                   rotation=not a.no_rotation, pooling=a.pooling, nonnegative=not a.unconstrained)
+    sparse = SparseOptions(a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u,
+                           ratio=a.prune_ratio) if a.prune_k else None
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
         cache_dir=a.cache_dir, strict=a.strict, progress=not a.quiet, views=a.views,
-        use_cache=not a.no_cache, fit=fit, head=head,
+        use_cache=not a.no_cache, fit=fit, head=head, sparse=sparse,
     )
 
 
@@ -62,7 +91,8 @@ def _print_run(result) -> None:
     m = result.metrics
     print()
     print(summary_table(m).to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"\nInfoDisent / linear probe accuracy ratio: {m['ratio']:.3f}")
+    if m["ratio"] is not None:
+        print(f"\nInfoDisent / linear probe accuracy ratio: {m['ratio']:.3f}")
     for split, info in m["feature_cache"].items():
         state = "reused (no image passed through the backbone)" if info["reused"] else "extracted now"
         print(f"feature cache {split}: {state} — {info['path']}")
@@ -90,8 +120,43 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     out = evaluate_run(
         a.run_dir, a.dataset, a.root, a.split, cache_dir=a.cache_dir, batch_size=a.batch_size,
         num_workers=a.num_workers, device=a.device, strict=a.strict, progress=not a.quiet,
+        explanations=a.explanations, k=a.k, stability=not a.no_stability,
     )
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_mine(a: argparse.Namespace) -> int:
+    index = mine_run(
+        a.run_dir, a.dataset, a.root, a.split, k=a.k, cache_dir=a.cache_dir, use_cache=not a.no_cache,
+        batch_size=a.batch_size, num_workers=a.num_workers, device=a.device, strict=a.strict, progress=not a.quiet,
+    )
+    m = index.meta
+    print(f"mined {m['num_valid']} images of {m['dataset']['name']}/{m['dataset']['split']} "
+          f"({m['source']}, {m['seconds']:.1f} s): top-{m['k']} of {m['channels']} channels, both sides")
+    print(f"prototype index: {index.path}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report  # plotly is only needed here
+
+    path = write_report(a.run_dir, a.out, max_classes=a.max_classes, channels=a.channels, prototypes=a.prototypes,
+                        samples=a.samples, device=a.device, progress=not a.quiet)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_ablate(a: argparse.Namespace) -> int:
+    from .ablations import ablation_grid
+
+    base = RunConfig(out=a.out, dataset=a.dataset, root=a.root, backbone=a.backbone, weights=a.weights,
+                     image_size=a.image_size, max_classes=a.max_classes)
+    base = _run_config(a, base)
+    table = ablation_grid(base, k=a.k_per_class, names=a.only, stability=not a.no_stability)
+    with_cols = [c for c in table.columns if c not in ("rotation", "pooling", "nonnegative_w", "relaxation", "loss")]
+    print(table[with_cols].set_index("variant").T.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"\ntable: {a.out}/ablations.csv")
     return 0
 
 
@@ -104,28 +169,56 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(demo, demo_config())
 
     train = sub.add_parser("train", help="train an InfoDisent head and the linear-probe reference")
-    base = RunConfig(out="runs/train")
-    train.add_argument("--dataset", choices=list(DATASETS), default="parts")
-    train.add_argument("--root", default=None, help="dataset folder (not needed for parts)")
-    train.add_argument("--backbone", default=DEFAULT_BACKBONE, help="any timm model name")
-    train.add_argument("--weights", default="offline", help="offline | timm | random | PATH to .safetensors/.pth")
-    train.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's own)")
-    train.add_argument("--max-classes", type=int, default=None, help="use only the first N classes (quick runs)")
+    _data_args(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _common(train)
-    _train_args(train, base)
+    _train_args(train, RunConfig(out="runs/train"))
+
+    ab = sub.add_parser("ablate", help="train and evaluate the ablation grid on one dataset; writes one table")
+    _data_args(ab)
+    ab.add_argument("--k-per-class", type=int, default=5, help="channels per class of the side_sparse variant")
+    ab.add_argument("--only", nargs="+", default=None, help="run only these variants")
+    ab.add_argument("--no-stability", action="store_true", help="skip the (backbone-bound) CUB stability metric")
+    _common(ab)
+    _train_args(ab, RunConfig(out="runs/ablations"))
 
     ev = sub.add_parser("evaluate", help="accuracy of a saved run on a dataset split")
     ev.add_argument("run_dir")
     ev.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the run's own dataset")
     ev.add_argument("--root", default=None)
     ev.add_argument("--split", choices=["train", "test"], default="test")
+    ev.add_argument("--explanations", action="store_true",
+                    help="also mine the split and compute explanation size, faithfulness and part metrics")
+    ev.add_argument("--k", type=int, default=10, help="prototypes per channel and side when mining")
+    ev.add_argument("--no-stability", action="store_true", help="skip the (backbone-bound) CUB stability metric")
     _common(ev)
+
+    mine = sub.add_parser("mine", help="find every channel's top-k patches on a split (the prototype index)")
+    mine.add_argument("run_dir")
+    mine.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the run's own dataset")
+    mine.add_argument("--root", default=None)
+    mine.add_argument("--split", choices=["train", "test"], default="train")
+    mine.add_argument("--k", type=int, default=10, help="prototypes per channel and side")
+    mine.add_argument("--no-cache", action="store_true", help="run the backbone even if a feature cache exists")
+    _common(mine)
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
+    rep.add_argument("--max-classes", type=int, default=20, help="classes with a prototype gallery")
+    rep.add_argument("--channels", type=int, default=3, help="channels shown per class")
+    rep.add_argument("--prototypes", type=int, default=5, help="patches shown per channel")
+    rep.add_argument("--samples", type=int, default=6, help="test images explained")
+    rep.add_argument("--device", default="cpu")
+    rep.add_argument("--quiet", action="store_true")
 
     demo.set_defaults(func=cmd_demo)
     train.set_defaults(func=cmd_train)
     ev.set_defaults(func=cmd_evaluate)
+    mine.set_defaults(func=cmd_mine)
+    rep.set_defaults(func=cmd_report)
+    ab.set_defaults(func=cmd_ablate)
     return parser
 
 

@@ -235,6 +235,15 @@ def extract_features(
         return _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers, strict, progress, device, on_batch)
 
 
+def find_cache(
+    backbone: Backbone, dataset: ImageDataset, cache_root: str | os.PathLike | None = None, views: int = 1, seed: int = 0
+) -> FeatureCache | None:
+    """The complete cache entry for ``dataset`` if one exists (nothing is extracted)."""
+    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    path = root / _key_hash(cache_key(backbone, dataset, views, seed))
+    return FeatureCache.open(path) if (path / "manifest.json").is_file() else None
+
+
 def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers, strict, progress, device, on_batch):
     d, h, w = backbone.feature_shape()
     n_rows = len(dataset) * views

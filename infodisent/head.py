@@ -41,6 +41,7 @@ class HeadConfig:
     gumbel_tau: float = 0.5
     nonnegative: bool = True
     bias: bool = False
+    pruned: bool = False  # a fixed 0/1 mask on W (SIDE-style pruning), stored as the buffer ``weight_mask``
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,11 +144,22 @@ class InfoDisentHead(nn.Module):
                 self.classifier.bias.zero_()
         if config.nonnegative:
             parametrize.register_parametrization(self.classifier, "weight", _NonNegative())
+        if config.pruned:
+            self.register_buffer("weight_mask", torch.ones(c, d))
 
     @property
     def W(self) -> torch.Tensor:
-        """The classifier weights (non-negative when ``nonnegative``), shape (C, D)."""
-        return self.classifier.weight
+        """The classifier weights (non-negative when ``nonnegative``, masked when ``pruned``), shape (C, D)."""
+        w = self.classifier.weight
+        return w * self.weight_mask if self.config.pruned else w
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Keep only the weights where ``mask`` is true (needs ``HeadConfig(pruned=True)``)."""
+        if not self.config.pruned:
+            raise ValueError("set_mask needs a head built with HeadConfig(pruned=True)")
+        if mask.shape != self.weight_mask.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != W's {tuple(self.weight_mask.shape)}")
+        self.weight_mask.copy_(mask.to(self.weight_mask))
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -176,7 +188,7 @@ class InfoDisentHead(nn.Module):
     def forward_details(self, features: torch.Tensor) -> HeadOutput:
         J = self.rotation(features)
         v, pool = self.pool(J)
-        return HeadOutput(self.classifier(v), v, J, pool)
+        return HeadOutput(F.linear(v, self.W, self.bias), v, J, pool)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.forward_details(features).logits

@@ -111,8 +111,8 @@ def _jsonable(v: Any) -> Any:
 def head_tensors(head: InfoDisentHead) -> dict[str, torch.Tensor]:
     """The head's state dict plus the materialised ``U`` and ``W`` (for readers without torch's parametrizations)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    tensors["U"] = head.U().detach().cpu().contiguous()
-    tensors["W"] = head.W.detach().cpu().contiguous()
+    tensors["U"] = head.U().detach().cpu().clone().contiguous()
+    tensors["W"] = head.W.detach().cpu().clone().contiguous()
     return tensors
 
 

@@ -96,6 +96,8 @@ class FitConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    loss: str = "softmax"  # "softmax" (cross-entropy) or "sigmoid" (one-vs-rest, as in SIDE)
+    train_rotation: bool = True  # False keeps U fixed (fine-tuning W after pruning)
     seed: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     eval_every: int = 1
@@ -121,12 +123,22 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def make_optimizer(head: InfoDisentHead, config: FitConfig) -> torch.optim.Optimizer:
-    rot = [p for p in head.rotation.parameters() if p.requires_grad]
+    rot = [p for p in head.rotation.parameters() if p.requires_grad] if config.train_rotation else []
     rest = [p for n, p in head.named_parameters() if p.requires_grad and not n.startswith("rotation.")]
     groups = [{"params": rest, "lr": config.lr, "base_lr": config.lr, "weight_decay": config.weight_decay}]
     if rot:
         groups.append({"params": rot, "lr": config.rotation_lr, "base_lr": config.rotation_lr, "weight_decay": 0.0})
     return torch.optim.AdamW(groups)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: FitConfig) -> torch.Tensor:
+    """Cross-entropy, or SIDE's one-vs-rest sigmoid loss (binary cross-entropy per class, summed over classes)."""
+    if config.loss == "softmax":
+        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+    if config.loss == "sigmoid":
+        target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
+    raise ValueError(f"unknown loss {config.loss!r}; use softmax or sigmoid")
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -152,7 +164,7 @@ def train_one_epoch(
             g["lr"] = g["base_lr"] * factor
         with _autocast(x.device, config.amp):
             logits = head(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            loss = loss_fn(logits.float(), y, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

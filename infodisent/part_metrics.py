@@ -1,0 +1,295 @@
+"""Part-based metrics: does a channel fire on one object part, and does a decision point at one?
+
+Two sources of part ground truth:
+
+**The synthetic ``parts`` dataset** (a mask per part type, every image):
+
+- *channel purity*: for channel ``d``, its top-k patches of the prototype
+  index (positive side). A patch's part is the part type covering most of its
+  grid cell, if it covers at least 20 % of the cell; otherwise background.
+  Purity = the share of the k patches that show the channel's most frequent
+  part (background never counts as a part), in [0, 1].
+- *pointing game*: for each image, the channel with the largest contribution
+  to the predicted class; the peak of its heatmap is the centre of the grid
+  cell of its winning response. A hit when that point lies within 15 px
+  (Zhang et al.'s tolerance) of a part of the *predicted* class. ``chance`` is
+  the hit rate of a uniformly random point (the share of the view within 15 px
+  of those parts).
+
+**CUB-200-2011** (15 keypoints per image, with visibility; left/right eye,
+leg and wing merged, so 12 part groups):
+
+- A channel's region on an image is a square of 2 grid cells (64 px at
+  224 px for a stride-32 map) centred on its strongest positive response; a
+  part group is *in* the region when one of its visible keypoints is.
+- *purity* (PIP-Net): the share of a channel's top-k patches that contain its
+  most frequent part group.
+- *consistency* (Huang et al., ICCV 2023), adapted to channels shared by
+  classes: Huang et al. judge a prototype on its own class's images. An
+  InfoDisent channel belongs to no single class, so it is judged on the
+  images of the classes that rely on it: those that have it among their 10
+  heaviest weights (``W > 1e-3``). Channel ``d`` is consistent when one part
+  group is in its region on at least 80 % of those images where that group is
+  visible. The score is the share of such channels that are consistent.
+- *stability* (Huang et al.): the same region computed after Gaussian noise
+  (sigma 0.2 on pixel values in [0, 1]) is added to the image; the share of
+  (channel, image) pairs whose set of part groups is unchanged, over the same
+  images, averaged over channels.
+
+Only channels some class uses (``max_c W[c, d] > 1e-3``) are scored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from .geometry import ViewGeometry, cell_box, cell_center, window_for
+from .metrics import WEIGHT_THRESHOLD, logits_of
+from .prototypes import PrototypeIndex
+
+MIN_COVERAGE = 0.2
+TOLERANCE = 15.0
+
+
+# ----------------------------------------------------------------------------- parts dataset
+
+
+def cell_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(P, S_h, S_w)`` boolean view masks → ``(P, H, W)``: the share of each grid cell each part covers."""
+    p, sh, sw = masks.shape
+    gh, gw = grid
+    out = np.zeros((p, gh, gw))
+    for pos in range(gh * gw):
+        x0, y0, x1, y1 = cell_box(pos, grid, (sw, sh))
+        r, c = divmod(pos, gw)
+        cell = masks[:, int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))]
+        out[:, r, c] = cell.reshape(p, -1).mean(1) if cell.size else 0.0
+    return out
+
+
+def _view_masks(dataset, transform, i: int) -> np.ndarray:
+    masks = dataset.masks(i)
+    geo = ViewGeometry.from_transform(transform, (masks.shape[2], masks.shape[1]))
+    return geo.view_mask(masks)
+
+
+def parts_purity(
+    index: PrototypeIndex, dataset, transform, *, min_coverage: float = MIN_COVERAGE, channels=None
+) -> pd.DataFrame:
+    """Per channel: ``part`` (most frequent, -1 if only background), ``purity``, ``patches``, ``background``."""
+    table = index.table[index.table["side"] == "pos"]
+    if channels is not None:
+        table = table[table["channel"].isin(np.asarray(channels))]
+    coverage = {int(i): cell_coverage(_view_masks(dataset, transform, int(i)), index.grid) for i in table["image"].unique()}
+    cov = np.stack([coverage[int(i)][:, r, c] for i, r, c in zip(table["image"], table["row"], table["col"])]) if len(
+        table) else np.zeros((0, len(dataset.part_names)))
+    part = np.where(cov.max(1) >= min_coverage, cov.argmax(1), -1) if len(cov) else np.zeros(0, int)
+    t = pd.DataFrame({"channel": table["channel"].to_numpy(), "part": part})
+    rows = []
+    for d, g in t.groupby("channel"):
+        real = g["part"][g["part"] >= 0]
+        counts = real.value_counts()
+        rows.append({"channel": int(d), "part": int(counts.index[0]) if len(counts) else -1,
+                     "purity": float(counts.iloc[0] / len(g)) if len(counts) else 0.0,
+                     "patches": len(g), "background": float((g["part"] < 0).mean())})
+    return pd.DataFrame(rows, columns=["channel", "part", "purity", "patches", "background"])
+
+
+def pointing_game(
+    index: PrototypeIndex, dataset, transform, W: np.ndarray, bias: np.ndarray | None = None,
+    *, tolerance: float = TOLERANCE,
+) -> pd.DataFrame:
+    """Per image: ``predicted``, ``label``, ``channel`` (top contributor), ``x, y`` (view), ``hit``, ``chance``."""
+    valid = np.flatnonzero(index.valid)
+    V = np.asarray(index.v[valid], np.float64)
+    pred = logits_of(V, W, bias).argmax(1)
+    contrib = np.asarray(W, np.float64)[pred] * V
+    top = contrib.argmax(1)
+    rows = []
+    for i, p, d, vrow in zip(valid, pred, top, V):
+        side = 0 if vrow[d] >= 0 else 1
+        pos = int(index.positions[i, side, d])
+        view_masks = _view_masks(dataset, transform, int(i))
+        sh, sw = view_masks.shape[1:]
+        x, y = cell_center(pos, index.grid, (sw, sh))
+        target = np.zeros((sh, sw), bool)
+        for part in dataset.parts_of_class[int(p)]:
+            target |= view_masks[part]
+        dist = ndimage.distance_transform_edt(~target) if target.any() else np.full((sh, sw), np.inf)
+        yy, xx = min(int(y), sh - 1), min(int(x), sw - 1)
+        rows.append({"image": int(i), "label": int(index.labels[i]), "predicted": int(p), "channel": int(d),
+                     "x": x, "y": y, "hit": bool(dist[yy, xx] <= tolerance),
+                     "chance": float((dist <= tolerance).mean())})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- CUB keypoints
+
+
+def part_groups(part_names: list[str]) -> tuple[list[str], np.ndarray]:
+    """Merge left/right parts: names of the groups and each part's group id."""
+    groups: list[str] = []
+    ids = []
+    for name in part_names:
+        g = name.replace("left ", "").replace("right ", "").strip()
+        if g not in groups:
+            groups.append(g)
+        ids.append(groups.index(g))
+    return groups, np.array(ids)
+
+
+def _image_size(dataset, i: int) -> tuple[int, int]:
+    if getattr(dataset, "paths", None) is not None:
+        with Image.open(dataset.paths[i]) as img:
+            return img.size
+    return dataset.load_image(i).size
+
+
+class KeypointRegions:
+    """CUB keypoints of a dataset in view coordinates, and which part groups fall in a region."""
+
+    def __init__(self, dataset, transform, grid: tuple[int, int], window_cells: float = 2.0):
+        if getattr(dataset, "part_locs", None) is None:
+            raise ValueError("part metrics need CUB's parts/part_locs.txt (the dataset has no part locations)")
+        self.dataset, self.transform, self.grid = dataset, transform, grid
+        self.groups, self.group_of = part_groups(dataset.part_names)
+        self.window_cells = window_cells
+        self._locs = {int(i): g for i, g in dataset.part_locs.groupby("index")}
+        self._cache: dict[int, tuple] = {}
+
+    def keypoints(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """View coordinates (P, 2), visibility (P,), group ids (P,) and view size of image ``i``."""
+        if i not in self._cache:
+            geo = ViewGeometry.from_transform(self.transform, _image_size(self.dataset, i))
+            g = self._locs.get(i)
+            if g is None:
+                xy, vis = np.zeros((0, 2)), np.zeros(0, bool)
+                gid = np.zeros(0, int)
+            else:
+                xy = geo.points_to_view(g[["x", "y"]].to_numpy())
+                vis = g["visible"].to_numpy() > 0
+                vis &= (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < geo.view[0]) & (xy[:, 1] < geo.view[1])
+                gid = self.group_of[g["part_id"].to_numpy() - 1]
+            self._cache[i] = (xy, vis, gid, geo.view)
+        return self._cache[i]
+
+    def visible(self, i: int) -> np.ndarray:
+        """(G,) bool: groups with a visible keypoint in the view."""
+        xy, vis, gid, _ = self.keypoints(i)
+        out = np.zeros(len(self.groups), bool)
+        out[gid[vis]] = True
+        return out
+
+    def present(self, i: int, position: int) -> np.ndarray:
+        """(G,) bool: groups with a visible keypoint inside the region around ``position``."""
+        xy, vis, gid, view = self.keypoints(i)
+        x0, y0, x1, y1 = cell_box(position, self.grid, view, window_for(self.grid, view, self.window_cells))
+        inside = vis & (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
+        out = np.zeros(len(self.groups), bool)
+        out[gid[inside]] = True
+        return out
+
+
+def channel_classes(W: np.ndarray, top: int = 10, threshold: float = WEIGHT_THRESHOLD) -> dict[int, np.ndarray]:
+    """Channel → the classes that have it among their ``top`` heaviest weights (above ``threshold``)."""
+    W = np.asarray(W)
+    heavy = np.argsort(-W, axis=1, kind="stable")[:, :top]
+    out: dict[int, list[int]] = {}
+    for c, ds in enumerate(heavy):
+        for d in ds:
+            if W[c, d] > threshold:
+                out.setdefault(int(d), []).append(c)
+    return {d: np.array(cs) for d, cs in out.items()}
+
+
+@torch.no_grad()
+def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed: int = 0, batch_size: int = 32):
+    """Positive-side argmax positions (n, D) of every channel for clean and noise-perturbed images."""
+    cfg = model.backbone.data_config
+    mean, std = torch.tensor(cfg["mean"])[:, None, None], torch.tensor(cfg["std"])[:, None, None]
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.head.parameters()).device
+    clean, noisy = [], []
+    for s in range(0, len(images), batch_size):
+        x = torch.stack([model.transform(dataset.load_image(int(i))) for i in images[s : s + batch_size]])
+        pixels = x * std + mean
+        xn = ((pixels + sigma * torch.randn(pixels.shape, generator=g)).clamp(0, 1) - mean) / std
+        for batch, out in ((x, clean), (xn, noisy)):
+            J = model.outputs(batch.to(device)).J
+            out.append(J.flatten(2).argmax(2).cpu().numpy())
+    return np.concatenate(clean), np.concatenate(noisy)
+
+
+def cub_part_metrics(
+    index: PrototypeIndex,
+    dataset,
+    W: np.ndarray,
+    transform,
+    *,
+    model=None,
+    window_cells: float = 2.0,
+    top_classes: int = 10,
+    mu: float = 0.8,
+    threshold: float = WEIGHT_THRESHOLD,
+    stability_images: int = 200,
+    sigma: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """Purity, consistency and (with ``model``) stability on CUB keypoints; see the module docstring."""
+    regions = KeypointRegions(dataset, transform, index.grid, window_cells)
+    used = np.flatnonzero(np.asarray(W).max(0) > threshold)
+    table = index.table[(index.table["side"] == "pos") & index.table["channel"].isin(used)]
+    purity = {}
+    for d, g in table.groupby("channel"):
+        pres = np.stack([regions.present(int(i), int(p)) for i, p in zip(g["image"], g["position"])])
+        purity[int(d)] = float(pres.sum(0).max() / len(pres))
+    classes_of = channel_classes(W, top_classes, threshold)
+    valid = index.valid
+    consistent = {}
+    images_of: dict[int, np.ndarray] = {}
+    for d, cs in classes_of.items():
+        imgs = np.flatnonzero(np.isin(index.labels, cs) & valid)
+        if len(imgs) == 0:
+            continue
+        images_of[d] = imgs
+        pres = np.stack([regions.present(int(i), int(index.positions[i, 0, d])) for i in imgs])
+        vis = np.stack([regions.visible(int(i)) for i in imgs])
+        rate = np.where(vis.sum(0) > 0, (pres & vis).sum(0) / np.maximum(vis.sum(0), 1), 0.0)
+        consistent[d] = bool(rate.max() >= mu)
+    out = {
+        "window_px": window_for(index.grid, tuple(index.meta["view"]), window_cells),
+        "part_groups": regions.groups,
+        "channels_scored": len(purity),
+        "purity": float(np.mean(list(purity.values()))) if purity else float("nan"),
+        "consistency": float(np.mean(list(consistent.values()))) if consistent else float("nan"),
+        "consistency_channels": len(consistent),
+    }
+    if model is not None and images_of:
+        rng = np.random.default_rng(seed)
+        pool = np.unique(np.concatenate(list(images_of.values())))
+        subset = np.sort(rng.choice(pool, min(stability_images, len(pool)), replace=False))
+        clean, noisy = noisy_positions(model, dataset, subset, sigma, seed)
+        row = {int(i): r for r, i in enumerate(subset)}
+        per_channel = []
+        for d, imgs in images_of.items():
+            same = [
+                np.array_equal(regions.present(int(i), int(clean[row[int(i)], d])),
+                               regions.present(int(i), int(noisy[row[int(i)], d])))
+                for i in imgs if int(i) in row
+            ]
+            if same:
+                per_channel.append(float(np.mean(same)))
+        out["stability"] = float(np.mean(per_channel)) if per_channel else float("nan")
+        out["stability_images"] = int(len(subset))
+        out["stability_sigma"] = sigma
+    return out
+
+
+__all__ = [
+    "KeypointRegions", "cell_coverage", "channel_classes", "cub_part_metrics", "noisy_positions",
+    "part_groups", "parts_purity", "pointing_game",
+]

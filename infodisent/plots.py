@@ -1,0 +1,194 @@
+"""Pictures built from explanation dataclasses: PIL images and plotly figures.
+
+Shared by notebooks, widgets and the HTML report; nothing here computes an
+explanation, it only draws one.
+
+Example:
+    >>> e = explain(model, img, index=index)
+    >>> evidence_image(e)                 # PIL: this image's top channels next to their prototypes
+    >>> contributions_figure(e).show()    # plotly: the logit as a sum of channel contributions
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale, unlabel_rgb
+from PIL import Image, ImageDraw
+
+from .explain import ClassExplanation, Explanation
+from .geometry import Box
+from .prototypes import PrototypePatch
+
+BOX_COLOR = (0, 230, 118)
+POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
+
+
+@lru_cache(maxsize=8)
+def colormap(name: str = "Inferno") -> np.ndarray:
+    """A (256, 3) uint8 lookup table sampled from a plotly colour scale."""
+    colors = sample_colorscale(name, list(np.linspace(0, 1, 256)))
+    return np.array([unlabel_rgb(c) for c in colors]).round().clip(0, 255).astype(np.uint8)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.55, cmap: str = "Inferno") -> Image.Image:
+    """``image`` with ``heatmap`` (its positive part, scaled to its maximum) blended on top."""
+    h = np.clip(np.asarray(heatmap, np.float64), 0, None)
+    h = h / h.max() if h.max() > 0 else h
+    colored = colormap(cmap)[(h * 255).round().astype(int)]
+    base = np.asarray(image.convert("RGB").resize((h.shape[1], h.shape[0])), np.float64)
+    a = alpha * h[..., None] ** 0.5  # strong responses opaque, weak ones faint
+    return Image.fromarray((base * (1 - a) + colored * a).round().astype(np.uint8))
+
+
+def draw_box(image: Image.Image, box: Box, color=BOX_COLOR, width: int = 3) -> Image.Image:
+    """A copy of ``image`` with ``box`` (x0, y0, x1, y1) outlined."""
+    out = image.convert("RGB").copy()
+    x0, y0, x1, y1 = box
+    ImageDraw.Draw(out).rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+    return out
+
+
+def patch_image(patch: PrototypePatch, mode: str = "crop", size: int = 128) -> Image.Image:
+    """One prototype as ``crop`` (the patch around the response), ``box`` (whole view, box drawn)
+    or ``heatmap`` (whole view, channel map blended, box drawn); ``size`` px square."""
+    if mode == "crop":
+        img = patch.crop()
+    elif mode == "box":
+        img = draw_box(patch.view, patch.box)
+    elif mode == "heatmap":
+        img = draw_box(overlay(patch.view, patch.heatmap), patch.box)
+    else:
+        raise ValueError(f"mode must be crop, box or heatmap, not {mode!r}")
+    return img.resize((size, size), Image.BICUBIC)
+
+
+def strip(images: Sequence[Image.Image], gap: int = 4, background=(255, 255, 255)) -> Image.Image:
+    """Images side by side (same height expected)."""
+    if not images:
+        return Image.new("RGB", (1, 1), background)
+    h = max(i.height for i in images)
+    out = Image.new("RGB", (sum(i.width for i in images) + gap * (len(images) - 1), h), background)
+    x = 0
+    for img in images:
+        out.paste(img, (x, 0))
+        x += img.width + gap
+    return out
+
+
+def stack(images: Sequence[Image.Image], gap: int = 6, background=(255, 255, 255)) -> Image.Image:
+    """Images one above the other, left-aligned."""
+    if not images:
+        return Image.new("RGB", (1, 1), background)
+    out = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images) + gap * (len(images) - 1)), background)
+    y = 0
+    for img in images:
+        out.paste(img, (0, y))
+        y += img.height + gap
+    return out
+
+
+def prototype_strip(patches: Sequence[PrototypePatch], mode: str = "crop", size: int = 112) -> Image.Image:
+    return strip([patch_image(p, mode, size) for p in patches])
+
+
+def _label(img: Image.Image, text: str, height: int = 18) -> Image.Image:
+    out = Image.new("RGB", (img.width, img.height + height), (255, 255, 255))
+    out.paste(img, (0, height))
+    ImageDraw.Draw(out).text((2, 3), text, fill=(0, 0, 0))
+    return out
+
+
+def evidence_image(expl: Explanation, n: int = 4, size: int = 144, negative: bool = False) -> Image.Image:
+    """One row per top channel: its heatmap and box on this image, then its prototype patches."""
+    chosen = [e for e in expl.evidence if (e.contribution < 0) == negative][:n]
+    rows = []
+    for e in chosen:
+        here = draw_box(overlay(expl.image, e.heatmap), e.box).resize((size, size), Image.BICUBIC)
+        protos = [patch_image(p, "crop", size) for p in e.prototypes]
+        rows.append(_label(strip([here, *protos]), f"channel {e.channel}: {e.contribution:+.3f} "
+                                                     f"(W={e.weight:.3f} x v={e.value:+.3f})"))
+    title = f"{expl.target_name}: logit {expl.logit:.3f}" + (" (negative evidence)" if negative else "")
+    return _label(stack([expl.image.resize((size, size)), *rows]), title)
+
+
+def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
+    """The logit of the explained class as bars: top positive and negative channels, the rest, the bias."""
+    t = expl.table()
+    pos, neg = t[t["contribution"] > 0].head(n), t[t["contribution"] < 0].tail(n)
+    shown = set(pos["channel"]) | set(neg["channel"])
+    rest = float(t.loc[~t["channel"].isin(shown), "contribution"].sum())
+    labels = [f"ch {c}" for c in pos["channel"]] + [f"other {len(t) - len(shown)}"] + [f"ch {c}" for c in neg["channel"]]
+    values = list(pos["contribution"]) + [rest] + list(neg["contribution"])
+    if expl.bias is not None:
+        labels.append("bias")
+        values.append(expl.bias_term)
+    fig = go.Figure(go.Bar(
+        x=values, y=labels, orientation="h",
+        marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in values],
+        hovertemplate="%{y}: %{x:.4f}<extra></extra>",
+    ))
+    fig.update_layout(
+        title=f"{expl.target_name}: logit {expl.logit:.3f} = sum of channel contributions",
+        yaxis={"autorange": "reversed"}, xaxis_title="contribution W[c,d]·v_d", height=max(300, 22 * len(values) + 120),
+        margin={"l": 90, "r": 20, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
+    """Why the explained class and not ``other``: the largest channel-wise differences both ways."""
+    t = expl.versus(other)
+    top = t.head(n)
+    bottom = t.tail(n)[::-1]
+    d = np.concatenate([top["difference"].to_numpy(), bottom["difference"].to_numpy()])
+    labels = [f"ch {c}" for c in top["channel"]] + [f"ch {c} " for c in bottom["channel"]]
+    fig = go.Figure(go.Bar(x=d, y=labels, orientation="h", marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in d]))
+    fig.update_layout(
+        title=f"{expl.target_name} vs {expl.class_names[other]}: per-channel difference of contributions",
+        yaxis={"autorange": "reversed"}, height=max(300, 22 * len(d) + 120), margin={"l": 90, "r": 20, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def class_weights_figure(ce: ClassExplanation, n: int = 20) -> go.Figure:
+    """A class's heaviest channel weights."""
+    t = ce.channels.head(n)
+    fig = go.Figure(go.Bar(x=[f"ch {c}" for c in t["channel"]], y=t["weight"], marker_color=POSITIVE))
+    fig.update_layout(title=f"{ce.name}: {len(ce.channels)} channels with W > 1e-3", yaxis_title="W[c, d]",
+                      height=320, margin={"l": 50, "r": 20, "t": 50, "b": 60})
+    return fig
+
+
+def faithfulness_figure(faith: dict) -> go.Figure:
+    """Removal curves from ``metrics["explanations"]["faithfulness"]``: top-k vs random channels."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("drop of the predicted logit", "top-1 accuracy"))
+    k = faith["k"]
+    for col, (a, b) in enumerate((("logit_drop_top", "logit_drop_random"), ("accuracy_top", "accuracy_random")), 1):
+        fig.add_trace(go.Scatter(x=k, y=faith[a], name="remove the k top contributors", mode="lines+markers",
+                                 line_color=NEGATIVE, showlegend=col == 1), 1, col)
+        fig.add_trace(go.Scatter(x=k, y=faith[b], name="remove k random", mode="lines+markers",
+                                 line_color="#616161", showlegend=col == 1), 1, col)
+        fig.update_xaxes(title_text="channels removed (k)", row=1, col=col)
+    fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 50, "b": 50})
+    return fig
+
+
+def to_data_uri(img: Image.Image, fmt: str = "JPEG", quality: int = 88) -> str:
+    """A PIL image as a ``data:`` URI (for self-contained HTML)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format=fmt, quality=quality)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+__all__ = [
+    "class_weights_figure", "colormap", "contributions_figure", "draw_box", "evidence_image", "faithfulness_figure",
+    "overlay", "patch_image", "prototype_strip", "stack", "strip", "to_data_uri", "versus_figure",
+]

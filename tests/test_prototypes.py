@@ -1,0 +1,147 @@
+"""Prototype mining: the streaming top-k against brute force, the saved index, rendering, the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import infodisent
+from infodisent.cli import main
+from infodisent.datasets import ImageFolderDataset
+from infodisent.features import find_cache
+from infodisent.geometry import cell_box
+from infodisent.model import save_head
+from infodisent.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes, render_prototypes
+from infodisent.runs import run_dataset
+
+from conftest import write_image
+
+
+def _brute_force(model, cache):
+    rows = cache.rows(view=0)
+    x, _ = cache.load(rows)
+    with torch.no_grad(), model.head.frozen_parameters():
+        J = model.head.rotation(x).flatten(2)
+        v = model.head.forward_details(x).v
+    return J, v, cache.indices[rows]
+
+
+def test_streaming_top_k_equals_brute_force(tiny_run):
+    result, index, cfg = tiny_run
+    model = infodisent.load(cfg.out)
+    cache = find_cache(model.backbone, run_dataset(cfg.out, split="train"), cfg.cache_dir)
+    J, v, images = _brute_force(model, cache)
+    np.testing.assert_allclose(index.v[images], v.numpy(), atol=1e-5)
+    for side, values in (("pos", J.amax(2).clamp_min(0)), ("neg", (-J).amax(2).clamp_min(0))):
+        top = values.topk(index.k, dim=0)
+        for d in (0, 17, 95):
+            got = index.prototypes(d, side)
+            expect_vals = top.values[:, d].numpy()
+            expect_imgs = images[top.indices[:, d].numpy()]
+            keep = expect_vals > 0
+            np.testing.assert_allclose(got["value"], expect_vals[keep], rtol=1e-5)
+            assert list(got["image"]) == list(expect_imgs[keep])
+            assert list(got["rank"]) == list(range(keep.sum()))
+            flat = J[top.indices[0, d], d]
+            expect_pos = int(flat.argmax() if side == "pos" else flat.argmin())
+            if keep[0]:
+                assert got["position"][0] == expect_pos
+                assert (got["row"][0], got["col"][0]) == divmod(expect_pos, index.grid[1])
+    assert (index.positions[images, 0] == J.argmax(2).numpy()).all()
+    assert (index.positions[images, 1] == J.argmin(2).numpy()).all()
+
+
+def test_batch_size_does_not_change_the_index(tiny_run):
+    _, index, cfg = tiny_run
+    model = infodisent.load(cfg.out)
+    ds = run_dataset(cfg.out, split="train")
+    small = mine_prototypes(model, ds, None, k=4, cache_dir=cfg.cache_dir, batch_size=3, progress=False)
+    assert small.path is None and small.meta["source"] == "cache"
+    assert small.table[["channel", "side", "rank", "image", "position"]].equals(
+        index.table[["channel", "side", "rank", "image", "position"]])
+    np.testing.assert_array_equal(small.v, index.v)
+
+
+def test_index_on_disk_loads_without_pixels(tiny_run):
+    _, index, cfg = tiny_run
+    path = index.path
+    assert sorted(p.name for p in path.iterdir()) == ["index.csv", "labels.npy", "meta.json", "positions.npy", "v.npy"]
+    loaded = PrototypeIndex.load(cfg.out, "train")
+    assert isinstance(loaded.v, np.memmap) and loaded.v.shape == (36, 96)
+    assert loaded.meta["grid"] == [2, 2] and loaded.meta["k"] == 4 and loaded.meta["num_valid"] == 36
+    assert set(loaded.table.columns) == {"channel", "side", "rank", "image", "label", "position", "row", "col", "value"}
+    assert (loaded.table["value"] > 0).all() and set(loaded.table["side"]) == {"pos", "neg"}
+    assert loaded.table.groupby(["channel", "side"]).size().max() == 4
+
+
+def test_backbone_source_matches_the_cache(tiny_run):
+    _, index, cfg = tiny_run
+    model = infodisent.load(cfg.out)
+    ds = run_dataset(cfg.out, split="train")
+    fresh = mine_prototypes(model, ds, None, k=4, use_cache=False, batch_size=16, progress=False)
+    assert fresh.meta["source"] == "backbone"
+    np.testing.assert_allclose(fresh.v, index.v, atol=2e-2)  # the cache holds fp16 maps
+
+
+def test_retrained_head_makes_the_index_stale(tiny_run, tmp_path):
+    import shutil
+
+    _, _, cfg = tiny_run
+    run = tmp_path / "copy"
+    shutil.copytree(cfg.out, run)
+    model = infodisent.load(run)
+    with torch.no_grad():
+        model.head.classifier.parametrizations.weight.original.mul_(0.5)
+    save_head(model.head, run / "head.safetensors")
+    with pytest.raises(StaleIndexError, match="infodisent mine"):
+        PrototypeIndex.load(run, "train")
+    assert PrototypeIndex.load(run, "train", check_head=False).k == 4
+
+
+def test_render_prototypes_boxes_and_heatmaps(tiny_run):
+    _, index, cfg = tiny_run
+    model = infodisent.load(cfg.out)
+    for side in ("pos", "neg"):
+        patches = render_prototypes(model, index, 5, side, n=3)
+        rows = index.prototypes(5, side).head(3)
+        assert [p.image_index for p in patches] == list(rows["image"])
+        for p, (_, r) in zip(patches, rows.iterrows()):
+            assert p.view.size == (64, 64) and p.heatmap.shape == (64, 64)
+            assert p.box == cell_box(int(r["position"]), (2, 2), (64, 64))
+            y, x = np.unravel_index(p.heatmap.argmax(), p.heatmap.shape)
+            assert p.box[0] <= x < p.box[2] and p.box[1] <= y < p.box[3]
+            assert p.heatmap.max() == pytest.approx(p.value, rel=2e-2, abs=1e-3)
+            assert p.crop().size == (64, 64)  # 2 cells of 32 px, the whole view here
+    with pytest.raises(ValueError, match="outside"):
+        render_prototypes(model, index, 96)
+
+
+def test_unreadable_images_are_skipped_and_reported(tiny_backbone, tmp_path):
+    root = tmp_path / "folder"
+    for i in range(3):
+        write_image(root / "train" / "a" / f"{i}.png", i)
+        write_image(root / "train" / "b" / f"{i}.png", 10 + i)
+    (root / "train" / "b" / "broken.png").write_bytes(b"not a png")
+    ds = ImageFolderDataset(root, "train")
+    head = infodisent.InfoDisentHead(infodisent.HeadConfig(96, 2))
+    model = infodisent.InfoDisent(tiny_backbone, head, ds.classes)
+    with pytest.warns(UserWarning, match="broken.png"):
+        index = mine_prototypes(model, ds, tmp_path / "run", k=2, progress=False)
+    bad = ds.paths.index(str(root / "train" / "b" / "broken.png"))
+    assert np.isnan(index.v[bad]).all() and index.meta["num_valid"] == 6
+    assert any("broken.png" in s for s in index.meta["skipped_images"])
+    assert bad not in set(index.table["image"])
+
+
+def test_mine_cli(tiny_run, tmp_path, capsys):
+    _, _, cfg = tiny_run
+    assert main(["mine", cfg.out, "--split", "test", "--k", "3", "--cache-dir", cfg.cache_dir, "--quiet",
+                 "--num-workers", "0"]) == 0
+    assert "prototype index" in capsys.readouterr().out
+    meta = json.loads((Path(cfg.out) / "prototypes" / "test" / "meta.json").read_text())
+    assert meta["k"] == 3 and meta["dataset"]["split"] == "test" and meta["num_images"] == 18
+    assert main(["mine", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert "not an InfoDisent run directory" in capsys.readouterr().err
+    assert main(["mine", cfg.out, "--k", "0", "--quiet", "--cache-dir", cfg.cache_dir]) == 2

@@ -1,0 +1,124 @@
+"""SIDE-style sparse heads, the ablation flags and the grid command."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import infodisent
+from infodisent.ablations import ablation_grid
+from infodisent.cli import main
+from infodisent.datasets import PartsConfig
+from infodisent.features import FeatureCache
+from infodisent.head import HeadConfig, InfoDisentHead
+from infodisent.runs import RunConfig, train_run
+from infodisent.sparse import SparseOptions, class_importance, prune_head
+from infodisent.training import CachedSource, FitConfig, loss_fn
+
+SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
+
+
+def tiny_cfg(tmp_path, **kw):
+    base = dict(
+        out=str(tmp_path / "run"), backbone="test_resnet", weights="random", image_size=64, parts=SMALL,
+        max_classes=5, cache_dir=str(tmp_path / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=3),
+    )
+    return RunConfig(**{**base, **kw})
+
+
+def test_sigmoid_loss_is_one_vs_rest_bce():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    y = torch.tensor([0, 2])
+    manual = -(F.logsigmoid(torch.tensor([2.0, 1.0, -0.5])).sum() + F.logsigmoid(torch.tensor([0.0, -3.0, -2.0])).sum()) / 2
+    torch.testing.assert_close(loss_fn(logits, y, FitConfig(loss="sigmoid")), manual)
+    torch.testing.assert_close(loss_fn(logits, y, FitConfig()), F.cross_entropy(logits, y))
+    with pytest.raises(ValueError, match="unknown loss"):
+        loss_fn(logits, y, FitConfig(loss="hinge"))
+
+
+def test_prune_keeps_the_k_most_important_channels(tiny_run):
+    _, _, cfg = tiny_run
+    model = infodisent.load(cfg.out)
+    cache = FeatureCache.open(next(p for p in __import__("pathlib").Path(cfg.cache_dir).iterdir()
+                                   if p.is_dir() and (p / "manifest.json").is_file()
+                                   and json.loads((p / "manifest.json").read_text())["key"]["split"] == "train"))
+    src = CachedSource(cache, 16, view=0)
+    imp = class_importance(model.head, src)
+    x, y = cache.load(cache.rows(view=0))
+    with torch.no_grad():
+        v = model.head.forward_details(x).v.double()
+    c = int(y[0])
+    expect = model.W.double()[c] * v[y == c].mean(0)
+    torch.testing.assert_close(imp[c], expect, rtol=1e-6, atol=1e-9)
+    pruned = prune_head(model.head, src, 3)
+    W = pruned.W.detach()
+    assert ((W > 0).sum(1) <= 3).all() and (pruned.weight_mask.sum(1) == 3).all()
+    for cls in range(W.shape[0]):
+        assert set(torch.nonzero(pruned.weight_mask[cls]).flatten().tolist()) == set(imp[cls].topk(3).indices.tolist())
+    torch.testing.assert_close(pruned.U(), model.head.U())
+    with torch.no_grad():
+        logits = pruned(x)
+        torch.testing.assert_close(logits, model.head.forward_details(x).v @ W.T, rtol=1e-5, atol=1e-5)
+    again = prune_head(pruned, src, 2)  # a second round stays inside the first round's channels
+    assert ((again.weight_mask <= pruned.weight_mask).all()) and (again.weight_mask.sum(1) == 2).all()
+    with pytest.raises(ValueError, match="k must be"):
+        prune_head(model.head, src, 0)
+
+
+def test_prune_schedule():
+    assert SparseOptions(k=5).schedule(1280) == [320, 80, 20, 5]
+    assert SparseOptions(k=5, ratio=1).schedule(1280) == [5]
+    assert SparseOptions(k=10, ratio=2).schedule(50) == [40, 20, 10]
+
+
+def test_sparse_run_end_to_end(tmp_path):
+    cfg = tiny_cfg(tmp_path, fit=FitConfig(epochs=3, loss="sigmoid"), sparse=SparseOptions(k=2, finetune_epochs=2, finetune_rotation=False, round_epochs=1),
+                   head=infodisent.HeadOptions(bias=True))
+    result = train_run(cfg)
+    m = result.metrics
+    assert m["sparse"]["k"] == 2 and 0 <= m["sparse"]["accuracy_before_pruning"] <= 1
+    assert m["sparse"]["schedule"] == [32, 8, 2]  # 4x fewer channels per round, from D=96
+    hist = pd.read_csv(result.run_dir / "history.csv")
+    assert list(hist["phase"]) == ["train"] * 3 + ["prune"] * 4 and list(hist["epoch"]) == list(range(1, 8))
+    assert list(hist["channels_per_class"][3:]) == [32, 8, 2, 2]
+    W = load_file(str(result.run_dir / "head.safetensors"))["W"]
+    assert ((W > 0).sum(1) <= 2).all()
+    dense_U = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)["head"]
+    model = infodisent.load(result.run_dir)
+    assert model.head.config.pruned and model.head.config.bias
+    torch.testing.assert_close(model.W, W)
+    dense = InfoDisentHead(HeadConfig(96, 5, bias=True))
+    dense.load_state_dict(dense_U)
+    torch.testing.assert_close(model.U, dense.U().detach(), atol=1e-6, rtol=0)  # fine-tuning left U alone
+
+
+def test_ablation_flags_reach_the_head(tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ["train", "--backbone", "test_resnet", "--weights", "random", "--image-size", "64", "--max-classes", "3",
+            "--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--num-workers", "0", "--quiet"]
+    assert main([*args, "--out", str(out), "--no-rotation", "--pooling", "avg", "--unconstrained"]) == 0
+    head = json.loads((out / "config.json").read_text())["head"]
+    assert (head["rotation"], head["pooling"], head["nonnegative"]) == (False, "avg", False)
+    model = infodisent.load(out)
+    torch.testing.assert_close(model.U, torch.eye(model.U.shape[0]))
+
+
+def test_ablation_grid_writes_one_table(tmp_path):
+    cfg = tiny_cfg(tmp_path, out=str(tmp_path / "grid"), max_classes=3, fit=FitConfig(epochs=2))
+    table = ablation_grid(cfg, k=2, stability=False)
+    assert list(table["variant"]) == ["infodisent", "no_rotation", "avg_pooling", "unconstrained_w", "gumbel", "side_sparse"]
+    disk = pd.read_csv(tmp_path / "grid" / "ablations.csv")
+    assert disk.shape == table.shape and disk["variant"].tolist() == table["variant"].tolist()
+    row = table.set_index("variant")
+    assert not row.loc["no_rotation", "rotation"] and row.loc["avg_pooling", "pooling"] == "avg"
+    assert row.loc["side_sparse", "global_size"] <= 3 * 2 and row.loc["side_sparse", "loss"] == "sigmoid"
+    for col in ("top1", "parts.purity", "parts.pointing_game"):
+        assert table[col].between(0, 1).all(), col
+    assert (table["global_size"] >= 1).all() and (table["global_size"] <= 96).all()
+    U = load_file(str(tmp_path / "grid" / "no_rotation" / "head.safetensors"))["U"]
+    torch.testing.assert_close(U, torch.eye(96))
+    assert np.isfinite(table["faithfulness_area_logit"]).all()
