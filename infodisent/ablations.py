@@ -8,7 +8,10 @@ features and is evaluated with the explanation metrics:
 - ``avg_pooling``: average pooling instead of the two-sided max
 - ``unconstrained_w``: W may be negative
 - ``gumbel``: Gumbel-softmax relaxation of the max during training
-- ``side_sparse``: SIDE's sigmoid loss, then K channels per class and W fine-tuned
+- ``side_sparse``: SIDE's one-vs-rest sigmoid loss (with a per-class bias: with
+  ``W >= 0`` only negative ``v`` could otherwise push a logit below zero), then
+  pruning in rounds to K channels per class, fine-tuning W and U
+- ``sparse_softmax``: the same pruning after plain softmax training
 
 Example:
     >>> table = ablation_grid(RunConfig(out="runs/ablations", dataset="parts"))
@@ -32,14 +35,16 @@ ABLATIONS = "ablations.csv"
 def variants(base: RunConfig, k: int = 5, finetune_epochs: int | None = None) -> dict[str, RunConfig]:
     """The grid's run configurations, each in ``<base.out>/<name>``."""
     h, f = base.head, base.fit
-    ft = finetune_epochs if finetune_epochs is not None else max(1, f.epochs // 2)
+    ft = finetune_epochs if finetune_epochs is not None else 10
     grid = {
         "infodisent": base,
         "no_rotation": replace(base, head=replace(h, rotation=False), probe=False),
         "avg_pooling": replace(base, head=replace(h, pooling="avg"), probe=False),
         "unconstrained_w": replace(base, head=replace(h, nonnegative=False), probe=False),
         "gumbel": replace(base, head=replace(h, relaxation="gumbel"), probe=False),
-        "side_sparse": replace(base, fit=replace(f, loss="sigmoid"), sparse=SparseOptions(k, ft), probe=False),
+        "side_sparse": replace(base, head=replace(h, bias=True), fit=replace(f, loss="sigmoid"),
+                               sparse=SparseOptions(k, ft), probe=False),
+        "sparse_softmax": replace(base, sparse=SparseOptions(k, ft), probe=False),
     }
     return {name: replace(cfg, out=str(Path(base.out) / name), overwrite=True) for name, cfg in grid.items()}
 
@@ -63,9 +68,12 @@ def _row(name: str, cfg: RunConfig, metrics: dict[str, Any], ev: dict[str, Any])
     return row
 
 
-def ablation_grid(base: RunConfig, k: int = 5, names: list[str] | None = None, stability: bool = True) -> pd.DataFrame:
+def ablation_grid(
+    base: RunConfig, k: int = 5, names: list[str] | None = None, stability: bool = True,
+    finetune_epochs: int | None = None,
+) -> pd.DataFrame:
     """Train and evaluate every variant (or those in ``names``); writes ``<base.out>/ablations.csv``."""
-    grid = variants(base, k)
+    grid = variants(base, k, finetune_epochs)
     unknown = set(names or []) - set(grid)
     if unknown:
         raise ValueError(f"unknown ablation(s) {sorted(unknown)}; choose from {', '.join(grid)}")

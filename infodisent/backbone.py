@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import socket
 import urllib.parse
@@ -27,6 +26,8 @@ from typing import Any, Callable
 import timm
 import torch
 from torch import nn
+
+from .io import file_sha256
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OFFLINE_WEIGHTS = "offline"
@@ -213,14 +214,6 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return True  # let the hub client answer from its cache, or fail fast
@@ -301,7 +294,7 @@ def load_backbone(
                     f"(e.g. {unexpected[:3]}), {len(mismatched)} shape mismatches (e.g. {mismatched[:3]})"
                 )
             model.load_state_dict(state)
-            source = WeightsSource("file", str(path), _sha256(path))
+            source = WeightsSource("file", str(path), file_sha256(path))
     data_config = timm.data.resolve_model_data_config(model)
     if image_size is not None:
         data_config["input_size"] = (3, int(image_size), int(image_size))

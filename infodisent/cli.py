@@ -16,9 +16,8 @@ from .backbone import DEFAULT_BACKBONE, BackboneError
 from .datasets import DATASETS, DatasetLayoutError, ImageReadError
 from .model import RunMismatchError
 from .prototypes import StaleIndexError
-from .runs import HeadOptions, RunConfig, RunExistsError, demo_config, evaluate_run, mine_run, summary_table, train_run
+from .runs import RunConfig, RunExistsError, demo_config, evaluate_run, mine_run, summary_table, train_run
 from .sparse import SparseOptions
-from .training import FitConfig
 
 USER_ERRORS = (
     BackboneError, DatasetLayoutError, ImageReadError, RunMismatchError, RunExistsError, StaleIndexError,

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -48,7 +47,7 @@ from .datasets import ImageDataset, PartsConfig, build_dataset
 from .features import FeatureCache, _collate, _Views, find_cache
 from .geometry import Box, ViewGeometry, cell_box, upsample_map, window_for
 from .head import two_sided_max
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, file_sha256, read_json
 from .model import HEAD_WEIGHTS, InfoDisent
 
 Side = Literal["pos", "neg"]
@@ -59,14 +58,6 @@ FORMAT_VERSION = 1
 
 class StaleIndexError(ValueError):
     """A prototype index mined with a head that has since changed."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dataset_spec(dataset: ImageDataset) -> dict[str, Any]:
@@ -342,6 +333,11 @@ def render_prototypes(
     model: InfoDisent, index: PrototypeIndex, channel: int, side: Side = "pos", n: int | None = None
 ) -> list[PrototypePatch]:
     """The top-``n`` (default: all k) prototypes of ``channel`` as patches with boxes and heatmaps."""
+    if index.meta["channels"] != model.head.config.num_features:
+        raise ValueError(
+            f"the prototype index has {index.meta['channels']} channels, the model {model.head.config.num_features}: "
+            "it was mined for another backbone"
+        )
     if not 0 <= channel < index.meta["channels"]:
         raise ValueError(f"channel {channel} is outside 0..{index.meta['channels'] - 1}")
     rows = index.prototypes(channel, side).head(n)

@@ -113,3 +113,18 @@ def test_global_explanations(model_and_data):
     assert set(ch.table["channel"]) == {d}
     with pytest.raises(ValueError, match="outside"):
         explain_channel(model, 500)
+
+
+def test_vit_boxes_are_patches_and_avg_pooling_still_decomposes():
+    from PIL import Image
+
+    bb = infodisent.load_backbone("test_vit", "random")  # 160 px, patch 16: a 10x10 token grid
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    for pooling in ("max", "avg"):
+        model = infodisent.InfoDisent(bb, infodisent.InfoDisentHead(infodisent.HeadConfig(bb.num_features, 3, pooling=pooling)))
+        e = explain(model, img, top=2)
+        assert e.J.shape == (64, 10, 10) and e.image.size == (160, 160)
+        assert e.reconstruction_error < 1e-4
+        for ev in e.evidence:
+            x0, y0, x1, y1 = ev.box
+            assert (x1 - x0, y1 - y0) == (16.0, 16.0) and x0 % 16 == 0 and y0 % 16 == 0

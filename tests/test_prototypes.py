@@ -116,6 +116,13 @@ def test_render_prototypes_boxes_and_heatmaps(tiny_run):
             assert p.crop().size == (64, 64)  # 2 cells of 32 px, the whole view here
     with pytest.raises(ValueError, match="outside"):
         render_prototypes(model, index, 96)
+    other = infodisent.InfoDisent(model.backbone, infodisent.InfoDisentHead(infodisent.HeadConfig(96, 6)))
+    index.meta["channels"] = 64
+    try:
+        with pytest.raises(ValueError, match="another backbone"):
+            render_prototypes(other, index, 5)
+    finally:
+        index.meta["channels"] = 96
 
 
 def test_unreadable_images_are_skipped_and_reported(tiny_backbone, tmp_path):

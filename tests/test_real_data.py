@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
+import infodisent
 from infodisent.backbone import load_backbone
 from infodisent.datasets import build_dataset
-from infodisent.runs import RunConfig, train_run
+from infodisent.explain import explain
+from infodisent.runs import RunConfig, evaluate_run, mine_run, run_dataset, train_run
 from infodisent.training import FitConfig
 
 from conftest import CUB50, IMAGENETTE, require
@@ -43,7 +45,8 @@ def test_offline_backbone_imagenet_top1_on_real_photos():
 
 @pytest.mark.slow
 def test_cub_subset_end_to_end(tmp_path):
-    """infodisent train on real CUB (first 10 classes), offline backbone: InfoDisent >= 0.95 x probe."""
+    """Real CUB (first 10 classes), offline backbone: train (InfoDisent >= 0.95 x probe), mine, explain,
+    evaluate the explanations (sizes, faithfulness, part metrics), report."""
     root = require(CUB50)
     cfg = RunConfig(out=str(tmp_path / "cub"), dataset="cub", root=str(root), max_classes=10,
                     cache_dir=str(tmp_path / "cache"), progress=False, fit=FitConfig(epochs=15))
@@ -52,3 +55,27 @@ def test_cub_subset_end_to_end(tmp_path):
     assert m["num_test_images"] == 243
     assert m["accuracy"]["linear_probe"] > 0.7
     assert m["accuracy"]["infodisent"] >= 0.95 * m["accuracy"]["linear_probe"]
+
+    index = mine_run(cfg.out, split="train", cache_dir=cfg.cache_dir, progress=False)
+    assert index.meta["source"] == "cache" and index.meta["num_valid"] == 300 and index.k == 10
+    model = infodisent.load(cfg.out)
+    test = run_dataset(cfg.out, split="test")
+    for i in (0, 100, 200):
+        e = explain(model, test.load_image(i), index=index)
+        assert e.reconstruction_error < 1e-4 and len(e.evidence[0].prototypes) == 5
+        assert e.evidence[0].prototypes[0].view.size == (224, 224)
+
+    ev = evaluate_run(cfg.out, cache_dir=cfg.cache_dir, progress=False, explanations=True)["explanations"]
+    print(json.dumps({k: ev[k] for k in ("size", "cub_parts")}, default=str))
+    assert ev["accuracy"]["top1"] == pytest.approx(m["accuracy"]["infodisent"], abs=1e-6)
+    size = ev["size"]
+    for key in ("global_size", "local_size", "channels_for_90pct", "above_0.2_of_max"):
+        assert 1 <= size[key] <= 1280, key
+    faith = ev["faithfulness"]
+    assert faith["area_logit"] > 0 and faith["area_accuracy"] > 0
+    assert faith["accuracy_top"][-1] < faith["accuracy_random"][-1]
+    parts = ev["cub_parts"]
+    for key in ("purity", "consistency", "stability"):
+        assert 0 <= parts[key] <= 1, key
+    saved = json.loads((tmp_path / "cub" / "metrics.json").read_text())["explanations"]
+    assert saved["size"] == size and saved["cub_parts"]["purity"] == parts["purity"]

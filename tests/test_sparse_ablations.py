@@ -109,13 +109,15 @@ def test_ablation_flags_reach_the_head(tmp_path, capsys):
 
 def test_ablation_grid_writes_one_table(tmp_path):
     cfg = tiny_cfg(tmp_path, out=str(tmp_path / "grid"), max_classes=3, fit=FitConfig(epochs=2))
-    table = ablation_grid(cfg, k=2, stability=False)
-    assert list(table["variant"]) == ["infodisent", "no_rotation", "avg_pooling", "unconstrained_w", "gumbel", "side_sparse"]
+    table = ablation_grid(cfg, k=2, stability=False, finetune_epochs=1)
+    assert list(table["variant"]) == ["infodisent", "no_rotation", "avg_pooling", "unconstrained_w", "gumbel", "side_sparse",
+                                      "sparse_softmax"]
     disk = pd.read_csv(tmp_path / "grid" / "ablations.csv")
     assert disk.shape == table.shape and disk["variant"].tolist() == table["variant"].tolist()
     row = table.set_index("variant")
     assert not row.loc["no_rotation", "rotation"] and row.loc["avg_pooling", "pooling"] == "avg"
     assert row.loc["side_sparse", "global_size"] <= 3 * 2 and row.loc["side_sparse", "loss"] == "sigmoid"
+    assert row.loc["sparse_softmax", "global_size"] <= 3 * 2 and row.loc["sparse_softmax", "loss"] == "softmax"
     for col in ("top1", "parts.purity", "parts.pointing_game"):
         assert table[col].between(0, 1).all(), col
     assert (table["global_size"] >= 1).all() and (table["global_size"] <= 96).all()
