@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/infodisent demo
+	$(BIN)/infodisent demo --out runs/demo
+	$(BIN)/infodisent evaluate runs/demo --explanations --quiet > runs/demo/evaluation.json
+	$(BIN)/infodisent report runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -12,6 +12,8 @@ features and is evaluated with the explanation metrics:
   ``W >= 0`` only negative ``v`` could otherwise push a logit below zero), then
   pruning in rounds to K channels per class, fine-tuning W and U
 - ``sparse_softmax``: the same pruning after plain softmax training
+- ``sparse_no_rotation``: that pruning with U fixed to the identity (is U needed
+  once the head is sparse?)
 
 Example:
     >>> table = ablation_grid(RunConfig(out="runs/ablations", dataset="parts"))
@@ -45,6 +47,7 @@ def variants(base: RunConfig, k: int = 5, finetune_epochs: int | None = None) ->
         "side_sparse": replace(base, head=replace(h, bias=True), fit=replace(f, loss="sigmoid"),
                                sparse=SparseOptions(k, ft), probe=False),
         "sparse_softmax": replace(base, sparse=SparseOptions(k, ft), probe=False),
+        "sparse_no_rotation": replace(base, head=replace(h, rotation=False), sparse=SparseOptions(k, ft), probe=False),
     }
     return {name: replace(cfg, out=str(Path(base.out) / name), overwrite=True) for name, cfg in grid.items()}
 
@@ -72,7 +75,10 @@ def ablation_grid(
     base: RunConfig, k: int = 5, names: list[str] | None = None, stability: bool = True,
     finetune_epochs: int | None = None,
 ) -> pd.DataFrame:
-    """Train and evaluate every variant (or those in ``names``); writes ``<base.out>/ablations.csv``."""
+    """Train and evaluate every variant (or those in ``names``); writes ``<base.out>/ablations.csv``.
+
+    With ``names``, the rows of those variants replace theirs in an existing table.
+    """
     grid = variants(base, k, finetune_epochs)
     unknown = set(names or []) - set(grid)
     if unknown:
@@ -88,6 +94,12 @@ def ablation_grid(
         )
         rows.append(_row(name, cfg, result.metrics, ev))
     table = pd.DataFrame(rows)
+    path = Path(base.out) / ABLATIONS
+    if names and path.is_file():
+        old = pd.read_csv(path)
+        table = pd.concat([old[~old["variant"].isin(table["variant"])], table], ignore_index=True)
+        order = {name: i for i, name in enumerate(grid)}
+        table = table.sort_values("variant", key=lambda s: s.map(order)).reset_index(drop=True)
     Path(base.out).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(base.out) / ABLATIONS, table.to_csv(index=False))
     return table

@@ -6,7 +6,9 @@ split where the channel responds most, with the map position of that
 response. The pass also records every image's pooled values ``v`` (the head's
 own pooling) and the argmax position of both sides of every channel. Memory
 stays at ``2 x D x (k + batch)`` candidates plus one batch of maps, whatever
-the split's size.
+the split's size: the per-image arrays go to memory-mapped files as the pass
+goes (only ``mine_prototypes(..., run_dir=None)``, for small splits and tests,
+keeps them in RAM).
 
 A prototype index lives in ``<run>/prototypes/<split>/``:
 

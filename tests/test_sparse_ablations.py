@@ -111,7 +111,7 @@ def test_ablation_grid_writes_one_table(tmp_path):
     cfg = tiny_cfg(tmp_path, out=str(tmp_path / "grid"), max_classes=3, fit=FitConfig(epochs=2))
     table = ablation_grid(cfg, k=2, stability=False, finetune_epochs=1)
     assert list(table["variant"]) == ["infodisent", "no_rotation", "avg_pooling", "unconstrained_w", "gumbel", "side_sparse",
-                                      "sparse_softmax"]
+                                      "sparse_softmax", "sparse_no_rotation"]
     disk = pd.read_csv(tmp_path / "grid" / "ablations.csv")
     assert disk.shape == table.shape and disk["variant"].tolist() == table["variant"].tolist()
     row = table.set_index("variant")
@@ -124,3 +124,8 @@ def test_ablation_grid_writes_one_table(tmp_path):
     U = load_file(str(tmp_path / "grid" / "no_rotation" / "head.safetensors"))["U"]
     torch.testing.assert_close(U, torch.eye(96))
     assert np.isfinite(table["faithfulness_area_logit"]).all()
+    again = ablation_grid(cfg, k=2, names=["avg_pooling"], stability=False)  # one row rerun, the rest kept
+    assert list(again["variant"]) == list(table["variant"])
+    pd.testing.assert_frame_equal(again.drop(index=2), table.drop(index=2), check_dtype=False)
+    with pytest.raises(ValueError, match="unknown ablation"):
+        ablation_grid(cfg, names=["nope"])
