@@ -24,10 +24,16 @@ from infodisent.head import HeadConfig, InfoDisentHead
 from infodisent.model import InfoDisent
 from infodisent.prototypes import mine_prototypes
 
+from bench_training import sync  # benchmarks/ is on sys.path when run as a script
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+
+def once(fn, device: torch.device) -> float:
+    """Seconds of one call (no warm-up: a second extraction would only reuse the cache)."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -59,22 +65,12 @@ def main() -> None:
     with torch.no_grad():  # warm-up: backbone kernels, the dataset's lazily built assets
         bb(torch.stack([bb.transform(ds.load_image(i)) for i in range(min(4, len(ds)))]).to(device))
     with tempfile.TemporaryDirectory() as tmp:
-        sync(device)
-        t = time.perf_counter()
-        extract_features(bb, ds, tmp, batch_size=a.batch_size, num_workers=a.num_workers, progress=False, device=device)
-        sync(device)
-        t_extract = time.perf_counter() - t
-
-        t = time.perf_counter()
-        mine_prototypes(model, ds, None, use_cache=False, batch_size=a.batch_size, num_workers=a.num_workers,
-                        progress=False, device=device)
-        sync(device)
-        t_stream = time.perf_counter() - t
-
-        t = time.perf_counter()
-        mine_prototypes(model, ds, None, cache_dir=tmp, batch_size=a.batch_size, progress=False, device=device)
-        sync(device)
-        t_cached = time.perf_counter() - t
+        t_extract = once(lambda: extract_features(bb, ds, tmp, batch_size=a.batch_size, num_workers=a.num_workers,
+                                                  progress=False, device=device), device)
+        t_stream = once(lambda: mine_prototypes(model, ds, None, use_cache=False, batch_size=a.batch_size,
+                                                num_workers=a.num_workers, progress=False, device=device), device)
+        t_cached = once(lambda: mine_prototypes(model, ds, None, cache_dir=tmp, batch_size=a.batch_size,
+                                                progress=False, device=device), device)
 
     n = len(ds)
     print(f"feature extraction (backbone -> cache)  {t_extract:8.2f} s  ({n / t_extract:8.1f} img/s)")

@@ -153,6 +153,11 @@ class Backbone(nn.Module):
         cfg = {k: v for k, v in self.data_config.items() if k not in ("crop_pct", "crop_mode")}
         return timm.data.create_transform(**cfg, is_training=True, no_aug=False, hflip=0.5)
 
+    def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transform's mean and std as (3, 1, 1) tensors: ``pixels = x * std + mean``."""
+        mean, std = self.data_config["mean"], self.data_config["std"]
+        return torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+
     @property
     def transform_id(self) -> str:
         """A stable description of the evaluation transform (for cache keys)."""

@@ -72,6 +72,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-classes", type=int, default=None, help="use only the first N classes (quick runs)")
 
 
+def _data_config(a: argparse.Namespace, **extra) -> RunConfig:
+    """The RunConfig fields that :func:`_data_args` adds."""
+    return RunConfig(out=a.out, dataset=a.dataset, root=a.root, backbone=a.backbone, weights=a.weights,
+                     image_size=a.image_size, max_classes=a.max_classes, **extra)
+
+
 def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     fit = replace(base.fit, epochs=a.epochs, lr=a.lr, rotation_lr=a.rotation_lr, weight_decay=a.weight_decay,
                   seed=a.seed, amp=not a.no_amp, loss=a.loss)
@@ -107,11 +113,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    base = RunConfig(
-        out=a.out, dataset=a.dataset, root=a.root, backbone=a.backbone, weights=a.weights,
-        image_size=a.image_size, max_classes=a.max_classes, resume=a.resume, overwrite=a.overwrite,
-    )
-    _print_run(train_run(_run_config(a, base)))
+    _print_run(train_run(_run_config(a, _data_config(a, resume=a.resume, overwrite=a.overwrite))))
     return 0
 
 
@@ -149,9 +151,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_ablate(a: argparse.Namespace) -> int:
     from .ablations import ablation_grid
 
-    base = RunConfig(out=a.out, dataset=a.dataset, root=a.root, backbone=a.backbone, weights=a.weights,
-                     image_size=a.image_size, max_classes=a.max_classes)
-    base = _run_config(a, base)
+    base = _run_config(a, _data_config(a))
     table = ablation_grid(base, k=a.k_per_class, names=a.only, stability=not a.no_stability)
     with_cols = [c for c in table.columns if c not in ("rotation", "pooling", "nonnegative_w", "relaxation", "loss")]
     print(table[with_cols].set_index("variant").T.to_string(float_format=lambda v: f"{v:.4f}"))

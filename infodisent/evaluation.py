@@ -45,7 +45,7 @@ def explanation_metrics(
 ) -> dict[str, Any]:
     """Accuracy, explanation size, faithfulness and (where the dataset has them) part metrics."""
     W = model.W.double().cpu().numpy()
-    bias = model.head.bias.detach().double().cpu().numpy() if model.head.bias is not None else None
+    bias = None if model.b is None else model.b.double().cpu().numpy()
     valid = index.valid
     V, labels = np.asarray(index.v[valid], np.float64), index.labels[valid]
     logits = logits_of(V, W, bias)

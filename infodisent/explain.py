@@ -157,8 +157,7 @@ def _as_input(model: InfoDisent, image: ImageLike) -> tuple[torch.Tensor, Image.
         x = image[None] if image.ndim == 3 else image
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"explain takes one image: a (3, H, W) tensor, got shape {tuple(image.shape)}")
-        cfg = model.backbone.data_config
-        mean, std = torch.tensor(cfg["mean"])[:, None, None], torch.tensor(cfg["std"])[:, None, None]
+        mean, std = model.backbone.normalization()
         pixels = ((x[0].cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         return x, Image.fromarray(pixels, "RGB")
     raise TypeError(f"explain takes a PIL image, a path or a normalised (3, H, W) tensor, not {type(image).__name__}")
@@ -187,7 +186,7 @@ def explain(
     logits = out.logits[0].double().cpu().numpy()
     v = out.v[0].double().cpu().numpy()
     W = model.W.double().cpu().numpy()
-    bias = model.head.bias.detach().double().cpu().numpy() if model.head.bias is not None else None
+    bias = None if model.b is None else model.b.double().cpu().numpy()
     if target is None:
         target = int(logits.argmax())
     if not 0 <= int(target) < len(logits):

@@ -65,6 +65,13 @@ def _key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _entry(backbone, dataset, cache_root, views: int, seed: int) -> tuple[dict[str, Any], Path]:
+    """The key of ``dataset``'s cache entry and its folder under ``cache_root`` (default: :func:`default_cache_root`)."""
+    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    key = cache_key(backbone, dataset, views, seed)
+    return key, root / _key_hash(key)
+
+
 @dataclass
 class FeatureCache:
     """A complete cache entry, memory-mapped."""
@@ -223,10 +230,8 @@ def extract_features(
     """
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
-    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
-    key = cache_key(backbone, dataset, views, seed)
-    path = root / _key_hash(key)
-    with _locked(root / f"{path.name}.lock"):
+    key, path = _entry(backbone, dataset, cache_root, views, seed)
+    with _locked(path.parent / f"{path.name}.lock"):
         if (path / "manifest.json").is_file():
             cache = FeatureCache.open(path)
             if strict and cache.bad_files:
@@ -239,8 +244,7 @@ def find_cache(
     backbone: Backbone, dataset: ImageDataset, cache_root: str | os.PathLike | None = None, views: int = 1, seed: int = 0
 ) -> FeatureCache | None:
     """The complete cache entry for ``dataset`` if one exists (nothing is extracted)."""
-    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
-    path = root / _key_hash(cache_key(backbone, dataset, views, seed))
+    _, path = _entry(backbone, dataset, cache_root, views, seed)
     return FeatureCache.open(path) if (path / "manifest.json").is_file() else None
 
 

@@ -136,9 +136,13 @@ def cell_box(position: int, grid: tuple[int, int], view: tuple[int, int], window
         raise ValueError(f"position {position} is outside a {gh}x{gw} grid")
     r, c = divmod(int(position), gw)
     sx, sy = view[0] / gw, view[1] / gh
-    if window is None:
-        return (c * sx, r * sy, (c + 1) * sx, (r + 1) * sy)
-    cx, cy, half = (c + 0.5) * sx, (r + 0.5) * sy, window / 2
+    box = (c * sx, r * sy, (c + 1) * sx, (r + 1) * sy)
+    return box if window is None else around(box, view, window)
+
+
+def around(box: Box, view: tuple[int, int], side: float) -> Box:
+    """A square of ``side`` pixels centred on ``box``, clipped to the view ``(width, height)``."""
+    cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, side / 2
     return (max(0.0, cx - half), max(0.0, cy - half), min(float(view[0]), cx + half), min(float(view[1]), cy + half))
 
 
@@ -163,4 +167,4 @@ def window_for(grid: tuple[int, int], view: tuple[int, int], cells: float = 2.0)
     return cells * max(view[0] / grid[1], view[1] / grid[0])
 
 
-__all__ = ["Box", "ViewGeometry", "cell_box", "cell_center", "upsample_map", "window_for"]
+__all__ = ["Box", "ViewGeometry", "around", "cell_box", "cell_center", "upsample_map", "window_for"]

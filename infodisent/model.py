@@ -69,6 +69,11 @@ class InfoDisent(nn.Module):
     def W(self) -> torch.Tensor:
         return self.head.W.detach()
 
+    @property
+    def b(self) -> torch.Tensor | None:
+        """The classifier bias (C,), or None for a head without one."""
+        return None if self.head.bias is None else self.head.bias.detach()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 

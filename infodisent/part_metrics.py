@@ -209,8 +209,7 @@ def channel_classes(W: np.ndarray, top: int = 10, threshold: float = WEIGHT_THRE
 @torch.no_grad()
 def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed: int = 0, batch_size: int = 32):
     """Positive-side argmax positions (n, D) of every channel for clean and noise-perturbed images."""
-    cfg = model.backbone.data_config
-    mean, std = torch.tensor(cfg["mean"])[:, None, None], torch.tensor(cfg["std"])[:, None, None]
+    mean, std = model.backbone.normalization()
     g = torch.Generator().manual_seed(seed)
     device = next(model.head.parameters()).device
     clean, noisy = [], []

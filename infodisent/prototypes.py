@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from .datasets import ImageDataset, PartsConfig, build_dataset
 from .features import FeatureCache, _collate, _Views, find_cache
-from .geometry import Box, ViewGeometry, cell_box, upsample_map, window_for
+from .geometry import Box, ViewGeometry, around, cell_box, upsample_map
 from .head import two_sided_max
 from .io import atomic_write_json, file_sha256, read_json
 from .model import HEAD_WEIGHTS, InfoDisent
@@ -75,7 +75,7 @@ def dataset_spec(dataset: ImageDataset) -> dict[str, Any]:
 
 
 def rebuild_dataset(spec: dict[str, Any], transform=None) -> ImageDataset:
-    parts = PartsConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["parts"].items()}) if spec.get("parts") else None
+    parts = PartsConfig.from_dict(spec["parts"]) if spec.get("parts") else None
     return build_dataset(spec["name"], spec.get("root"), spec["split"], transform, spec.get("max_classes"), parts=parts)
 
 
@@ -216,15 +216,16 @@ def mine_prototypes(
         for F_, images in batches:
             F_ = F_.to(device, torch.float32)
             J = head.rotation(F_)
-            pool = two_sided_max(J)
-            v, _ = head.pool(J)
+            v, pool = head.pool(J)  # eval mode: the exact two-sided max, or the average
+            pool = pool if pool is not None else two_sided_max(J)
+            where = torch.stack([pool.pos_index, pool.neg_index])  # (2, B, D)
             v_all[images] = v.cpu().numpy()
-            pos_all[images] = torch.stack([pool.pos_index, pool.neg_index], 1).cpu().numpy().astype(np.int16)
+            pos_all[images] = where.transpose(0, 1).cpu().numpy().astype(np.int16)
             b = len(images)
             cand_val = torch.cat([top_val, torch.stack([pool.pos_values, pool.neg_values]).transpose(1, 2)], 2)
             img_t = torch.as_tensor(images, device=device).expand(2, d, b)
             cand_img = torch.cat([top_img, img_t], 2)
-            cand_pos = torch.cat([top_pos, torch.stack([pool.pos_index, pool.neg_index]).transpose(1, 2)], 2)
+            cand_pos = torch.cat([top_pos, where.transpose(1, 2)], 2)
             top_val, order = cand_val.topk(k, dim=2)
             top_img, top_pos = cand_img.gather(2, order), cand_pos.gather(2, order)
             bar.update(b)
@@ -277,7 +278,7 @@ def mine_prototypes(
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
-    index = PrototypeIndex.load(run_dir, dataset.split)
+    index = PrototypeIndex.load(run_dir, dataset.split, check_head=False)  # its head checksum was just taken
     index._dataset = dataset
     return index
 
@@ -299,12 +300,8 @@ class PrototypePatch:
 
     def crop(self, cells: float = 2.0) -> Image.Image:
         """The patch around the response: ``cells`` grid cells wide, centred on the box."""
-        grid_w = self.view.width / (self.box[2] - self.box[0])
-        grid_h = self.view.height / (self.box[3] - self.box[1])
-        win = window_for((round(grid_h), round(grid_w)), self.view.size, cells)
-        cx, cy = (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
-        x0, y0 = max(0, cx - win / 2), max(0, cy - win / 2)
-        x1, y1 = min(self.view.width, cx + win / 2), min(self.view.height, cy + win / 2)
+        x0, y0, x1, y1 = self.box
+        x0, y0, x1, y1 = around(self.box, self.view.size, cells * max(x1 - x0, y1 - y0))
         return self.view.crop((int(x0), int(y0), int(round(x1)), int(round(y1))))
 
 

@@ -248,8 +248,7 @@ def run_dataset(run_dir: str | Path, dataset: str | None = None, root: str | Non
     run_cfg = config.get("run", {})
     dataset = dataset or run_cfg.get("dataset", "parts")
     root = root if root is not None else run_cfg.get("root")
-    parts = PartsConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run_cfg["parts"].items()}) if (
-        dataset == "parts" and run_cfg.get("parts")) else None
+    parts = PartsConfig.from_dict(run_cfg["parts"]) if dataset == "parts" and run_cfg.get("parts") else None
     ds = build_dataset(dataset, root, split, max_classes=run_cfg.get("max_classes"), parts=parts)
     check_compatible(config, config["backbone"]["name"], ds.num_classes, run_dir)
     return ds

@@ -47,6 +47,11 @@ class PartsConfig:
     def per_class(self, split: str) -> int:
         return self.train_per_class if split == "train" else self.test_per_class
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PartsConfig":
+        """Rebuild from its ``asdict`` form as read back from JSON (lists become tuples again)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 def _ellipse_alpha(h: int, w: int) -> np.ndarray:
     a = Image.new("L", (w, h), 0)
