@@ -19,7 +19,7 @@ import torch
 
 from infodisent.backbone import load_backbone
 from infodisent.datasets import PartsConfig, PartsDataset, build_dataset
-from infodisent.features import extract_features
+from infodisent.features import extract_features, find_cache
 from infodisent.head import HeadConfig, InfoDisentHead
 from infodisent.model import InfoDisent
 from infodisent.prototypes import mine_prototypes
@@ -67,9 +67,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t_extract = once(lambda: extract_features(bb, ds, tmp, batch_size=a.batch_size, num_workers=a.num_workers,
                                                   progress=False, device=device), device)
-        t_stream = once(lambda: mine_prototypes(model, ds, None, use_cache=False, batch_size=a.batch_size,
+        t_stream = once(lambda: mine_prototypes(model, ds, None, batch_size=a.batch_size,
                                                 num_workers=a.num_workers, progress=False, device=device), device)
-        t_cached = once(lambda: mine_prototypes(model, ds, None, cache_dir=tmp, batch_size=a.batch_size,
+        cache = find_cache(bb, ds, tmp)
+        t_cached = once(lambda: mine_prototypes(model, ds, None, features=cache, batch_size=a.batch_size,
                                                 progress=False, device=device), device)
 
     n = len(ds)

@@ -2,65 +2,40 @@
 
 Example:
     >>> import infodisent
-    >>> bb = infodisent.load_backbone()                       # offline ImageNet EfficientNet-Lite0
-    >>> result = infodisent.train_run(infodisent.demo_config("runs/demo"))
-    >>> model = infodisent.load("runs/demo")
-    >>> out = model.outputs(images)                           # logits, v, J
-    >>> out.contributions(model.head, target=3)               # W[3] * v, per channel
-    >>> index = infodisent.mine_run("runs/demo")              # prototype index of the training split
-    >>> e = infodisent.explain(model, image, index=index)     # one decision, channel by channel
+    >>> infodisent.train_run(infodisent.demo_config("runs/demo"))   # or `infodisent demo`
+    >>> run = infodisent.open_run("runs/demo")
+    >>> run.metrics.infodisent.top1                   # typed metrics.json
+    >>> e = run.explain(17)                           # test image 17, channel by channel (numbers)
+    >>> e.positive.head()                             # its strongest evidence
+    >>> run.renderer().prototypes(int(e.positive.channel[0]), n=5)   # that channel's prototypes
 """
 
 from .backbone import DEFAULT_BACKBONE, Backbone, BackboneError, feature_map, load_backbone
-from .datasets import DATASETS, build_dataset
+from .config import ConfigVersionError, ModelConfig, RunConfig, demo_config
+from .datasets import DATASETS, DatasetSpec, build_dataset
 from .evaluation import explanation_metrics
-from .explain import Explanation, explain, explain_channel, explain_class
+from .explain import ChannelEvidence, Explanation, explain, explain_channel, explain_class
 from .features import FeatureCache, extract_features
 from .head import HeadConfig, InfoDisentHead, two_sided_max
+from .io import CorruptFileError
 from .model import InfoDisent, Outputs, RunMismatchError, load
-from .prototypes import PrototypeIndex, mine_prototypes, render_prototypes
-from .runs import HeadOptions, RunConfig, demo_config, evaluate_run, mine_run, train_run
+from .pipeline import RunExistsError, evaluate_run, mine_run, train_run
+from .prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
+from .render import Patch, Renderer
+from .results import Accuracy, Evaluation, ExplanationMetrics, Faithfulness, RunMetrics, Sizes
+from .run import NotARunError, Run, RunFiles, open_run
 from .sparse import SparseOptions, prune_head
 from .training import CachedSource, FitConfig, StreamingSource, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DATASETS",
-    "Explanation",
-    "PrototypeIndex",
-    "SparseOptions",
-    "DEFAULT_BACKBONE",
-    "Backbone",
-    "BackboneError",
-    "CachedSource",
-    "FeatureCache",
-    "FitConfig",
-    "HeadConfig",
-    "HeadOptions",
-    "InfoDisent",
-    "InfoDisentHead",
-    "Outputs",
-    "RunConfig",
-    "RunMismatchError",
-    "StreamingSource",
-    "build_dataset",
-    "demo_config",
-    "evaluate",
-    "evaluate_run",
-    "explain",
-    "explain_channel",
-    "explain_class",
-    "explanation_metrics",
-    "extract_features",
-    "feature_map",
-    "fit",
-    "load",
-    "load_backbone",
-    "mine_prototypes",
-    "mine_run",
-    "prune_head",
-    "render_prototypes",
-    "train_run",
-    "two_sided_max",
+    "Accuracy", "Backbone", "BackboneError", "CachedSource", "ChannelEvidence", "ConfigVersionError",
+    "CorruptFileError", "DATASETS", "DEFAULT_BACKBONE", "DatasetSpec", "Evaluation", "Explanation",
+    "ExplanationMetrics", "Faithfulness", "FeatureCache", "FitConfig", "HeadConfig", "InfoDisent", "InfoDisentHead",
+    "ModelConfig", "NotARunError", "Outputs", "Patch", "PrototypeIndex", "Renderer", "Run", "RunConfig",
+    "RunExistsError", "RunFiles", "RunMetrics", "RunMismatchError", "Sizes", "SparseOptions", "StaleIndexError",
+    "StreamingSource", "build_dataset", "demo_config", "evaluate", "evaluate_run", "explain", "explain_channel",
+    "explain_class", "explanation_metrics", "extract_features", "feature_map", "fit", "load", "load_backbone",
+    "mine_prototypes", "mine_run", "open_run", "prune_head", "train_run", "two_sided_max",
 ]

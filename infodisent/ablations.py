@@ -27,17 +27,21 @@ from typing import Any
 
 import pandas as pd
 
+from .config import RunConfig
 from .io import atomic_write_text
-from .runs import RunConfig, evaluate_run, train_run
+from .pipeline import evaluate_run, train_run
+from .results import Evaluation, RunMetrics
+from .run import Run
 from .sparse import SparseOptions
 
 ABLATIONS = "ablations.csv"
 
 
-def variants(base: RunConfig, k: int = 5, finetune_epochs: int | None = None) -> dict[str, RunConfig]:
+def variants(base: RunConfig, channels_per_class: int = 5, finetune_epochs: int | None = None) -> dict[str, RunConfig]:
     """The grid's run configurations, each in ``<base.out>/<name>``."""
     h, f = base.head, base.fit
     ft = finetune_epochs if finetune_epochs is not None else 10
+    k = channels_per_class
     grid = {
         "infodisent": base,
         "no_rotation": replace(base, head=replace(h, rotation=False), probe=False),
@@ -52,34 +56,34 @@ def variants(base: RunConfig, k: int = 5, finetune_epochs: int | None = None) ->
     return {name: replace(cfg, out=str(Path(base.out) / name), overwrite=True) for name, cfg in grid.items()}
 
 
-def _row(name: str, cfg: RunConfig, metrics: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
-    e = ev["explanations"]
-    size, faith = e["size"], e["faithfulness"]
+def _row(name: str, cfg: RunConfig, metrics: RunMetrics, ev: Evaluation) -> dict[str, Any]:
+    e = ev.explanations
+    size, faith = e.size, e.faithfulness
     row = {
         "variant": name, "rotation": cfg.head.rotation, "pooling": cfg.head.pooling,
         "nonnegative_w": cfg.head.nonnegative, "relaxation": cfg.head.relaxation, "loss": cfg.fit.loss,
-        "k_per_class": cfg.sparse.k if cfg.sparse else None,
-        "top1": metrics["accuracy"]["infodisent"], "top5": metrics["top5"]["infodisent"],
-        "global_size": size["global_size"], "local_size": size["local_size"],
-        "channels_for_90pct": size["channels_for_90pct"], "above_0.2_of_max": size["above_0.2_of_max"],
-        "faithfulness_area_logit": faith["area_logit"], "faithfulness_area_accuracy": faith["area_accuracy"],
+        "channels_per_class": cfg.sparse.channels_per_class if cfg.sparse else None,
+        "top1": metrics.infodisent.top1, "top5": metrics.infodisent.top5,
+        "global_size": size.global_size, "local_size": size.local_size,
+        "channels_for_90pct": size.channels_for_mass, "above_0.2_of_max": size.above_relative,
+        "faithfulness_area_logit": faith.area_logit, "faithfulness_area_accuracy": faith.area_accuracy,
     }
-    for group in ("parts", "cub_parts"):
-        for key, value in e.get(group, {}).items():
-            if isinstance(value, (int, float)):
+    for group, scores in (("parts", e.parts), ("cub_parts", e.cub_parts)):
+        for key, value in (scores.to_dict() if scores is not None else {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[f"{group}.{key}"] = value
     return row
 
 
 def ablation_grid(
-    base: RunConfig, k: int = 5, names: list[str] | None = None, stability: bool = True,
+    base: RunConfig, channels_per_class: int = 5, names: list[str] | None = None, stability: bool = True,
     finetune_epochs: int | None = None,
 ) -> pd.DataFrame:
     """Train and evaluate every variant (or those in ``names``); writes ``<base.out>/ablations.csv``.
 
     With ``names``, the rows of those variants replace theirs in an existing table.
     """
-    grid = variants(base, k, finetune_epochs)
+    grid = variants(base, channels_per_class, finetune_epochs)
     unknown = set(names or []) - set(grid)
     if unknown:
         raise ValueError(f"unknown ablation(s) {sorted(unknown)}; choose from {', '.join(grid)}")
@@ -89,8 +93,8 @@ def ablation_grid(
             continue
         result = train_run(cfg)
         ev = evaluate_run(
-            cfg.out, split="test", cache_dir=cfg.cache_dir, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-            device=cfg.device, progress=cfg.progress, explanations=True, stability=stability,
+            Run.open(cfg.out, device=cfg.device), "test", batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+            progress=cfg.progress, explanations=True, stability=stability,
         )
         rows.append(_row(name, cfg, result.metrics, ev))
     table = pd.DataFrame(rows)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OFFLINE_WEIGHTS = "offline"
 HUB_WEIGHTS = "timm"
 RANDOM_WEIGHTS = "random"
+WEIGHTS_KEYWORDS = (OFFLINE_WEIGHTS, HUB_WEIGHTS, RANDOM_WEIGHTS)
 
 
 class BackboneError(ValueError):
@@ -114,10 +117,12 @@ class Backbone(nn.Module):
     pretrained weights can still be checked against ImageNet.
     """
 
-    def __init__(self, model: nn.Module, name: str, weights: WeightsSource, data_config: dict[str, Any]):
+    def __init__(self, model: nn.Module, name: str, weights: WeightsSource, data_config: dict[str, Any],
+                 model_kwargs: dict[str, Any] | None = None):
         super().__init__()
         self.model = model
         self.name = name
+        self.model_kwargs = dict(model_kwargs or {})  # timm.create_model's extra arguments (part of cache keys)
         self.weights = weights
         self.data_config = dict(data_config)
         for p in self.model.parameters():
@@ -203,13 +208,13 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BackboneError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise BackboneError(_refused_pickle_message(path, str(e))) from e
     except Exception as e:  # noqa: BLE001 - report which file and why
-        raise BackboneError(f"cannot read {path} as a torch state dict with weights_only=True: {e}") from e
+        raise BackboneError(f"cannot read {path} as a torch weights file: {_first_line(str(e))}") from e
     for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -217,6 +222,45 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BackboneError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise BackboneError(
+            f"{path} is not a valid safetensors file: it is truncated, or another format saved under "
+            f"a .safetensors name ({_first_line(str(e))})"
+        ) from e
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(text: str) -> str:
+    """The first non-empty line of an error message, without terminal colour codes."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else "no details"
+
+
+def _refused_pickle_message(path: Path, error: str) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to unpickle it anyway."""
+    error = _ANSI.sub("", error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", error)
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", error)
+    if found:
+        what = f"it holds pickled Python objects beyond tensors (found {found.group(1)})"
+    else:
+        reason = detail.group(1).strip() if detail else _first_line(error).split(". ")[0]
+        what = f"it is damaged, not a torch file, or holds pickled Python objects beyond tensors ({reason})"
+    return (
+        f"cannot read weights file {path}: {what}. torch.load(weights_only=True) refuses such objects "
+        "for safety, since unpickling them could run arbitrary code. Convert the file to .safetensors or "
+        "to a plain state dict of tensors, e.g. torch.save(model.state_dict(), PATH), where it was made."
+    )
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -264,6 +308,8 @@ def load_backbone(
     _check_name(name)
     kwargs = dict(model_kwargs or {})
     spec = str(weights)
+    if spec not in WEIGHTS_KEYWORDS:
+        _check_weights_path(spec)
     if spec == HUB_WEIGHTS:
         if not _hub_reachable():
             raise _hub_error(name, "the hub is not reachable from this machine")
@@ -306,7 +352,18 @@ def load_backbone(
         if hasattr(model, "set_input_size") and hasattr(model, "patch_embed"):
             model.set_input_size(img_size=(int(image_size), int(image_size)))
     model.to(device)
-    return Backbone(model, name, source, data_config)
+    return Backbone(model, name, source, data_config, kwargs)
+
+
+def _check_weights_path(spec: str) -> None:
+    """A ``--weights`` value that is not a keyword must be an existing file."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return
+    what = "a folder, not a file" if path.is_dir() else "not a file"
+    close = difflib.get_close_matches(spec.strip().lower(), WEIGHTS_KEYWORDS, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise BackboneError(f"--weights {spec!r}: {what}, and not one of {' | '.join(WEIGHTS_KEYWORDS)}.{hint}")
 
 
 def _diff_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:

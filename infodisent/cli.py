@@ -9,20 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import replace
 from typing import Sequence
 
 from .backbone import DEFAULT_BACKBONE, BackboneError
+from .config import RunConfig, demo_config
 from .datasets import DATASETS, DatasetLayoutError, ImageReadError
-from .model import RunMismatchError
-from .prototypes import StaleIndexError
-from .runs import RunConfig, RunExistsError, demo_config, evaluate_run, mine_run, summary_table, train_run
+from .pipeline import RunExistsError, evaluate_run, mine_run, train_run
+from .results import to_dict
+from .run import Run
 from .sparse import SparseOptions
 
-USER_ERRORS = (
-    BackboneError, DatasetLayoutError, ImageReadError, RunMismatchError, RunExistsError, StaleIndexError,
-    FileNotFoundError, ValueError,
-)
+USER_ERRORS = (BackboneError, DatasetLayoutError, ImageReadError, RunExistsError, FileNotFoundError, ValueError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -84,7 +83,7 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     head = replace(base.head, orthogonal_map=a.orthogonal_map, relaxation=a.relaxation, bias=a.bias,
                    rotation=not a.no_rotation, pooling=a.pooling, nonnegative=not a.unconstrained)
     sparse = SparseOptions(a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u,
-                           ratio=a.prune_ratio) if a.prune_k else None
+                           ratio=a.prune_ratio) if a.prune_k is not None else None
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
         cache_dir=a.cache_dir, strict=a.strict, progress=not a.quiet, views=a.views,
@@ -95,15 +94,14 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
 def _print_run(result) -> None:
     m = result.metrics
     print()
-    print(summary_table(m).to_string(float_format=lambda v: f"{v:.4f}"))
-    if m["ratio"] is not None:
-        print(f"\nInfoDisent / linear probe accuracy ratio: {m['ratio']:.3f}")
-    for split, info in m["feature_cache"].items():
-        state = "reused (no image passed through the backbone)" if info["reused"] else "extracted now"
-        print(f"feature cache {split}: {state} — {info['path']}")
-    skipped = sum(len(v) for v in m["skipped_images"].values())
-    if skipped:
-        print(f"skipped {skipped} unreadable images (listed in metrics.json)")
+    print(m.table().to_string(float_format=lambda v: f"{v:.4f}"))
+    if m.ratio is not None:
+        print(f"\nInfoDisent / linear probe accuracy ratio: {m.ratio:.3f}")
+    for split, info in m.feature_cache.items():
+        state = "reused (no image passed through the backbone)" if info.reused else "extracted now"
+        print(f"feature cache {split}: {state} — {info.path}")
+    if m.num_skipped_images:
+        print(f"skipped {m.num_skipped_images} unreadable images (listed in metrics.json)")
     print(f"run directory: {result.run_dir}")
 
 
@@ -117,24 +115,28 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _open(a: argparse.Namespace) -> Run:
+    return Run.open(a.run_dir, device=a.device, cache_dir=getattr(a, "cache_dir", None))
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     out = evaluate_run(
-        a.run_dir, a.dataset, a.root, a.split, cache_dir=a.cache_dir, batch_size=a.batch_size,
-        num_workers=a.num_workers, device=a.device, strict=a.strict, progress=not a.quiet,
-        explanations=a.explanations, k=a.k, stability=not a.no_stability,
+        _open(a), a.split, dataset=a.dataset, root=a.root, batch_size=a.batch_size, num_workers=a.num_workers,
+        strict=a.strict, progress=not a.quiet, explanations=a.explanations, k=a.k, stability=not a.no_stability,
     )
-    print(json.dumps(out, indent=2))
+    print(json.dumps(to_dict(out), indent=2))
     return 0
 
 
 def cmd_mine(a: argparse.Namespace) -> int:
-    index = mine_run(
-        a.run_dir, a.dataset, a.root, a.split, k=a.k, cache_dir=a.cache_dir, use_cache=not a.no_cache,
-        batch_size=a.batch_size, num_workers=a.num_workers, device=a.device, strict=a.strict, progress=not a.quiet,
-    )
+    run = _open(a)
+    if a.dataset is not None and a.dataset != run.dataset_spec(a.split).name:
+        raise ValueError("mine works on the run's own dataset; use evaluate --dataset for another one")
+    index = mine_run(run, a.split, k=a.k, use_cache=not a.no_cache, batch_size=a.batch_size,
+                     num_workers=a.num_workers, strict=a.strict, progress=not a.quiet)
     m = index.meta
-    print(f"mined {m['num_valid']} images of {m['dataset']['name']}/{m['dataset']['split']} "
-          f"({m['source']}, {m['seconds']:.1f} s): top-{m['k']} of {m['channels']} channels, both sides")
+    print(f"mined {m.num_valid} images of {m.dataset.name}/{m.dataset.split} "
+          f"({m.source}, {m.seconds:.1f} s): top-{m.k} of {m.channels} channels, both sides")
     print(f"prototype index: {index.path}")
     return 0
 
@@ -142,8 +144,8 @@ def cmd_mine(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from .report import write_report  # plotly is only needed here
 
-    path = write_report(a.run_dir, a.out, max_classes=a.max_classes, channels=a.channels, prototypes=a.prototypes,
-                        samples=a.samples, device=a.device, progress=not a.quiet)
+    path = write_report(_open(a), a.out, max_classes=a.max_classes, channels=a.channels, prototypes=a.prototypes,
+                        samples=a.samples, progress=not a.quiet)
     print(f"report: {path}")
     return 0
 
@@ -152,7 +154,7 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     from .ablations import ablation_grid
 
     base = _run_config(a, _data_config(a))
-    table = ablation_grid(base, k=a.k_per_class, names=a.only, stability=not a.no_stability)
+    table = ablation_grid(base, channels_per_class=a.k_per_class, names=a.only, stability=not a.no_stability)
     with_cols = [c for c in table.columns if c not in ("rotation", "pooling", "nonnegative_w", "relaxation", "loss")]
     print(table[with_cols].set_index("variant").T.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\ntable: {a.out}/ablations.csv")
@@ -221,13 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line ``infodisent: warning: ...``, without the library's source line."""
+    print(f"infodisent: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except USER_ERRORS as e:
-        print(f"infodisent {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except USER_ERRORS as e:
+            print(f"infodisent {args.command}: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -1,26 +1,28 @@
-"""Local and global explanations, as data: dataclasses of arrays and DataFrames.
+"""Local and global explanations, as numbers: frozen dataclasses of arrays and DataFrames.
 
-- :func:`explain` takes one decision apart: the logit of the chosen class is
-  ``sum_d W[c, d] * v_d (+ b_c)``, and every term is a channel's
-  contribution, positive or negative evidence. For the strongest channels it
-  adds their heatmap on this image, the box of their response and (given a
-  :class:`~infodisent.prototypes.PrototypeIndex`) their prototype patches.
-  :meth:`Explanation.versus` answers "why class A and not class B".
+- :func:`explain` takes decisions apart, for a batch of images at once: the
+  logit of class ``c`` is ``sum_d W[c, d] * v_d (+ b_c)``, and every term is a
+  channel's contribution, positive or negative evidence. It runs the model
+  once and keeps what the head computed (``v``, the maps ``J`` and where each
+  channel's two sides peak); it renders nothing. Heatmaps, boxes and
+  prototype patches come from :class:`~infodisent.render.Renderer` on request.
+- :meth:`Explanation.versus` answers "why class A and not class B".
 - :func:`explain_class` and :func:`explain_channel` are the global view: a
   class's channels by weight, and a channel's classes.
 
 Pictures are built from these by :mod:`infodisent.plots`.
 
 Example:
-    >>> e = explain(model, "bird.jpg", index=PrototypeIndex.load("runs/cub"))
-    >>> e.predicted_name, e.positive.head()        # DataFrame of the strongest evidence
-    >>> e.versus(17)                               # channel-by-channel difference to class 17
+    >>> e = explain(model, ["a.jpg", "b.jpg"])     # a batch; e[1] is the second image
+    >>> e[0].positive.head()                       # DataFrame of the strongest evidence
+    >>> e[0].versus(17)                            # channel-by-channel difference to class 17
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -28,86 +30,165 @@ import torch
 from PIL import Image
 
 from .datasets.base import read_image, to_rgb
-from .geometry import Box, ViewGeometry, cell_box, upsample_map
-from .head import two_sided_max
+from .geometry import Box, ViewGeometry, cell_box
 from .model import InfoDisent
-from .prototypes import PrototypeIndex, PrototypePatch, render_prototypes
+from .prototypes import PrototypeIndex, Side
 
-ImageLike = Image.Image | str | Path | torch.Tensor
+ImageLike = Union[Image.Image, str, Path, torch.Tensor]
+
+
+def class_index(value: object, num_classes: int, what: str = "target") -> int:
+    """``value`` as a class index in ``0..num_classes-1``; a clear error for anything else (bools, floats, strings)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer class index, not {type(value).__name__} {value!r}")
+    if not 0 <= int(value) < num_classes:
+        raise ValueError(f"{what} {value} is not a class of this model (0..{num_classes - 1})")
+    return int(value)
 
 
 @dataclass(frozen=True)
 class ChannelEvidence:
-    """One channel's part in a decision."""
+    """One channel's part in one decision (numbers only)."""
 
     channel: int
     contribution: float  # W[c, d] * v_d
     weight: float  # W[c, d]
     value: float  # v_d
-    side: str  # "pos" when v_d >= 0 (its strongest positive response won), else "neg"
+    side: Side  # "pos" when v_d >= 0 (its strongest positive response won), else "neg"
     position: int  # flat map position of that response
     box: Box  # its grid cell, view pixels
-    heatmap: np.ndarray  # (S_h, S_w) the channel's map on this image (negated for the neg side)
-    prototypes: tuple[PrototypePatch, ...] = ()
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """A decision, split into per-channel contributions (see the module docstring)."""
+    """Decisions on a batch of images, split into per-channel contributions.
 
-    image: Image.Image  # the model's view of the input
+    Arrays have the batch first. ``e[i]`` is the explanation of image ``i``
+    alone; the one-image accessors (``target``, ``logit``, ``table()``,
+    ``positive``, ``versus()``, ...) need a batch of one and say so otherwise.
+    """
+
     class_names: tuple[str, ...]
-    target: int
-    logits: np.ndarray  # (C,)
-    v: np.ndarray  # (D,)
-    W: np.ndarray  # (C, D)
+    targets: np.ndarray  # (B,) the explained class of each image
+    logits: np.ndarray  # (B, C) float64
+    v: np.ndarray  # (B, D) pooled channel values, float64
+    positions: np.ndarray  # (B, 2, D) flat position of each channel's pos / neg peak
+    J: np.ndarray  # (B, D, H, W) rotated channel maps, float32
+    W: np.ndarray  # (C, D) float64
     bias: np.ndarray | None  # (C,) or None
-    J: np.ndarray  # (D, H, W) rotated channel maps of this image
-    positions: np.ndarray  # (2, D) argmax of each channel's pos / neg side
-    evidence: tuple[ChannelEvidence, ...]  # strongest positive, then strongest negative channels
+    views: tuple[Image.Image, ...]  # the model's view of each input (S x S RGB)
+    sources: tuple[int | str | None, ...]  # dataset index, file path, or None for each image
+
+    # ------------------------------------------------------------------ batch
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> "Explanation":
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"index an explanation with an integer, not {type(i).__name__}")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"image {i} of an explanation of {len(self)}")
+        s = slice(int(i), int(i) + 1 if i != -1 else None)
+        return replace(self, targets=self.targets[s], logits=self.logits[s], v=self.v[s],
+                       positions=self.positions[s], J=self.J[s], views=self.views[s], sources=self.sources[s])
 
     @property
-    def predicted(self) -> int:
-        return int(self.logits.argmax())
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.J.shape[-2:])  # type: ignore[return-value]
 
     @property
-    def predicted_name(self) -> str:
-        return self.class_names[self.predicted]
+    def predictions(self) -> np.ndarray:
+        """(B,) the predicted class of each image."""
+        return self.logits.argmax(1)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(B, C) softmax of the logits."""
+        p = np.exp(self.logits - self.logits.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    @property
+    def contributions(self) -> np.ndarray:
+        """(B, D) ``W[target, d] * v_d`` of each image."""
+        return self.W[self.targets] * self.v
+
+    @property
+    def bias_terms(self) -> np.ndarray:
+        """(B,) the bias of each image's target class (zeros without a bias)."""
+        return np.zeros(len(self)) if self.bias is None else self.bias[self.targets]
+
+    @property
+    def reconstruction_error(self) -> float:
+        """Largest ``|sum(contributions) + bias - logit| / max(|logit|, 1e-12)`` over the batch: 0 up to rounding."""
+        total = self.contributions.astype(np.float64).sum(1) + self.bias_terms
+        logit = self.logits[np.arange(len(self)), self.targets]
+        return float((np.abs(total - logit) / np.maximum(np.abs(logit), 1e-12)).max(initial=0.0))
+
+    def with_target(self, target: int | Sequence[int]) -> "Explanation":
+        """The same decisions explained for another class (one for all images, or one each)."""
+        return replace(self, targets=_targets(target, len(self), self.logits))
+
+    # ------------------------------------------------------------------ one image
+
+    def _one(self) -> None:
+        if len(self) != 1:
+            raise ValueError(f"this explanation holds {len(self)} images; pick one with e[i]")
+
+    @property
+    def target(self) -> int:
+        self._one()
+        return int(self.targets[0])
 
     @property
     def target_name(self) -> str:
         return self.class_names[self.target]
 
     @property
-    def top5(self) -> pd.DataFrame:
-        """The five highest logits with their classes and softmax probabilities."""
-        k = min(5, len(self.logits))
-        order = np.argsort(-self.logits, kind="stable")[:k]
-        p = np.exp(self.logits - self.logits.max())
-        p /= p.sum()
-        return pd.DataFrame({"class": order, "name": [self.class_names[i] for i in order],
-                             "logit": self.logits[order], "probability": p[order]})
+    def predicted(self) -> int:
+        self._one()
+        return int(self.predictions[0])
+
+    @property
+    def predicted_name(self) -> str:
+        return self.class_names[self.predicted]
 
     @property
     def logit(self) -> float:
-        return float(self.logits[self.target])
+        """The explained class's logit."""
+        return float(self.logits[0, self.target])
 
     @property
-    def bias_term(self) -> float:
-        return 0.0 if self.bias is None else float(self.bias[self.target])
+    def target_bias(self) -> float:
+        """The explained class's bias (0 without one): ``logit = contributions.sum() + target_bias``."""
+        self._one()
+        return float(self.bias_terms[0])
 
     @property
-    def contributions(self) -> np.ndarray:
-        """``W[target, d] * v_d`` for every channel, (D,)."""
-        return self.W[self.target] * self.v
+    def view(self) -> Image.Image:
+        self._one()
+        return self.views[0]
+
+    @property
+    def top5(self) -> pd.DataFrame:
+        """The five highest logits with their classes and softmax probabilities."""
+        self._one()
+        logits = self.logits[0]
+        k = min(5, len(logits))
+        order = np.argsort(-logits, kind="stable")[:k]
+        p = self.probabilities[0]
+        return pd.DataFrame({"class": order, "name": [self.class_names[i] for i in order],
+                             "logit": logits[order], "probability": p[order]})
 
     def table(self, target: int | None = None) -> pd.DataFrame:
         """Every channel's contribution to ``target`` (default: the explained class), largest first."""
-        c = self.target if target is None else target
-        contrib = self.W[c] * self.v
+        self._one()
+        c = self.target if target is None else class_index(target, len(self.class_names))
+        v = self.v[0]
+        contrib = self.W[c] * v
         pos_total = contrib[contrib > 0].sum()
         df = pd.DataFrame({
-            "channel": np.arange(len(self.v)), "value": self.v, "weight": self.W[c], "contribution": contrib,
+            "channel": np.arange(len(v)), "value": v, "weight": self.W[c], "contribution": contrib,
             "share_of_positive": np.where(contrib > 0, contrib / pos_total if pos_total > 0 else 0.0, 0.0),
         })
         return df.sort_values("contribution", ascending=False, kind="stable").reset_index(drop=True)
@@ -124,168 +205,187 @@ class Explanation:
         t = self.table()
         return t[t["contribution"] < 0].sort_values("contribution", kind="stable").reset_index(drop=True)
 
-    @property
-    def reconstruction_error(self) -> float:
-        """``|sum(contributions) + bias - logit| / max(|logit|, 1e-12)``: 0 up to rounding."""
-        total = float(self.contributions.astype(np.float64).sum()) + self.bias_term
-        return abs(total - self.logit) / max(abs(self.logit), 1e-12)
-
     def versus(self, other: int) -> pd.DataFrame:
         """Why ``target`` and not ``other``: per channel, ``W[a,d] v_d - W[b,d] v_d``, largest first.
 
-        The differences plus the bias difference sum to ``logit[a] - logit[b]``.
+        Columns ``channel, value, contribution_target, contribution_other, difference``; the
+        differences plus the bias difference sum to ``logit[a] - logit[b]``.
         """
-        a, b = self.target, int(other)
-        ca, cb = self.W[a] * self.v, self.W[b] * self.v
-        df = pd.DataFrame({"channel": np.arange(len(self.v)), "value": self.v, f"contribution_{a}": ca,
-                           f"contribution_{b}": cb, "difference": ca - cb})
+        self._one()
+        a, b = self.target, class_index(other, len(self.class_names), "other")
+        v = self.v[0]
+        ca, cb = self.W[a] * v, self.W[b] * v
+        df = pd.DataFrame({"channel": np.arange(len(v)), "value": v, "contribution_target": ca,
+                           "contribution_other": cb, "difference": ca - cb})
         return df.sort_values("difference", ascending=False, kind="stable").reset_index(drop=True)
 
-    def heatmap(self, channel: int) -> np.ndarray:
-        """Channel ``channel``'s map on this image, upsampled to the view (signed, as computed)."""
-        return upsample_map(self.J[channel], self.image.size)
+    def channel(self, channel: int) -> ChannelEvidence:
+        """One channel's evidence for the explained class: contribution, value, winning side and its box."""
+        self._one()
+        d = int(channel)
+        if isinstance(channel, (bool, np.bool_)) or not 0 <= d < self.v.shape[1]:
+            raise ValueError(f"channel {channel!r} is outside 0..{self.v.shape[1] - 1}")
+        value = float(self.v[0, d])
+        side: Side = "pos" if value >= 0 else "neg"
+        p = int(self.positions[0, 0 if side == "pos" else 1, d])
+        w = float(self.W[self.target, d])
+        return ChannelEvidence(d, w * value, w, value, side, p, cell_box(p, self.grid, self.views[0].size))
+
+    def evidence(self, n: int = 5) -> tuple[ChannelEvidence, ...]:
+        """The ``n`` strongest positive, then the ``n`` strongest negative channels."""
+        t = self.table()
+        contrib = t["contribution"].to_numpy()
+        chosen = list(t["channel"][contrib > 0][:n]) + list(t["channel"][contrib < 0][::-1][:n])
+        return tuple(self.channel(int(d)) for d in chosen)
 
 
-def _as_input(model: InfoDisent, image: ImageLike) -> tuple[torch.Tensor, Image.Image]:
-    if isinstance(image, (str, Path)):
-        image = read_image(image)
-    if isinstance(image, Image.Image):
-        image = to_rgb(image)
-        view = ViewGeometry.from_transform(model.transform, image.size).view_image(image)
-        return model.transform(image)[None], view
-    if isinstance(image, torch.Tensor):
-        x = image[None] if image.ndim == 3 else image
-        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
-            raise ValueError(f"explain takes one image: a (3, H, W) tensor, got shape {tuple(image.shape)}")
+def _targets(target, n: int, logits: np.ndarray) -> np.ndarray:
+    c = logits.shape[1]
+    if target is None:
+        return logits.argmax(1)
+    if isinstance(target, (list, tuple, np.ndarray)):
+        if len(target) != n:
+            raise ValueError(f"{len(target)} targets for {n} images")
+        return np.array([class_index(t, c) for t in np.asarray(target).tolist()], dtype=np.int64)
+    return np.full(n, class_index(target, c), dtype=np.int64)
+
+
+def prepare_inputs(model: InfoDisent, images) -> tuple[torch.Tensor, list[Image.Image], list[int | str | None]]:
+    """Normalised inputs, views and sources for PIL images, paths, one (3,S,S) tensor or a (B,3,S,S) batch."""
+    size = tuple(model.backbone.data_config["input_size"])
+    if isinstance(images, torch.Tensor):
+        x = images[None] if images.ndim == 3 else images
+        if x.ndim != 4 or tuple(x.shape[1:]) != size:
+            raise ValueError(
+                f"explain takes (3, H, W) or (B, 3, H, W) tensors of the model's input size {size}, got shape "
+                f"{tuple(images.shape)}; pass PIL images or paths, or use model.transform(image)"
+            )
         mean, std = model.backbone.normalization()
-        pixels = ((x[0].cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        return x, Image.fromarray(pixels, "RGB")
-    raise TypeError(f"explain takes a PIL image, a path or a normalised (3, H, W) tensor, not {type(image).__name__}")
+        pixels = ((x.detach().cpu().float() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        return x, [Image.fromarray(p, "RGB") for p in pixels], [None] * len(x)
+    items = images if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("explain needs at least one image")
+    transform = model.transform
+    xs, views, sources = [], [], []
+    for item in items:
+        source = str(item) if isinstance(item, (str, Path)) else None
+        if isinstance(item, (str, Path)):
+            item = read_image(item)
+        if not isinstance(item, Image.Image):
+            raise TypeError(f"explain takes PIL images, paths or normalised tensors, not {type(item).__name__}")
+        geo = ViewGeometry.from_transform(transform, item.size)
+        view = geo.view_image(to_rgb(item))
+        xs.append(geo.to_tensor(view))
+        views.append(view)
+        sources.append(source)
+    return torch.stack(xs), views, sources
 
 
 @torch.no_grad()
 def explain(
     model: InfoDisent,
-    image: ImageLike,
-    target: int | None = None,
+    images: ImageLike | Sequence[ImageLike],
+    target: int | Sequence[int] | None = None,
     *,
-    index: PrototypeIndex | None = None,
-    top: int = 5,
-    prototypes: int = 5,
+    sources: Sequence[int | str | None] | None = None,
 ) -> Explanation:
-    """Explain one decision of ``model`` on ``image`` (a PIL image, a path or a normalised tensor).
+    """Explain the decisions of ``model`` on one image or a batch (PIL images, paths or normalised tensors).
 
-    ``target`` defaults to the predicted class. ``evidence`` holds the ``top``
-    strongest positive and ``top`` strongest negative channels, each with its
-    heatmap and box, and (with ``index``) its first ``prototypes`` patches.
+    ``target`` defaults to each image's predicted class; an int explains that class for every
+    image, a sequence gives one per image. ``sources`` records where the images came from
+    (dataset indices), for the renderer and the widgets. One forward pass; nothing is rendered.
     """
-    x, view = _as_input(model, image)
-    device = next(model.head.parameters()).device
-    out = model.outputs(x.to(device))
-    pool = two_sided_max(out.J)
-    logits = out.logits[0].double().cpu().numpy()
-    v = out.v[0].double().cpu().numpy()
-    W = model.W.double().cpu().numpy()
-    bias = None if model.b is None else model.b.double().cpu().numpy()
-    if target is None:
-        target = int(logits.argmax())
-    if not 0 <= int(target) < len(logits):
-        raise ValueError(f"target {target} is not a class of this model (0..{len(logits) - 1})")
-    J = out.J[0].float().cpu().numpy()
-    positions = torch.stack([pool.pos_index[0], pool.neg_index[0]]).cpu().numpy()
-    contrib = W[target] * v
-    order = np.argsort(-contrib, kind="stable")
-    chosen = [int(d) for d in order[:top] if contrib[d] > 0] + [int(d) for d in order[::-1][:top] if contrib[d] < 0]
-    grid = J.shape[1:]
-    evidence = []
-    for d in chosen:
-        side = "pos" if v[d] >= 0 else "neg"
-        p = int(positions[0 if side == "pos" else 1, d])
-        patches = tuple(render_prototypes(model, index, d, side, prototypes)) if index is not None and prototypes else ()
-        sign = 1.0 if side == "pos" else -1.0
-        evidence.append(ChannelEvidence(
-            d, float(contrib[d]), float(W[target, d]), float(v[d]), side, p,
-            cell_box(p, grid, view.size), upsample_map(sign * J[d], view.size), patches,
-        ))
-    return Explanation(view, tuple(model.class_names), int(target), logits, v, W, bias, J, positions, tuple(evidence))
+    x, views, found = prepare_inputs(model, images)
+    return _explain_tensor(model, x, views, target, sources if sources is not None else found)
+
+
+def explain_views(model: InfoDisent, views: Sequence[Image.Image], target: int | Sequence[int] | None = None,
+                  sources: Sequence[int | str | None] | None = None) -> Explanation:
+    """:func:`explain` for images already brought to the model's view (as :meth:`Renderer.view` gives them)."""
+    size = tuple(model.backbone.data_config["input_size"][:0:-1])
+    if not views or any(v.size != size for v in views):
+        raise ValueError(f"explain_views takes views of the model's input size {size}")
+    geo = ViewGeometry.from_transform(model.transform, views[0].size)
+    x = torch.stack([geo.to_tensor(v) for v in views])
+    return _explain_tensor(model, x, list(views), target, sources if sources is not None else [None] * len(views))
+
+
+def _explain_tensor(model, x, views, target, sources) -> Explanation:
+    out = model.outputs(x.to(model.device))
+    logits = out.logits.double().cpu().numpy()
+    targets = _targets(target, len(logits), logits)
+    if len(sources) != len(views):
+        raise ValueError(f"{len(sources)} sources for {len(views)} images")
+    pool = out.pool
+    return Explanation(
+        class_names=tuple(model.class_names),
+        targets=targets,
+        logits=logits,
+        v=out.v.double().cpu().numpy(),
+        positions=torch.stack([pool.pos_index, pool.neg_index], 1).cpu().numpy(),
+        J=out.J.float().cpu().numpy(),
+        W=model.W.double().cpu().numpy(),
+        bias=None if model.bias is None else model.bias.double().cpu().numpy(),
+        views=tuple(views),
+        sources=tuple(sources),
+    )
 
 
 @dataclass(frozen=True)
 class ClassExplanation:
-    """A class's channels, by weight, with their prototypes."""
+    """A class's channels, by weight (with an index: their mean value and contribution on the class)."""
 
     class_index: int
     name: str
-    channels: pd.DataFrame  # channel, weight, share, (with an index) mean_value, mean_contribution on the class
-    prototypes: dict[int, tuple[PrototypePatch, ...]]
+    channels: pd.DataFrame  # channel, weight, share, (with an index) mean_value, mean_contribution
 
 
 @dataclass(frozen=True)
 class ChannelExplanation:
-    """A channel's classes, by weight, with its prototypes on both sides."""
+    """A channel's classes, by weight, and its rows of the prototype index."""
 
     channel: int
     classes: pd.DataFrame  # class, name, weight, share
-    prototypes: dict[str, tuple[PrototypePatch, ...]]  # "pos" / "neg"
-    table: pd.DataFrame | None  # its rows of the prototype index
+    prototypes: pd.DataFrame | None  # its rows of the prototype index (both sides)
 
 
-def explain_class(
-    model: InfoDisent,
-    class_index: int,
-    index: PrototypeIndex | None = None,
-    *,
-    threshold: float = 1e-3,
-    top: int | None = 10,
-    prototypes: int = 5,
-) -> ClassExplanation:
-    """Class ``class_index``'s channels with ``W > threshold``, heaviest first (the first ``top`` of them rendered)."""
+def explain_class(model: InfoDisent, target: int, index: PrototypeIndex | None = None, *,
+                  threshold: float = 1e-3) -> ClassExplanation:
+    """Class ``target``'s channels with ``W > threshold``, heaviest first."""
     W = model.W.double().cpu().numpy()
-    if not 0 <= class_index < W.shape[0]:
-        raise ValueError(f"class {class_index} is not a class of this model (0..{W.shape[0] - 1})")
-    w = W[class_index]
+    c = class_index(target, W.shape[0])
+    w = W[c]
     keep = np.flatnonzero(w > threshold)
     keep = keep[np.argsort(-w[keep], kind="stable")]
     df = pd.DataFrame({"channel": keep, "weight": w[keep], "share": w[keep] / max(w[w > 0].sum(), 1e-12)})
     if index is not None:
-        mask = (index.labels == class_index) & index.valid
+        mask = (index.labels == c) & index.valid
         vals = np.asarray(index.v[mask])[:, keep] if mask.any() else np.full((1, len(keep)), np.nan)
         df["mean_value"] = vals.mean(0)
         df["mean_contribution"] = df["mean_value"] * df["weight"]
-    patches = {}
-    if index is not None and prototypes:
-        for d in df["channel"].head(top):
-            patches[int(d)] = tuple(render_prototypes(model, index, int(d), "pos", prototypes))
-    return ClassExplanation(class_index, model.class_names[class_index], df.reset_index(drop=True), patches)
+    return ClassExplanation(c, model.class_names[c], df.reset_index(drop=True))
 
 
-def explain_channel(
-    model: InfoDisent,
-    channel: int,
-    index: PrototypeIndex | None = None,
-    *,
-    threshold: float = 1e-3,
-    prototypes: int = 5,
-) -> ChannelExplanation:
-    """The classes that use ``channel`` (``W > threshold``), heaviest first, and its prototypes."""
+def explain_channel(model: InfoDisent, channel: int, index: PrototypeIndex | None = None, *,
+                    threshold: float = 1e-3) -> ChannelExplanation:
+    """The classes that use ``channel`` (``W > threshold``), heaviest first, and its prototype rows."""
     W = model.W.double().cpu().numpy()
-    if not 0 <= channel < W.shape[1]:
-        raise ValueError(f"channel {channel} is outside 0..{W.shape[1] - 1}")
+    if isinstance(channel, (bool, np.bool_)) or not isinstance(channel, (int, np.integer)) \
+            or not 0 <= channel < W.shape[1]:
+        raise ValueError(f"channel {channel!r} is outside 0..{W.shape[1] - 1}")
     w = W[:, channel]
     keep = np.flatnonzero(w > threshold)
     keep = keep[np.argsort(-w[keep], kind="stable")]
     df = pd.DataFrame({"class": keep, "name": [model.class_names[c] for c in keep], "weight": w[keep],
                        "share": w[keep] / max(w[w > 0].sum(), 1e-12)})
-    patches: dict[str, tuple[PrototypePatch, ...]] = {}
     table = None
     if index is not None:
-        table = index.table[index.table["channel"] == channel].reset_index(drop=True)
-        if prototypes:
-            patches = {s: tuple(render_prototypes(model, index, channel, s, prototypes)) for s in ("pos", "neg")}
-    return ChannelExplanation(channel, df, patches, table)
+        table = pd.concat([index.prototypes(channel, "pos"), index.prototypes(channel, "neg")], ignore_index=True)
+    return ChannelExplanation(int(channel), df, table)
 
 
 __all__ = [
-    "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Explanation",
-    "explain", "explain_channel", "explain_class",
+    "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Explanation", "class_index",
+    "explain", "explain_channel", "explain_class", "explain_views", "prepare_inputs",
 ]

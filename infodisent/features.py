@@ -5,9 +5,11 @@ One cache entry per (backbone, weights, dataset content, split, transform, views
 ``labels.npy``, ``indices.npy`` (dataset index of each row), ``valid.npy``
 (False for unreadable images) and ``manifest.json``, written last and
 atomically: an entry without it is incomplete. An interrupted extraction
-(killed process) resumes from ``progress.json`` (rows finished and flushed);
-an entry whose metadata does not match is rebuilt. A lock file keeps two
-processes from writing one entry at once.
+(killed process) resumes from ``progress.json`` (rows finished and flushed,
+and a SHA-256 of their bytes); an entry whose metadata does not match, whose
+``features.npy`` has the wrong size or whose finished rows fail the checksum
+is rebuilt, as is a complete entry with a damaged file (with a warning). A
+lock file keeps two processes from writing one entry at once.
 
 Example:
     >>> cache = extract_features(backbone, dataset, "~/.cache/infodisent")
@@ -26,15 +28,15 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
-from .datasets.base import ImageDataset, ImageReadError
-from .io import atomic_save_npy, atomic_write_json, read_json
+from .datasets.base import ImageDataset, ImageReadError, SkippedImageWarning
+from .io import CorruptFileError, atomic_save_npy, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
 
@@ -47,7 +49,7 @@ def default_cache_root() -> Path:
 
 def cache_key(backbone: Backbone, dataset: ImageDataset, views: int = 1, seed: int = 0) -> dict[str, Any]:
     """What identifies a cache entry; its hash names the entry's folder."""
-    return {
+    key = {
         "format": FORMAT_VERSION,
         "backbone": backbone.name,
         "weights": backbone.weights.cache_id,
@@ -59,6 +61,9 @@ def cache_key(backbone: Backbone, dataset: ImageDataset, views: int = 1, seed: i
         "views": views,
         "augment_seed": seed if views > 1 else None,
     }
+    if backbone.model_kwargs:  # only when given, so that entries made without them keep their key
+        key["model_kwargs"] = {k: repr(v) for k, v in sorted(backbone.model_kwargs.items())}
+    return key
 
 
 def _key_hash(key: dict[str, Any]) -> str:
@@ -86,15 +91,26 @@ class FeatureCache:
 
     @classmethod
     def open(cls, path: Path) -> "FeatureCache":
-        manifest = read_json(path / "manifest.json")
-        return cls(
-            path,
-            np.load(path / "features.npy", mmap_mode="r"),
-            np.load(path / "labels.npy"),
-            np.load(path / "indices.npy"),
-            np.load(path / "valid.npy"),
-            manifest,
-        )
+        """A complete entry, checked: :class:`CorruptFileError` names a damaged or missing file
+        (``FileNotFoundError`` when there is no manifest, i.e. the entry is incomplete)."""
+        path = Path(path)
+        try:
+            manifest = read_json(path / "manifest.json")
+        except CorruptFileError as e:
+            raise _corrupt(path, "manifest.json", e.reason) from e
+        shape = _manifest_shape(manifest)
+        if shape is None or not isinstance(manifest.get("num_images"), int):
+            raise _corrupt(path, "manifest.json", "no valid 'shape' or 'num_images'")
+        features = _load_array(path, "features.npy", mmap=True)
+        if features.shape != shape or features.dtype != np.float16:
+            raise _corrupt(path, "features.npy", f"{features.dtype} {features.shape}, the manifest says float16 {shape}")
+        arrays = {name: _load_array(path, f"{name}.npy") for name in ("labels", "indices", "valid")}
+        for name, a in arrays.items():
+            if a.shape != shape[:1]:
+                raise _corrupt(path, f"{name}.npy", f"shape {a.shape}, expected ({shape[0]},) for {shape[0]} rows")
+        if arrays["valid"].dtype != bool:
+            raise _corrupt(path, "valid.npy", f"dtype {arrays['valid'].dtype}, expected bool")
+        return cls(path, features, arrays["labels"], arrays["indices"], arrays["valid"], manifest)
 
     def __len__(self) -> int:
         return int(self.valid.sum())
@@ -136,26 +152,52 @@ class FeatureCache:
         for s in range(0, len(rows), batch_size):
             yield self.load(rows[s : s + batch_size], device)
 
-    def pooled(self, rows: np.ndarray | None = None, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-        """Globally average-pooled features ``(N, D)`` (the linear probe's input) and labels."""
-        rows = self.rows(view=0) if rows is None else np.asarray(rows)
-        out = [
-            torch.from_numpy(self.features[np.sort(rows[s : s + chunk])].astype(np.float32)).mean(dim=(2, 3))
-            for s in range(0, len(rows), chunk)
-        ]
-        x = torch.cat(out) if out else torch.zeros(0, self.shape[0])
-        return x, torch.from_numpy(self.labels[np.sort(rows)])
+
+def _corrupt(entry: Path, name: str, reason: str) -> CorruptFileError:
+    return CorruptFileError(
+        entry / name, reason, f"Feature cache entry {entry}: extract again to rebuild it, or delete that folder."
+    )
+
+
+def _manifest_shape(manifest: Any) -> tuple[int, ...] | None:
+    shape = manifest.get("shape") if isinstance(manifest, dict) else None
+    ok = isinstance(shape, list) and len(shape) == 4 and all(isinstance(n, int) and n >= 0 for n in shape)
+    return tuple(shape) if ok else None
+
+
+def _load_array(entry: Path, name: str, mmap: bool = False) -> np.ndarray:
+    """One ``.npy`` file of a complete entry; a missing or unreadable one is a :class:`CorruptFileError`."""
+    if not (entry / name).is_file():
+        raise _corrupt(entry, name, "file missing")
+    try:
+        return np.load(entry / name, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as e:  # truncated: "mmap length is greater than file size", ...
+        raise _corrupt(entry, name, f"{type(e).__name__}: {e}") from e
+
+
+class _Unreadable(str):
+    """``"path: reason"`` for an image that could not be read, keeping both parts."""
+
+    def __new__(cls, path: str, reason: str) -> "_Unreadable":
+        self = super().__new__(cls, f"{path}: {reason}")
+        self.path, self.reason = path, reason
+        return self
+
+    def __reduce__(self):
+        return (_Unreadable, (self.path, self.reason))
 
 
 class _Views(torch.utils.data.Dataset):
     """Row ``r`` = view ``r // N`` of image ``r % N``; view 0 uses the evaluation transform,
-    later views timm's training augmentation, seeded per (seed, row)."""
+    later views timm's training augmentation, seeded per (seed, row).
 
-    def __init__(self, dataset: ImageDataset, views: int, eval_tf: Callable, aug_tf: Callable | None, seed: int, strict: bool):
-        self.dataset, self.views, self.eval_tf, self.aug_tf, self.seed, self.strict = (
-            dataset, views, eval_tf, aug_tf, seed, strict,
-        )
-        self._shape: tuple[int, ...] | None = None
+    An unreadable image gives the item ``(None, label, r, _Unreadable)``; this
+    never raises, so that with loader workers ``strict`` is handled by the
+    consuming loop (see :func:`_skip_or_raise`) and the user sees
+    :class:`ImageReadError`, not torch's worker wrapper around it."""
+
+    def __init__(self, dataset: ImageDataset, views: int, eval_tf: Callable, aug_tf: Callable | None, seed: int):
+        self.dataset, self.views, self.eval_tf, self.aug_tf, self.seed = dataset, views, eval_tf, aug_tf, seed
 
     def __len__(self) -> int:
         return len(self.dataset) * self.views
@@ -166,9 +208,7 @@ class _Views(torch.utils.data.Dataset):
         try:
             img = self.dataset.load_image(i)
         except ImageReadError as e:
-            if self.strict:
-                raise
-            return None, label, r, f"{e.path}: {e.reason}"
+            return None, label, r, _Unreadable(e.path, e.reason)
         if view == 0:
             x = self.eval_tf(img)
         else:
@@ -194,6 +234,48 @@ def _collate(items):
     good = [it for it in items if it[0] is not None]
     x = torch.stack([it[0] for it in good]) if good else None
     return x, [it[2] for it in good], [(it[2], it[3]) for it in items if it[0] is None]
+
+
+def _skip_or_raise(failure: _Unreadable, strict: bool) -> None:
+    """Raise :class:`ImageReadError` for an unreadable image when ``strict``, else warn that it is skipped."""
+    if strict:
+        raise ImageReadError(failure.path, failure.reason)
+    warnings.warn(f"skipping unreadable image {failure}", SkippedImageWarning, stacklevel=4)
+
+
+class MapBatch(NamedTuple):
+    """One batch of :func:`stream_feature_maps`."""
+
+    maps: torch.Tensor  # (B, D, H, W) float32
+    indices: np.ndarray  # (B,) dataset index of each map
+
+
+def stream_feature_maps(
+    backbone: Backbone,
+    dataset: ImageDataset,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    strict: bool = False,
+    device: str | torch.device = "cpu",
+    skipped: list[str] | None = None,
+) -> Iterator[MapBatch]:
+    """Backbone maps of ``dataset`` (evaluation transform) batch by batch, without caching them.
+
+    Unreadable images are skipped with a :class:`SkippedImageWarning` and appended
+    to ``skipped`` as ``"path: reason"`` (``strict=True`` raises :class:`ImageReadError`).
+    """
+    views = _Views(dataset, 1, backbone.transform, None, 0)
+    loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    for x, rows, failed in loader:
+        for _, failure in failed:
+            _skip_or_raise(failure, strict)
+            if skipped is not None:
+                skipped.append(str(failure))
+        if x is not None:
+            with torch.inference_mode():
+                f = backbone(x.to(device))
+            yield MapBatch(f.float(), np.asarray(rows))
 
 
 @contextmanager
@@ -232,8 +314,8 @@ def extract_features(
         raise ValueError(f"views must be >= 1, got {views}")
     key, path = _entry(backbone, dataset, cache_root, views, seed)
     with _locked(path.parent / f"{path.name}.lock"):
-        if (path / "manifest.json").is_file():
-            cache = FeatureCache.open(path)
+        cache = _open_complete(path, "rebuilding it")
+        if cache is not None:
             if strict and cache.bad_files:
                 raise ImageReadError(cache.bad_files[0]["path"], cache.bad_files[0]["reason"])
             return cache
@@ -243,9 +325,91 @@ def extract_features(
 def find_cache(
     backbone: Backbone, dataset: ImageDataset, cache_root: str | os.PathLike | None = None, views: int = 1, seed: int = 0
 ) -> FeatureCache | None:
-    """The complete cache entry for ``dataset`` if one exists (nothing is extracted)."""
+    """The complete cache entry for ``dataset`` if one exists and is intact (nothing is extracted)."""
     _, path = _entry(backbone, dataset, cache_root, views, seed)
-    return FeatureCache.open(path) if (path / "manifest.json").is_file() else None
+    return _open_complete(path, "ignoring it")
+
+
+def _open_complete(path: Path, action: str) -> FeatureCache | None:
+    """The complete entry at ``path``; None if there is none, or (with a warning) if it is damaged."""
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        return FeatureCache.open(path)
+    except CorruptFileError as e:
+        warnings.warn(f"feature cache entry {path} is damaged ({e.path.name}: {e.reason}); {action}", stacklevel=3)
+        return None
+
+
+class _Partial(NamedTuple):
+    """The state of an entry being written."""
+
+    features: np.ndarray  # memory-mapped, writable
+    valid: np.ndarray
+    done: int  # rows finished and flushed
+    bad: list[dict[str, Any]]
+    digest: Any  # running hashlib.sha256 of the finished rows' bytes
+
+
+def _start(path: Path, meta: dict[str, Any]) -> _Partial:
+    """An empty entry: every file removed, the features file allocated."""
+    for f in path.iterdir():
+        f.unlink()
+    atomic_write_json(path / "meta.json", meta)
+    feats = np.lib.format.open_memmap(path / "features.npy", mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
+    return _Partial(feats, np.ones(meta["shape"][0], bool), 0, [], hashlib.sha256())
+
+
+def _resume(path: Path, meta: dict[str, Any]) -> _Partial | None:
+    """The finished part of an interrupted extraction of ``meta``; None if there is none or it fails
+    its checks (then with a warning naming the entry and the problem)."""
+    if not all((path / f).is_file() for f in ("meta.json", "features.npy", "progress.json")):
+        return None
+    try:
+        if read_json(path / "meta.json") != meta:
+            return None
+        state = read_json(path / "progress.json")
+        done, bad, recorded = int(state["rows_done"]), list(state["bad"]), state.get("sha256")
+        valid = np.ones(meta["shape"][0], bool)
+        valid[[int(b["row"]) for b in bad]] = False
+        problem, digest = _check_partial(path / "features.npy", tuple(meta["shape"]), done, recorded)
+    except (CorruptFileError, KeyError, TypeError, ValueError, IndexError) as e:
+        problem = str(e) if isinstance(e, CorruptFileError) else f"unreadable progress.json ({e})"
+    if problem is not None:
+        warnings.warn(f"feature cache entry {path}: {problem}; restarting it from scratch", stacklevel=4)
+        return None
+    return _Partial(np.load(path / "features.npy", mmap_mode="r+"), valid, done, bad, digest)
+
+
+def _check_partial(file: Path, shape: tuple[int, ...], done: int, recorded: str | None) -> tuple[str | None, Any]:
+    """Check a partial ``features.npy``: its exact byte size for ``shape``, then the SHA-256 of its
+    first ``done`` rows against ``recorded``. Returns the problem (None if none) and the running hash."""
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            header_shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError) as e:
+        return f"features.npy has an unreadable header ({e})", digest
+    if header_shape != shape or fortran or dtype != np.float16:
+        return f"features.npy holds {dtype} {header_shape}, expected float16 {shape}", digest
+    expected = offset + int(np.prod(shape)) * 2
+    size = file.stat().st_size
+    if size != expected:
+        return f"features.npy has {size} bytes, expected {expected} (truncated or overwritten)", digest
+    if not 0 <= done <= shape[0]:
+        return f"progress.json says {done} rows done, of {shape[0]}", digest
+    if not isinstance(recorded, str):
+        return "progress.json has no checksum of the finished rows", digest
+    feats = np.load(file, mmap_mode="r")
+    step = max(1, (64 << 20) // max(2, int(np.prod(shape[1:])) * 2))  # rows per 64 MiB
+    for s in range(0, done, step):
+        digest.update(np.ascontiguousarray(feats[s : min(done, s + step)]))
+    if digest.hexdigest() != recorded:
+        return f"the {done} finished rows of features.npy do not match their checksum (file damaged)", digest
+    return None, digest
 
 
 def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers, strict, progress, device, on_batch):
@@ -253,23 +417,10 @@ def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers,
     n_rows = len(dataset) * views
     meta = {"key": key, "shape": [n_rows, d, h, w], "dtype": "float16"}
     path.mkdir(parents=True, exist_ok=True)
-    done, bad = 0, []
-    resumable = (
-        (path / "meta.json").is_file() and read_json(path / "meta.json") == meta
-        and (path / "features.npy").is_file() and (path / "progress.json").is_file()
-    )
-    if resumable:
-        state = read_json(path / "progress.json")
-        done, bad = int(state["rows_done"]), list(state["bad"])
-        feats = np.load(path / "features.npy", mmap_mode="r+")
-        valid = np.load(path / "valid_partial.npy") if (path / "valid_partial.npy").is_file() else np.ones(n_rows, bool)
-    else:
-        for f in path.iterdir():
-            f.unlink()
-        atomic_write_json(path / "meta.json", meta)
-        feats = np.lib.format.open_memmap(path / "features.npy", mode="w+", dtype=np.float16, shape=(n_rows, d, h, w))
-        valid = np.ones(n_rows, bool)
-    rows_ds = _Views(dataset, views, backbone.transform, backbone.train_transform() if views > 1 else None, seed, strict)
+    feats, valid, done, bad, digest = _resume(path, meta) or _start(path, meta)
+    if strict and bad:
+        raise ImageReadError(bad[0]["path"], bad[0]["reason"])
+    rows_ds = _Views(dataset, views, backbone.transform, backbone.train_transform() if views > 1 else None, seed)
     todo = torch.utils.data.Subset(rows_ds, range(done, n_rows))
     loader = torch.utils.data.DataLoader(
         todo, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate, shuffle=False
@@ -278,18 +429,19 @@ def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers,
     t0 = time.perf_counter()
     bar = tqdm(total=n_rows, initial=done, desc=f"features {dataset.name}/{dataset.split}", unit="img", disable=not progress)
     for x, rows, failed in loader:
-        for r, reason in failed:
+        for r, failure in failed:
+            _skip_or_raise(failure, strict)
             valid[r] = False
-            bad.append({"row": r, "path": reason.split(": ", 1)[0], "reason": reason.split(": ", 1)[-1]})
-            warnings.warn(f"skipping unreadable image {reason}", stacklevel=2)
+            feats[r] = 0
+            bad.append({"row": r, "path": failure.path, "reason": failure.reason})
         if x is not None:
             with torch.inference_mode():
                 f = backbone(x.to(device))
             feats[rows] = f.to("cpu", torch.float16).numpy()
-        done += len(rows) + len(failed)
+        start, done = done, done + len(rows) + len(failed)
         feats.flush()
-        atomic_save_npy(path / "valid_partial.npy", valid)
-        atomic_write_json(path / "progress.json", {"rows_done": done, "bad": bad})
+        digest.update(np.ascontiguousarray(feats[start:done]))
+        atomic_write_json(path / "progress.json", {"rows_done": done, "bad": bad, "sha256": digest.hexdigest()})
         bar.update(len(rows) + len(failed))
         if on_batch is not None:
             on_batch(done)
@@ -310,8 +462,7 @@ def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_json(path / "manifest.json", manifest)
-    for f in ("progress.json", "valid_partial.npy"):
-        (path / f).unlink(missing_ok=True)
+    (path / "progress.json").unlink(missing_ok=True)
     cache = FeatureCache.open(path)
     cache.extracted = True
     return cache

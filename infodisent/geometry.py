@@ -18,7 +18,7 @@ points map back to the original image by inverting the resize and the crop
 Example:
     >>> g = ViewGeometry.from_transform(backbone.transform, image.size)
     >>> g.view_image(image)                              # the S x S pixels the model saw
-    >>> g.cell_box(position=17, grid=(7, 7))             # (x0, y0, x1, y1) in the view
+    >>> cell_box(17, (7, 7), g.view)                    # (x0, y0, x1, y1) of position 17 in the view
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ class ViewGeometry:
     offset: tuple[int, int]  # (left, top) of the crop in the resized image
     resize_ops: tuple = ()
     crop_ops: tuple = ()
+    tensor_ops: tuple = ()  # what follows the crop: to tensor, normalise
 
     @classmethod
     def from_transform(cls, transform, image_size: tuple[int, int]) -> "ViewGeometry":
         """Read the geometry of a torchvision ``Compose`` (timm's eval transform) for an image of ``(w, h)``."""
         w, h = image_size
-        resize_ops, crop_ops = [], []
+        resize_ops, crop_ops, tensor_ops = [], [], []
         view = (w, h)
         resized = (w, h)
         offset = (0, 0)
@@ -74,13 +75,13 @@ class ViewGeometry:
                 view = (cw, ch)
                 crop_ops.append(t)
             elif type(t).__name__ in ("ToTensor", "MaybeToTensor", "Normalize", "PILToTensor", "ConvertImageDtype"):
-                continue
+                tensor_ops.append(t)
             else:
                 raise ValueError(
                     f"ViewGeometry understands Resize and CenterCrop (timm's crop_mode='center' or 'squash'); "
                     f"got {type(t).__name__}"
                 )
-        return cls((w, h), resized, view, offset, tuple(resize_ops), tuple(crop_ops))
+        return cls((w, h), resized, view, offset, tuple(resize_ops), tuple(crop_ops), tuple(tensor_ops))
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -91,6 +92,13 @@ class ViewGeometry:
         for t in (*self.resize_ops, *self.crop_ops):
             img = t(img)
         return img
+
+    def to_tensor(self, view: Image.Image):
+        """The model's input tensor from the view: ``transform(image) == to_tensor(view_image(image))``."""
+        x = view
+        for t in self.tensor_ops:
+            x = t(x)
+        return x
 
     def view_mask(self, mask: np.ndarray) -> np.ndarray:
         """A boolean ``(..., H, W)`` mask of the original image, brought to the view (nearest neighbour)."""
@@ -119,10 +127,6 @@ class ViewGeometry:
         x0, y0, x1, y1 = box
         l, t = self.offset
         return ((x0 + l) / sx, (y0 + t) / sy, (x1 + l) / sx, (y1 + t) / sy)
-
-    def cell_box(self, position: int, grid: tuple[int, int], window: float | None = None) -> Box:
-        """See :func:`cell_box`; in this geometry's view."""
-        return cell_box(position, grid, self.view, window)
 
 
 def cell_box(position: int, grid: tuple[int, int], view: tuple[int, int], window: float | None = None) -> Box:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal, get_args, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,24 @@ Pooling = Literal["max", "avg"]
 Relaxation = Literal["none", "gumbel"]
 
 
+def check_choices(obj: Any) -> None:
+    """Raise ``ValueError`` naming the allowed values when a ``Literal`` field of dataclass ``obj`` holds another."""
+    for name, tp in get_type_hints(type(obj)).items():
+        allowed = get_args(tp) if getattr(tp, "__origin__", None) is Literal else None
+        if allowed and getattr(obj, name) not in allowed:
+            raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}; choose one of {', '.join(map(str, allowed))}")
+
+
 @dataclass(frozen=True)
 class HeadConfig:
-    """Everything needed to rebuild a head (stored in a run's ``config.json``)."""
+    """Everything needed to rebuild a head (stored in a run's ``config.json``).
 
-    num_features: int
-    num_classes: int
+    ``num_features`` and ``num_classes`` may be left unset in a
+    :class:`~infodisent.pipeline.RunConfig`: training fills them from the backbone and the data.
+    """
+
+    num_features: int | None = None
+    num_classes: int | None = None
     orthogonal_map: OrthogonalMap = "cayley"
     rotation: bool = True
     pooling: Pooling = "max"
@@ -43,13 +55,25 @@ class HeadConfig:
     bias: bool = False
     pruned: bool = False  # a fixed 0/1 mask on W (SIDE-style pruning), stored as the buffer ``weight_mask``
 
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("num_features", "num_classes"):
+            n = getattr(self, name)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ValueError(f"HeadConfig.{name} must be a positive integer, got {n!r}")
+        if self.gumbel_tau <= 0:
+            raise ValueError(f"HeadConfig.gumbel_tau must be > 0, got {self.gumbel_tau}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class PoolResult:
-    """Two-sided max pooling: pooled values and where each side was found (flat ``h*W+w``)."""
+    """Two-sided max pooling: pooled values and where each side was found (flat ``h*W+w``).
+
+    For an average-pooling head (an ablation) ``values`` are still the two-sided max: the
+    head's ``v`` is the average, and the positions say where each side of a channel peaks."""
 
     values: torch.Tensor  # (B, D)
     pos_index: torch.Tensor  # (B, D) position of max ReLU(J)
@@ -65,7 +89,7 @@ class HeadOutput:
     logits: torch.Tensor  # (B, C)
     v: torch.Tensor  # (B, D) pooled channel values
     J: torch.Tensor  # (B, D, H, W) rotated channel maps
-    pool: PoolResult | None  # None for average pooling
+    pool: PoolResult | None  # where each channel's two sides peak; None only in Gumbel training
 
 
 def two_sided_max(J: torch.Tensor) -> PoolResult:
@@ -134,6 +158,8 @@ class InfoDisentHead(nn.Module):
 
     def __init__(self, config: HeadConfig):
         super().__init__()
+        if config.num_features is None or config.num_classes is None:
+            raise ValueError("InfoDisentHead needs HeadConfig.num_features and num_classes")
         self.config = config
         d, c = config.num_features, config.num_classes
         self.rotation = OrthogonalRotation(d, config.orthogonal_map, enabled=config.rotation)
@@ -165,8 +191,9 @@ class InfoDisentHead(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.classifier.bias
 
+    @property
     def U(self) -> torch.Tensor:
-        """The orthogonal matrix (identity when the rotation is disabled)."""
+        """The orthogonal matrix (identity when the rotation is disabled), (D, D)."""
         if not self.config.rotation:
             return torch.eye(self.config.num_features, device=self.W.device)
         return self.rotation.matrix()
@@ -178,12 +205,13 @@ class InfoDisentHead(nn.Module):
             yield
 
     def pool(self, J: torch.Tensor) -> tuple[torch.Tensor, PoolResult | None]:
-        if self.config.pooling == "avg":
-            return J.mean(dim=(2, 3)), None
-        if self.training and self.config.relaxation == "gumbel":
+        """``v`` and the two-sided max with its positions (``None`` only for Gumbel sampling in training)."""
+        if self.training and self.config.relaxation == "gumbel" and self.config.pooling == "max":
             return gumbel_two_sided(J, self.config.gumbel_tau), None
+        if self.training and self.config.pooling == "avg":
+            return J.mean(dim=(2, 3)), None
         res = two_sided_max(J)
-        return res.values, res
+        return (J.mean(dim=(2, 3)) if self.config.pooling == "avg" else res.values), res
 
     def forward_details(self, features: torch.Tensor) -> HeadOutput:
         J = self.rotation(features)

@@ -43,9 +43,24 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             np.save(f, array)
 
 
+class CorruptFileError(ValueError):
+    """A file that exists but cannot be read back: cut short by a crash, or overwritten."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, hint: str = ""):
+        self.path, self.reason, self.hint = Path(path), reason, hint
+        message = f"{path} is damaged or incomplete ({reason})"
+        super().__init__(f"{message}. {hint}" if hint else message)
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """Parse a JSON file; :class:`CorruptFileError` names a file that is cut short or invalid."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        reason = "empty file" if not data.strip() else f"invalid JSON: {e}"
+        raise CorruptFileError(path, reason) from e
 
 
 def file_sha256(path: str | os.PathLike) -> str:

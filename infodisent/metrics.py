@@ -28,10 +28,10 @@ for a split, so none of these needs a pixel. Definitions (also in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
+
+from .results import Accuracy, Faithfulness, Sizes
 
 WEIGHT_THRESHOLD = 1e-3
 DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -42,14 +42,14 @@ def logits_of(V: np.ndarray, W: np.ndarray, bias: np.ndarray | None = None) -> n
     return z + bias if bias is not None else z
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
     """Top-1 and top-5 accuracy (top-k over min(5, C) classes)."""
     labels = np.asarray(labels)
     if len(labels) == 0:
-        return {"top1": float("nan"), "top5": float("nan")}
+        return Accuracy(float("nan"), float("nan"))
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(1).mean())}
+    return Accuracy(float((top[:, 0] == labels).mean()), float((top == labels[:, None]).any(1).mean()))
 
 
 def global_size(W: np.ndarray, threshold: float = WEIGHT_THRESHOLD) -> int:
@@ -89,31 +89,19 @@ def explanation_sizes(
                          "above_relative": above, "top_share": top_share})
 
 
-def size_summary(V, W, bias=None, *, threshold=WEIGHT_THRESHOLD, mass=0.9, relative=0.2, top=4) -> dict[str, float]:
-    """The size metrics as one dict (means over images; see the module docstring)."""
+def size_summary(V, W, bias=None, *, threshold=WEIGHT_THRESHOLD, mass=0.9, relative=0.2, top=4) -> Sizes:
+    """The size metrics (means over images; see the module docstring)."""
     per = explanation_sizes(V, W, bias, threshold=threshold, mass=mass, relative=relative, top=top)
-    return {
-        "num_channels": int(np.asarray(W).shape[1]),
-        "global_size": global_size(W, threshold),
-        "local_size": float(per["local_size"].mean()),
-        f"channels_for_{round(mass * 100)}pct": float(per["channels_for_mass"].mean()),
-        f"above_{relative:g}_of_max": float(per["above_relative"].mean()),
-        f"top{top}_share": float(per["top_share"].mean()),
-        "mean_nonzero_weights_per_class": float((np.asarray(W) > threshold).sum(1).mean()),
-    }
-
-
-@dataclass(frozen=True)
-class Faithfulness:
-    """Removal curves and the areas between them."""
-
-    curves: pd.DataFrame  # k, logit_drop_top, logit_drop_random, accuracy_top, accuracy_random
-    area_logit: float  # mean over k-steps of (drop_top - drop_random)
-    area_accuracy: float  # mean over k-steps of (accuracy_random - accuracy_top)
-
-    def to_dict(self) -> dict:
-        return {"area_logit": self.area_logit, "area_accuracy": self.area_accuracy,
-                **{c: self.curves[c].tolist() for c in self.curves.columns}}
+    return Sizes(
+        num_channels=int(np.asarray(W).shape[1]),
+        global_size=global_size(W, threshold),
+        local_size=float(per["local_size"].mean()),
+        channels_for_mass=float(per["channels_for_mass"].mean()),
+        above_relative=float(per["above_relative"].mean()),
+        top_share=float(per["top_share"].mean()),
+        nonzero_weights_per_class=float((np.asarray(W) > threshold).sum(1).mean()),
+        mass=mass, relative=relative, top=top,
+    )
 
 
 def faithfulness(

@@ -1,8 +1,8 @@
-"""InfoDisent = frozen backbone + head; run directories (config.json + head.safetensors).
+"""InfoDisent = frozen backbone + head, and the head's file (``head.safetensors``).
 
 Example:
-    >>> model = infodisent.load("runs/demo")
-    >>> out = model.outputs(images)          # logits, v, J, contributions
+    >>> model = infodisent.open_run("runs/demo").model
+    >>> out = model.outputs(images)          # logits, v, J, pooling positions
     >>> model.U                               # the orthogonal matrix, (D, D)
 """
 
@@ -10,19 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import Backbone, load_backbone
-from .head import HeadConfig, InfoDisentHead
-from .io import atomic_path, atomic_write_json, read_json
-
-CONFIG = "config.json"
-HEAD_WEIGHTS = "head.safetensors"
-CONFIG_VERSION = 1
+from .config import BackboneSpec, ModelConfig, RunConfig
+from .head import HeadConfig, InfoDisentHead, PoolResult
+from .io import CorruptFileError, atomic_path
 
 
 class RunMismatchError(ValueError):
@@ -37,6 +34,7 @@ class Outputs:
     v: torch.Tensor  # (B, D) pooled channel values
     J: torch.Tensor  # (B, D, H, W) rotated channel maps
     features: torch.Tensor  # (B, D, H, W) backbone maps F
+    pool: PoolResult  # the two-sided max and where each side of each channel peaks
 
     def contributions(self, head: InfoDisentHead, target: torch.Tensor | int | None = None) -> torch.Tensor:
         """``W[c, d] * v_d``: (B, C, D), or (B, D) for one class per image."""
@@ -56,6 +54,8 @@ class InfoDisent(nn.Module):
         self.backbone = backbone
         self.head = head
         self.class_names = list(class_names) if class_names else [str(i) for i in range(head.config.num_classes)]
+        if len(self.class_names) != head.config.num_classes:
+            raise RunMismatchError(f"{len(self.class_names)} class names for a head of {head.config.num_classes} classes")
 
     @property
     def transform(self):
@@ -63,60 +63,67 @@ class InfoDisent(nn.Module):
 
     @property
     def U(self) -> torch.Tensor:
-        return self.head.U().detach()
+        return self.head.U.detach()
 
     @property
     def W(self) -> torch.Tensor:
         return self.head.W.detach()
 
     @property
-    def b(self) -> torch.Tensor | None:
+    def bias(self) -> torch.Tensor | None:
         """The classifier bias (C,), or None for a head without one."""
         return None if self.head.bias is None else self.head.bias.detach()
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.W.device
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor) -> Outputs:
-        """Logits, pooled values ``v``, channel maps ``J`` and backbone maps for a batch."""
+        """Logits, pooled values ``v``, channel maps ``J``, backbone maps and pooling positions for a batch."""
         self.head.eval()
         F_ = self.backbone(images)
         with self.head.frozen_parameters():
             out = self.head.forward_details(F_)
-        return Outputs(out.logits, out.v, out.J, F_)
+        return Outputs(out.logits, out.v, out.J, F_, out.pool)
 
-    def config_dict(self) -> dict[str, Any]:
+    def config(self, run: RunConfig | None = None) -> ModelConfig:
+        """What ``config.json`` holds for this model (``run``: how it was trained)."""
         bb = self.backbone
-        return {
-            "version": CONFIG_VERSION,
-            "backbone": {
-                "name": bb.name,
-                "weights": bb.weights.to_dict(),
-                "num_features": bb.num_features,
-                "feature_shape": list(bb.feature_shape()),
-            },
-            "data": {k: _jsonable(v) for k, v in bb.data_config.items()},
-            "head": self.head.config.to_dict(),
-            "num_classes": self.head.config.num_classes,
-            "class_names": self.class_names,
-        }
+        return ModelConfig(
+            backbone=BackboneSpec(bb.name, bb.weights, bb.num_features, tuple(bb.feature_shape())),
+            data=dict(bb.data_config), head=self.head.config, class_names=tuple(self.class_names), run=run,
+        )
 
-    def save(self, run_dir: str | Path, extra_config: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` and ``head.safetensors`` (U's parameters, U itself, W, bias)."""
-        run_dir = Path(run_dir)
-        save_head(self.head, run_dir / HEAD_WEIGHTS)
-        atomic_write_json(run_dir / CONFIG, {**self.config_dict(), **(extra_config or {})})
-
-
-def _jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+    @classmethod
+    def build(cls, config: ModelConfig, head_file: str | Path, *, device: str | torch.device = "cpu",
+              weights: str | None = None) -> "InfoDisent":
+        """Rebuild a saved model: its backbone (``weights`` overrides the recorded source, e.g. a local
+        file on another machine) and the head in ``head_file``."""
+        spec = config.backbone
+        weights = weights or spec.weights.spec
+        kwargs = config.run.model_kwargs if config.run is not None else None
+        backbone = load_backbone(spec.name, weights, image_size=config.data["input_size"][-1], model_kwargs=kwargs,
+                                 device=device)
+        for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode"):
+            if k in config.data:
+                backbone.data_config[k] = config.data[k]
+        if backbone.num_features != spec.num_features:
+            raise RunMismatchError(
+                f"{head_file} expects {spec.num_features} channels from {spec.name}, "
+                f"the loaded backbone gives {backbone.num_features}"
+            )
+        head = load_head(Path(head_file), config.head).to(device)
+        return cls(backbone, head, list(config.class_names))
 
 
 def head_tensors(head: InfoDisentHead) -> dict[str, torch.Tensor]:
     """The head's state dict plus the materialised ``U`` and ``W`` (for readers without torch's parametrizations)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    tensors["U"] = head.U().detach().cpu().clone().contiguous()
+    tensors["U"] = head.U.detach().cpu().clone().contiguous()
     tensors["W"] = head.W.detach().cpu().clone().contiguous()
     return tensors
 
@@ -127,23 +134,36 @@ def save_head(head: InfoDisentHead, path: Path) -> None:
 
 
 def load_head(path: Path, config: HeadConfig) -> InfoDisentHead:
-    tensors = load_file(str(path))
+    """Read ``head.safetensors``; a damaged file or a head of another shape gets an error naming the file."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptFileError(path, f"not a readable safetensors file ({e})",
+                               "the run's head is lost: retrain it (infodisent train ... --overwrite)") from None
     head = InfoDisentHead(config)
+    W = tensors.get("W")
+    if W is None or W.ndim != 2:
+        raise CorruptFileError(path, "it holds no classifier matrix W")
+    if tuple(W.shape) != (config.num_classes, config.num_features):
+        raise RunMismatchError(
+            f"{path} holds a head for {W.shape[0]} classes and {W.shape[1]} channels; its config.json says "
+            f"{config.num_classes} classes and {config.num_features} channels"
+        )
     state = {k: v for k, v in tensors.items() if k not in ("U", "W")}
-    expected = head.state_dict()
-    for k, v in state.items():
-        if k in expected and expected[k].shape != v.shape:
-            raise RunMismatchError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the head expects {tuple(expected[k].shape)}")
-    head.load_state_dict(state)
-    if "U" in tensors and not torch.allclose(head.U().detach(), tensors["U"], atol=1e-4):
-        raise RunMismatchError(f"{path}: stored U does not match its parameters (corrupt file?)")
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunMismatchError(f"{path} does not fit the head described by config.json "
+                               f"({str(e).splitlines()[-1].strip()[:200]})") from None
+    if "U" in tensors and not torch.allclose(head.U.detach(), tensors["U"], atol=1e-4):
+        raise CorruptFileError(path, "its stored U does not match its parameters")
     head.eval()
     return head
 
 
-def check_compatible(config: dict[str, Any], backbone_name: str, num_classes: int, where: str | Path) -> None:
+def check_compatible(config: ModelConfig, backbone_name: str, num_classes: int, where: str | Path) -> None:
     """Raise :class:`RunMismatchError` naming both sides when a run does not fit."""
-    have_bb, have_c = config["backbone"]["name"], int(config["num_classes"])
+    have_bb, have_c = config.backbone.name, config.num_classes
     if have_bb != backbone_name or have_c != num_classes:
         raise RunMismatchError(
             f"{where} was trained for backbone {have_bb!r} with {have_c} classes; "
@@ -151,29 +171,8 @@ def check_compatible(config: dict[str, Any], backbone_name: str, num_classes: in
         )
 
 
-def load(
-    run_dir: str | Path,
-    device: str | torch.device = "cpu",
-    backbone_weights: str | None = None,
-) -> InfoDisent:
-    """Rebuild a saved model. ``backbone_weights`` overrides the recorded source
-    (e.g. a local file path on another machine)."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG
-    if not cfg_path.is_file() or not (run_dir / HEAD_WEIGHTS).is_file():
-        raise FileNotFoundError(f"{run_dir} is not an InfoDisent run directory (needs {CONFIG} and {HEAD_WEIGHTS})")
-    cfg = read_json(cfg_path)
-    bb_cfg = cfg["backbone"]
-    weights = backbone_weights or (bb_cfg["weights"]["path"] if bb_cfg["weights"]["kind"] == "file" else bb_cfg["weights"]["kind"])
-    size = cfg["data"]["input_size"][-1]
-    backbone = load_backbone(bb_cfg["name"], weights, image_size=size, model_kwargs=cfg.get("model_kwargs"), device=device)
-    for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode"):
-        if k in cfg["data"]:
-            backbone.data_config[k] = tuple(cfg["data"][k]) if isinstance(cfg["data"][k], list) else cfg["data"][k]
-    if backbone.num_features != bb_cfg["num_features"]:
-        raise RunMismatchError(
-            f"{run_dir} expects {bb_cfg['num_features']} channels from {bb_cfg['name']}, "
-            f"the loaded backbone gives {backbone.num_features}"
-        )
-    head = load_head(run_dir / HEAD_WEIGHTS, HeadConfig(**cfg["head"])).to(device)
-    return InfoDisent(backbone, head, cfg.get("class_names"))
+def load(run_dir: str | Path, device: str | torch.device = "cpu", backbone_weights: str | None = None) -> InfoDisent:
+    """The model of a saved run: ``open_run(run_dir).model`` (``backbone_weights`` overrides the recorded source)."""
+    from .run import Run
+
+    return Run.open(run_dir, device=device, weights=backbone_weights).model

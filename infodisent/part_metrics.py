@@ -50,6 +50,7 @@ from scipy import ndimage
 from .geometry import ViewGeometry, cell_box, cell_center, window_for
 from .metrics import WEIGHT_THRESHOLD, logits_of
 from .prototypes import PrototypeIndex
+from .results import CubPartScores
 
 MIN_COVERAGE = 0.2
 TOLERANCE = 15.0
@@ -211,15 +212,14 @@ def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed
     """Positive-side argmax positions (n, D) of every channel for clean and noise-perturbed images."""
     mean, std = model.backbone.normalization()
     g = torch.Generator().manual_seed(seed)
-    device = next(model.head.parameters()).device
+    device = model.device
     clean, noisy = [], []
     for s in range(0, len(images), batch_size):
         x = torch.stack([model.transform(dataset.load_image(int(i))) for i in images[s : s + batch_size]])
         pixels = x * std + mean
         xn = ((pixels + sigma * torch.randn(pixels.shape, generator=g)).clamp(0, 1) - mean) / std
         for batch, out in ((x, clean), (xn, noisy)):
-            J = model.outputs(batch.to(device)).J
-            out.append(J.flatten(2).argmax(2).cpu().numpy())
+            out.append(model.outputs(batch.to(device)).pool.pos_index.cpu().numpy())
     return np.concatenate(clean), np.concatenate(noisy)
 
 
@@ -237,7 +237,7 @@ def cub_part_metrics(
     stability_images: int = 200,
     sigma: float = 0.2,
     seed: int = 0,
-) -> dict:
+) -> CubPartScores:
     """Purity, consistency and (with ``model``) stability on CUB keypoints; see the module docstring."""
     regions = KeypointRegions(dataset, transform, index.grid, window_cells)
     used = np.flatnonzero(np.asarray(W).max(0) > threshold)
@@ -260,7 +260,7 @@ def cub_part_metrics(
         rate = np.where(vis.sum(0) > 0, (pres & vis).sum(0) / np.maximum(vis.sum(0), 1), 0.0)
         consistent[d] = bool(rate.max() >= mu)
     out = {
-        "window_px": window_for(index.grid, tuple(index.meta["view"]), window_cells),
+        "window_px": window_for(index.grid, index.meta.view, window_cells),
         "part_groups": regions.groups,
         "channels_scored": len(purity),
         "purity": float(np.mean(list(purity.values()))) if purity else float("nan"),
@@ -285,7 +285,7 @@ def cub_part_metrics(
         out["stability"] = float(np.mean(per_channel)) if per_channel else float("nan")
         out["stability_images"] = int(len(subset))
         out["stability_sigma"] = sigma
-    return out
+    return CubPartScores(**out)
 
 
 __all__ = [

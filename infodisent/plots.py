@@ -4,9 +4,10 @@ Shared by notebooks, widgets and the HTML report; nothing here computes an
 explanation, it only draws one.
 
 Example:
-    >>> e = explain(model, img, index=index)
-    >>> evidence_image(e)                 # PIL: this image's top channels next to their prototypes
-    >>> contributions_figure(e).show()    # plotly: the logit as a sum of channel contributions
+    >>> run = infodisent.open_run("runs/demo")
+    >>> e = run.explain(17)
+    >>> evidence_image(e, run.renderer())  # PIL: this image's top channels next to their prototypes
+    >>> contributions_figure(e).show()     # plotly: the logit as a sum of channel contributions
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale, unlabel_rgb
 from PIL import Image, ImageDraw
 
-from .explain import ClassExplanation, Explanation
+from .explain import Explanation
 from .geometry import Box
-from .prototypes import PrototypePatch
+from .render import Patch, Renderer
+from .results import Faithfulness
 
 BOX_COLOR = (0, 230, 118)
 POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
@@ -54,7 +56,7 @@ def draw_box(image: Image.Image, box: Box, color=BOX_COLOR, width: int = 3) -> I
     return out
 
 
-def patch_image(patch: PrototypePatch, mode: str = "crop", size: int = 128) -> Image.Image:
+def patch_image(patch: Patch, mode: str = "crop", size: int = 128) -> Image.Image:
     """One prototype as ``crop`` (the patch around the response), ``box`` (whole view, box drawn)
     or ``heatmap`` (whole view, channel map blended, box drawn); ``size`` px square."""
     if mode == "crop":
@@ -93,10 +95,6 @@ def stack(images: Sequence[Image.Image], gap: int = 6, background=(255, 255, 255
     return out
 
 
-def prototype_strip(patches: Sequence[PrototypePatch], mode: str = "crop", size: int = 112) -> Image.Image:
-    return strip([patch_image(p, mode, size) for p in patches])
-
-
 def _label(img: Image.Image, text: str, height: int = 18) -> Image.Image:
     out = Image.new("RGB", (img.width, img.height + height), (255, 255, 255))
     out.paste(img, (0, height))
@@ -104,17 +102,21 @@ def _label(img: Image.Image, text: str, height: int = 18) -> Image.Image:
     return out
 
 
-def evidence_image(expl: Explanation, n: int = 4, size: int = 144, negative: bool = False) -> Image.Image:
-    """One row per top channel: its heatmap and box on this image, then its prototype patches."""
-    chosen = [e for e in expl.evidence if (e.contribution < 0) == negative][:n]
+def evidence_image(expl: Explanation, renderer: Renderer, n: int = 4, size: int = 144, prototypes: int = 4,
+                   negative: bool = False) -> Image.Image:
+    """One row per top channel of a one-image explanation: its heatmap and box on this image, then
+    its first ``prototypes`` prototype patches of the same side (from ``renderer``'s index)."""
+    chosen = [e for e in expl.evidence(n) if (e.contribution < 0) == negative][:n]
     rows = []
     for e in chosen:
-        here = draw_box(overlay(expl.image, e.heatmap), e.box).resize((size, size), Image.BICUBIC)
-        protos = [patch_image(p, "crop", size) for p in e.prototypes]
-        rows.append(_label(strip([here, *protos]), f"channel {e.channel}: {e.contribution:+.3f} "
-                                                     f"(W={e.weight:.3f} x v={e.value:+.3f})"))
+        here = renderer.evidence(expl, e.channel)
+        pic = draw_box(overlay(here.view, here.heatmap), here.box).resize((size, size), Image.BICUBIC)
+        protos = [patch_image(p, "crop", size) for p in renderer.prototypes(e.channel, e.side, prototypes)] \
+            if prototypes else []
+        rows.append(_label(strip([pic, *protos]), f"channel {e.channel}: {e.contribution:+.3f} "
+                                                    f"(W={e.weight:.3f} x v={e.value:+.3f})"))
     title = f"{expl.target_name}: logit {expl.logit:.3f}" + (" (negative evidence)" if negative else "")
-    return _label(stack([expl.image.resize((size, size)), *rows]), title)
+    return _label(stack([expl.view.resize((size, size)), *rows]), title)
 
 
 def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
@@ -127,7 +129,7 @@ def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
     values = list(pos["contribution"]) + [rest] + list(neg["contribution"])
     if expl.bias is not None:
         labels.append("bias")
-        values.append(expl.bias_term)
+        values.append(expl.target_bias)
     fig = go.Figure(go.Bar(
         x=values, y=labels, orientation="h",
         marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in values],
@@ -156,25 +158,17 @@ def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
     return fig
 
 
-def class_weights_figure(ce: ClassExplanation, n: int = 20) -> go.Figure:
-    """A class's heaviest channel weights."""
-    t = ce.channels.head(n)
-    fig = go.Figure(go.Bar(x=[f"ch {c}" for c in t["channel"]], y=t["weight"], marker_color=POSITIVE))
-    fig.update_layout(title=f"{ce.name}: {len(ce.channels)} channels with W > 1e-3", yaxis_title="W[c, d]",
-                      height=320, margin={"l": 50, "r": 20, "t": 50, "b": 60})
-    return fig
-
-
-def faithfulness_figure(faith: dict) -> go.Figure:
-    """Removal curves from ``metrics["explanations"]["faithfulness"]``: top-k vs random channels."""
+def faithfulness_figure(faith: Faithfulness) -> go.Figure:
+    """Removal curves (``run.metrics.explanations.faithfulness``): top-k vs random channels."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("drop of the predicted logit", "top-1 accuracy"))
-    k = faith["k"]
+    curves = faith.curves
+    k = curves["k"].tolist()
     for col, (a, b) in enumerate((("logit_drop_top", "logit_drop_random"), ("accuracy_top", "accuracy_random")), 1):
-        fig.add_trace(go.Scatter(x=k, y=faith[a], name="remove the k top contributors", mode="lines+markers",
-                                 line_color=NEGATIVE, showlegend=col == 1), 1, col)
-        fig.add_trace(go.Scatter(x=k, y=faith[b], name="remove k random", mode="lines+markers",
+        fig.add_trace(go.Scatter(x=k, y=curves[a].tolist(), name="remove the k top contributors",
+                                 mode="lines+markers", line_color=NEGATIVE, showlegend=col == 1), 1, col)
+        fig.add_trace(go.Scatter(x=k, y=curves[b].tolist(), name="remove k random", mode="lines+markers",
                                  line_color="#616161", showlegend=col == 1), 1, col)
         fig.update_xaxes(title_text="channels removed (k)", row=1, col=col)
     fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 50, "b": 50})
@@ -189,6 +183,6 @@ def to_data_uri(img: Image.Image, fmt: str = "JPEG", quality: int = 88) -> str:
 
 
 __all__ = [
-    "class_weights_figure", "colormap", "contributions_figure", "draw_box", "evidence_image", "faithfulness_figure",
-    "overlay", "patch_image", "prototype_strip", "stack", "strip", "to_data_uri", "versus_figure",
+    "colormap", "contributions_figure", "draw_box", "evidence_image", "faithfulness_figure",
+    "overlay", "patch_image", "stack", "strip", "to_data_uri", "versus_figure",
 ]

@@ -16,13 +16,12 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .explain import explain, explain_class
-from .io import atomic_write_text, read_json
-from .model import InfoDisent, load
-from .prototypes import PrototypeIndex, StaleIndexError
-from .runs import METRICS, mine_run, run_dataset
-
-REPORT = "report.html"
+from .explain import explain_class
+from .io import atomic_write_text
+from .pipeline import mine_run
+from .prototypes import StaleIndexError
+from .results import RunMetrics
+from .run import Run
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212121}
@@ -60,68 +59,68 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _metrics_section(metrics: dict[str, Any], fig: _Figures) -> str:
-    acc, top5 = metrics["accuracy"], metrics["top5"]
-    head = pd.DataFrame(
-        {"top-1": [acc["infodisent"], acc.get("linear_probe")], "top-5": [top5["infodisent"], top5.get("linear_probe")]},
-        index=["InfoDisent", "linear probe (black box)"],
-    )
-    parts = [f"<h2>Metrics</h2><p class='muted'>{metrics['dataset']} test split, backbone "
-             f"<code>{html.escape(metrics['backbone'])}</code> ({html.escape(str(metrics['weights']))})</p>",
-             head.to_html(float_format=lambda v: f"{v:.4f}", na_rep="–")]
-    ex = metrics.get("explanations")
+def _metrics_section(metrics: RunMetrics, fig: _Figures) -> str:
+    parts = [f"<h2>Metrics</h2><p class='muted'>{metrics.dataset} test split, backbone "
+             f"<code>{html.escape(metrics.backbone)}</code> ({html.escape(str(metrics.weights))})</p>",
+             metrics.table().to_html(float_format=lambda v: f"{v:.4f}", na_rep="–")]
+    ex = metrics.explanations
     if ex:
-        flat = {k: v for k, v in _flat({k: v for k, v in ex.items() if k != "faithfulness"}).items()
+        d = ex.to_dict()
+        flat = {k: v for k, v in _flat({k: v for k, v in d.items() if k != "faithfulness"}).items()
                 if not isinstance(v, str)}
-        flat["faithfulness.area_logit"] = ex["faithfulness"]["area_logit"]
-        flat["faithfulness.area_accuracy"] = ex["faithfulness"]["area_accuracy"]
+        flat["faithfulness.area_logit"] = ex.faithfulness.area_logit
+        flat["faithfulness.area_accuracy"] = ex.faithfulness.area_accuracy
         table = pd.DataFrame({"value": list(flat.values())}, index=list(flat.keys()))
         parts.append("<h3>Explanation metrics</h3>" + table.to_html(float_format=lambda v: f"{v:.4g}"))
-        parts.append(fig(plots.faithfulness_figure(ex["faithfulness"])))
+        parts.append(fig(plots.faithfulness_figure(ex.faithfulness)))
     else:
         parts.append("<p class='muted'>No explanation metrics yet: run <code>infodisent evaluate RUN_DIR "
                      "--explanations</code> and rebuild the report.</p>")
     return "\n".join(parts)
 
 
-def _class_section(model: InfoDisent, index: PrototypeIndex, classes: list[int], channels: int, prototypes: int) -> str:
+def _class_section(run: Run, classes: list[int], channels: int, prototypes: int) -> str:
     parts = ["<h2>Classes and their prototypes</h2><p class='muted'>For each class, its heaviest channels "
              "(weight W[c,d], share of the class's total weight), each shown by its top training patches "
              "(box = grid cell of the strongest response).</p>"]
+    renderer = run.renderer("train")
     for c in classes:
-        ce = explain_class(model, c, index, top=channels, prototypes=prototypes)
+        ce = explain_class(run.model, c, run.index("train"))
         rows = []
         for _, r in ce.channels.head(channels).iterrows():
-            patches = ce.prototypes.get(int(r["channel"]), ())
+            d = int(r["channel"])
+            patches = renderer.prototypes(d, "pos", prototypes)
             pics = plots.strip([plots.patch_image(p, "box", 112) for p in patches]) if patches else None
-            rows.append(f"<div><b>channel {int(r['channel'])}</b> <span class='muted'>W={r['weight']:.3f}, "
+            rows.append(f"<div><b>channel {d}</b> <span class='muted'>W={r['weight']:.3f}, "
                         f"{100 * r['share']:.1f}% of the class's weight</span><br>"
-                        + (_img(pics, f"prototypes of channel {int(r['channel'])}") if pics else "") + "</div>")
+                        + (_img(pics, f"prototypes of channel {d}") if pics else "") + "</div>")
         parts.append(f"<div class='card'><h3>{html.escape(ce.name)}</h3>"
                      f"<p class='muted'>{len(ce.channels)} channels with W &gt; 1e-3</p>{''.join(rows)}</div>")
     return "\n".join(parts)
 
 
-def _samples_section(model, index, run_dir: Path, n: int, fig: _Figures, seed: int) -> str:
-    ds = run_dataset(run_dir, split="test")
+def _samples_section(run: Run, n: int, fig: _Figures, seed: int) -> str:
+    ds = run.dataset("test")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False).tolist())
     parts = ["<h2>Sample explanations (test images)</h2><p class='muted'>Each decision as the sum of channel "
              "contributions; the strongest channels with their heatmap on the image and their prototypes.</p>"]
-    for i in chosen:
-        e = explain(model, ds.load_image(i), index=index, top=4, prototypes=4)
+    renderer = run.renderer("train")
+    explained = run.explain(chosen)
+    for j, i in enumerate(chosen):
+        e = explained[j]
         truth = ds.classes[int(ds.labels[i])]
         verdict = "correct" if e.predicted == int(ds.labels[i]) else f"wrong (true class: {html.escape(truth)})"
         parts.append(
             f"<div class='card'><h3>test image {i}: predicted {html.escape(e.predicted_name)} — {verdict}</h3>"
-            f"<div class='row'><div>{_img(plots.evidence_image(e, n=3, size=128), 'evidence')}</div>"
-            f"<div style='flex:1;min-width:380px'>{fig(plots.contributions_figure(e))}</div></div></div>"
+            f"<div class='row'><div>{_img(plots.evidence_image(e, renderer, n=3, size=128, prototypes=4), 'evidence')}"
+            f"</div><div style='flex:1;min-width:380px'>{fig(plots.contributions_figure(e))}</div></div></div>"
         )
     return "\n".join(parts)
 
 
 def write_report(
-    run_dir: str | Path,
+    run: Run | str | Path,
     out: str | Path | None = None,
     *,
     classes: list[int] | None = None,
@@ -130,33 +129,31 @@ def write_report(
     prototypes: int = 5,
     samples: int = 6,
     seed: int = 0,
-    device: str = "cpu",
     progress: bool = True,
 ) -> Path:
-    """Write the report (default ``<run_dir>/report.html``); mines the training split first if needed."""
-    run_dir = Path(run_dir)
-    model = load(run_dir, device=device)
+    """Write the report (default ``<run>/report.html``); mines the training split first if needed."""
+    run = run if isinstance(run, Run) else Run.open(run)
     try:
-        index = PrototypeIndex.load(run_dir, "train")
+        run.index("train")
     except (FileNotFoundError, StaleIndexError):
-        index = mine_run(run_dir, split="train", device=device, progress=progress, model=model)
-    metrics = read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else None
-    config = read_json(run_dir / "config.json")
+        mine_run(run, "train", progress=progress)
+    metrics = run.metrics if run.files.metrics.is_file() else None
     fig = _Figures()
-    classes = classes if classes is not None else list(range(min(max_classes, model.head.config.num_classes)))
+    num_classes = run.config.num_classes
+    classes = classes if classes is not None else list(range(min(max_classes, num_classes)))
     body = [
-        f"<h1>InfoDisent report</h1><p class='muted'>{html.escape(str(run_dir))} · "
-        f"{model.head.config.num_classes} classes · {model.head.config.num_features} channels · "
-        f"head <code>{html.escape(json.dumps(config['head']))}</code></p>",
+        f"<h1>InfoDisent report</h1><p class='muted'>{html.escape(str(run.path))} · "
+        f"{num_classes} classes · {run.config.backbone.num_features} channels · "
+        f"head <code>{html.escape(json.dumps(run.config.head.to_dict()))}</code></p>",
         _metrics_section(metrics, fig) if metrics else "<p>No metrics.json in this run.</p>",
-        _samples_section(model, index, run_dir, samples, fig, seed) if samples else "",
-        _class_section(model, index, classes, channels, prototypes),
+        _samples_section(run, samples, fig, seed) if samples else "",
+        _class_section(run, classes, channels, prototypes),
     ]
-    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>InfoDisent report: {html.escape(run_dir.name)}"
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>InfoDisent report: {html.escape(run.path.name)}"
            f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
-    out = Path(out) if out is not None else run_dir / REPORT
+    out = Path(out) if out is not None else run.files.report
     atomic_write_text(out, doc)
     return out
 
 
-__all__ = ["REPORT", "write_report"]
+__all__ = ["write_report"]

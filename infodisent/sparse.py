@@ -15,7 +15,7 @@ one-vs-rest sigmoid (``FitConfig(loss="sigmoid")``); the run records which
 loss each phase used.
 
 Example:
-    >>> sparse = prune_head(head, CachedSource(train_cache, view=0), k=5)
+    >>> sparse = prune_head(head, CachedSource(train_cache, view=0), channels_per_class=5)
     >>> fit(sparse, train, test, FitConfig(epochs=10))
 """
 
@@ -31,18 +31,22 @@ from .training import FeatureSource
 
 @dataclass(frozen=True)
 class SparseOptions:
-    """Pruning settings: ``k`` channels per class, then ``finetune_epochs`` of training W alone."""
+    """Pruning settings: ``channels_per_class`` after the last round, then ``finetune_epochs`` of fine-tuning."""
 
-    k: int = 5
+    channels_per_class: int = 5
     finetune_epochs: int = 10  # after the last round
     finetune_lr: float | None = None  # default: the run's learning rate
     finetune_rotation: bool = True  # also fine-tune U (False: W alone, prototypes unchanged)
     ratio: int = 4  # each round keeps 1/ratio of the channels per class (1: prune to k at once)
     round_epochs: int = 3  # fine-tuning after each intermediate round
 
+    def __post_init__(self) -> None:
+        if self.channels_per_class < 1 or self.ratio < 1 or self.finetune_epochs < 0 or self.round_epochs < 0:
+            raise ValueError(f"SparseOptions needs channels_per_class >= 1, ratio >= 1 and epochs >= 0; got {self}")
+
     def schedule(self, num_features: int) -> list[int]:
-        """Channels per class kept after each round, ending at ``k``."""
-        ks = [self.k]
+        """Channels per class kept after each round, ending at ``channels_per_class``."""
+        ks = [self.channels_per_class]
         while self.ratio > 1 and ks[-1] * self.ratio < num_features:
             ks.append(ks[-1] * self.ratio)
         return ks[::-1]
@@ -64,10 +68,11 @@ def class_importance(head: InfoDisentHead, source: FeatureSource) -> torch.Tenso
     return W * sums / counts.clamp_min(1)[:, None]
 
 
-def prune_head(head: InfoDisentHead, source: FeatureSource, k: int) -> InfoDisentHead:
-    """A copy of ``head`` whose class ``c`` keeps only its ``k`` most important channels."""
+def prune_head(head: InfoDisentHead, source: FeatureSource, channels_per_class: int) -> InfoDisentHead:
+    """A copy of ``head`` whose class ``c`` keeps only its ``channels_per_class`` most important channels."""
+    k = channels_per_class
     if not 1 <= k <= head.config.num_features:
-        raise ValueError(f"k must be in 1..{head.config.num_features}, got {k}")
+        raise ValueError(f"channels_per_class must be in 1..{head.config.num_features}, got {k}")
     imp = class_importance(head, source)
     if head.config.pruned:  # a later round: never revive a channel an earlier round removed
         imp[head.weight_mask.cpu() == 0] = float("-inf")

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Literal, Protocol
 
 import pandas as pd
 import torch
@@ -23,11 +23,15 @@ from tqdm.auto import tqdm
 from .backbone import Backbone
 from .datasets.base import ImageDataset
 from .features import FeatureCache
-from .head import InfoDisentHead
+from .head import HeadConfig, InfoDisentHead, check_choices
 from .io import atomic_path, atomic_write_text
+from .results import Accuracy
 
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.csv"
+Loss = Literal["softmax", "sigmoid"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose head does not fit the run being resumed."""
 
 
 class FeatureSource(Protocol):
@@ -71,7 +75,7 @@ class StreamingSource:
     device: str | torch.device = "cpu"
 
     def __post_init__(self) -> None:
-        self.dataset.transform = self.backbone.transform
+        self._transformed = _Transformed(self.dataset, self.backbone.transform)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -79,11 +83,24 @@ class StreamingSource:
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + (epoch or 0))
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=epoch is not None, generator=g,
+            self._transformed, batch_size=self.batch_size, shuffle=epoch is not None, generator=g,
             num_workers=self.num_workers,
         )
-        for x, y, _ in loader:
+        for x, y in loader:
             yield self.backbone(x.to(self.device)), y.to(self.device)
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """``(transform(image), label)`` of a dataset, leaving the dataset's own ``transform`` alone."""
+
+    def __init__(self, dataset: ImageDataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.dataset.load_image(i)), int(self.dataset.labels[i])
 
 
 @dataclass(frozen=True)
@@ -96,11 +113,17 @@ class FitConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
-    loss: str = "softmax"  # "softmax" (cross-entropy) or "sigmoid" (one-vs-rest, as in SIDE)
+    loss: Loss = "softmax"  # "softmax" (cross-entropy) or "sigmoid" (one-vs-rest, as in SIDE)
     train_rotation: bool = True  # False keeps U fixed (fine-tuning W after pruning)
     seed: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.epochs < 0 or self.lr <= 0 or self.rotation_lr < 0:
+            raise ValueError(f"FitConfig needs epochs >= 0, lr > 0, rotation_lr >= 0; got {self.epochs}, "
+                             f"{self.lr}, {self.rotation_lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,7 +132,7 @@ class FitConfig:
 @dataclass(frozen=True)
 class EpochStats:
     loss: float
-    accuracy: float
+    top1: float
     seconds: float
     images: int
 
@@ -138,7 +161,7 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: FitConfig) -> torch.T
     if config.loss == "sigmoid":
         target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
-    raise ValueError(f"unknown loss {config.loss!r}; use softmax or sigmoid")
+    raise ValueError(f"unknown loss {config.loss!r}; choose one of softmax, sigmoid")
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -193,41 +216,83 @@ def predict(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> tu
     return torch.cat(logits), torch.cat(labels)
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy."""
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
+    """Top-1, top-5 accuracy and cross-entropy of logits against labels."""
     if len(labels) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "top5": float("nan")}
+        return Accuracy(float("nan"), float("nan"), float("nan"))
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
-    return {
-        "loss": float(F.cross_entropy(logits, labels)),
-        "accuracy": float((top[:, 0] == labels).float().mean()),
-        "top5": float((top == labels[:, None]).any(1).float().mean()),
-    }
+    return Accuracy(
+        top1=float((top[:, 0] == labels).float().mean()),
+        top5=float((top == labels[:, None]).any(1).float().mean()),
+        loss=float(F.cross_entropy(logits, labels)),
+    )
 
 
-def evaluate(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> dict[str, float]:
+def evaluate(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> Accuracy:
     return classification_metrics(*predict(head, source, amp))
 
 
-def _save_checkpoint(run_dir: Path, head, optimizer, epoch: int, step: int, history: pd.DataFrame) -> None:
-    state = {
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Where :func:`fit` keeps its checkpoint and history (a run directory's ``checkpoint.pt`` and ``history.csv``)."""
+
+    checkpoint: Path
+    history: Path
+
+
+def save_checkpoint(paths: CheckpointPaths, head: InfoDisentHead, history: pd.DataFrame, *, epoch: int, step: int,
+                    optimizer: torch.optim.Optimizer | None = None, phase: str = "train",
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write ``history.csv`` then the checkpoint (head config and state, optimizer, RNG), each atomically.
+
+    ``phase`` is ``"train"`` (resumable) or ``"pruned"`` (a finished pruned head); ``extra`` holds more
+    plain values (numbers, strings) to keep."""
+    state: dict[str, Any] = {
+        "phase": phase,
         "epoch": epoch,
         "step": step,
+        "head_config": head.config.to_dict(),
         "head": head.state_dict(),
-        "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
-    atomic_write_text(run_dir / HISTORY, history.to_csv(index=False))
-    with atomic_path(run_dir / CHECKPOINT) as tmp:
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    state.update(extra or {})
+    atomic_write_text(paths.history, history.to_csv(index=False))
+    with atomic_path(paths.checkpoint) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / CHECKPOINT
+def load_checkpoint(path: Path) -> dict | None:
+    """A checkpoint written by :func:`save_checkpoint`, or None when there is none."""
+    path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, foreign pickle, ...
+        from .io import CorruptFileError
+
+        raise CorruptFileError(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                               "delete it to start the run afresh") from None
+
+
+def check_checkpoint(ckpt: dict, head: InfoDisentHead, path: Path) -> None:
+    """Raise :class:`CheckpointMismatchError` naming both heads when ``ckpt`` does not fit ``head``."""
+    have = HeadConfig(**ckpt["head_config"]) if "head_config" in ckpt else None
+    want = head.config
+    if have is None:
+        raise CheckpointMismatchError(f"{path} has no head configuration (written by an older infodisent); "
+                                      "delete it or train with --overwrite")
+    if (have.num_classes, have.num_features) != (want.num_classes, want.num_features):
+        raise CheckpointMismatchError(
+            f"{path} holds a head for {have.num_classes} classes and {have.num_features} channels; "
+            f"this run has {want.num_classes} classes and {want.num_features} channels"
+        )
+    if ckpt.get("phase", "train") == "train" and have != want:
+        diff = {k: (v, getattr(want, k)) for k, v in have.to_dict().items() if getattr(want, k) != v}
+        raise CheckpointMismatchError(f"{path} was written with other head options (checkpoint, now): {diff}")
 
 
 def fit(
@@ -235,14 +300,14 @@ def fit(
     train: FeatureSource,
     test: FeatureSource | None,
     config: FitConfig,
-    run_dir: str | Path | None = None,
+    paths: CheckpointPaths | None = None,
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """Train ``head`` for ``config.epochs``; returns the history (one row per epoch).
 
-    With ``run_dir``, a checkpoint and ``history.csv`` are written atomically after
+    With ``paths``, a checkpoint and the history are written atomically after
     each epoch; ``resume=True`` continues from the last finished epoch there, and
     gives the same result as an uninterrupted run (on CPU, for a seed).
     """
@@ -253,27 +318,27 @@ def fit(
     steps_per_epoch = max(1, math.ceil(len(train) / getattr(train, "batch_size", 64)))
     total, warmup = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
     start, step, rows = 0, 0, []
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if resume and run_dir is not None and (ckpt := load_checkpoint(run_dir)) is not None:
+    if resume and paths is not None and (ckpt := load_checkpoint(paths.checkpoint)) is not None:
+        check_checkpoint(ckpt, head, paths.checkpoint)
         head.load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         start, step = int(ckpt["epoch"]), int(ckpt["step"])
-        rows = pd.read_csv(run_dir / HISTORY).to_dict("records")[:start]
+        rows = pd.read_csv(paths.history).to_dict("records")[:start]
     bar = tqdm(total=(config.epochs - start) * len(train), desc="train InfoDisent", unit="img", disable=not progress)
     for epoch in range(start, config.epochs):
         stats, step = train_one_epoch(
             head, train.batches(epoch), optimizer, step, total, warmup, config, bar
         )
-        row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_accuracy": stats.accuracy, "seconds": stats.seconds}
+        row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_top1": stats.top1, "seconds": stats.seconds}
         last = epoch + 1 == config.epochs
         if test is not None and (last or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
             m = evaluate(head, test, config.amp)
-            row.update({"test_loss": m["loss"], "test_accuracy": m["accuracy"]})
+            row.update({"test_loss": m.loss, "test_top1": m.top1})
         row["lr"] = optimizer.param_groups[0]["lr"]
         rows.append(row)
-        if run_dir is not None:
-            _save_checkpoint(run_dir, head, optimizer, epoch + 1, step, pd.DataFrame(rows))
+        if paths is not None:
+            save_checkpoint(paths, head, pd.DataFrame(rows), epoch=epoch + 1, step=step, optimizer=optimizer)
     bar.close()
     return pd.DataFrame(rows)
 

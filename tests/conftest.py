@@ -44,8 +44,9 @@ def write_image(path: Path, seed: int, size=(40, 32), mode: str = "RGB") -> Path
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A trained run on a tiny parts dataset (test_resnet, 64 px, 2x2 maps), its cache and a mined train index."""
+    from infodisent.config import RunConfig
     from infodisent.datasets import PartsConfig
-    from infodisent.runs import RunConfig, mine_run, train_run
+    from infodisent.pipeline import mine_run, train_run
     from infodisent.training import FitConfig
 
     tmp = tmp_path_factory.mktemp("tiny_run")
@@ -55,6 +56,5 @@ def tiny_run(tmp_path_factory):
         cache_dir=str(tmp / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=4),
     )
     result = train_run(cfg)
-    index = mine_run(cfg.out, split="train", k=4, cache_dir=cfg.cache_dir, num_workers=0, progress=False,
-                     batch_size=8)
+    index = mine_run(cfg.out, "train", k=4, num_workers=0, progress=False, batch_size=8)
     return result, index, cfg

@@ -1,3 +1,6 @@
+import argparse
+import collections
+
 import pytest
 import timm
 import torch
@@ -140,6 +143,57 @@ def test_pickled_object_is_refused(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(BackboneError, match="weights_only"):
         load_backbone("test_resnet", path)
+
+
+class CheckpointDict(collections.OrderedDict):
+    """A dict subclass, as training frameworks save: not a plain state dict."""
+
+
+@pytest.mark.parametrize("extra", ["namespace", "dict_subclass"])
+def test_pickled_python_objects_are_refused_without_unsafe_advice(tmp_path, extra):
+    state = {k: v for k, v in timm.create_model("test_resnet").state_dict().items()}
+    path = tmp_path / "checkpoint.pth"
+    if extra == "namespace":
+        torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, path)
+        found = "argparse.Namespace"
+    else:
+        torch.save(CheckpointDict(state), path)
+        found = "CheckpointDict"
+    with pytest.raises(BackboneError) as e:
+        load_backbone("test_resnet", path)
+    msg = str(e.value)
+    assert str(path) in msg and found in msg
+    assert "pickled Python objects beyond tensors" in msg and "safety" in msg and "safetensors" in msg
+    assert "weights_only=False" not in msg and "`False`" not in msg and "add_safe_globals" not in msg
+    assert "\x1b" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("spec,hint", [("resnet5O", None), ("randm", "random"), ("Offline", "offline"), ("tim", "timm")])
+def test_weights_neither_keyword_nor_file(spec, hint):
+    with pytest.raises(BackboneError) as e:
+        load_backbone("test_resnet", spec)
+    msg = str(e.value)
+    assert f"--weights {spec!r}: not a file, and not one of offline | timm | random" in msg
+    assert "not found" not in msg
+    assert (f"Did you mean {hint!r}?" in msg) if hint else ("Did you mean" not in msg)
+
+
+@pytest.mark.parametrize("content", ["empty", "cut_short", "pickle"])
+def test_broken_safetensors_file_is_named(tmp_path, content):
+    path = tmp_path / "w.safetensors"
+    state = {k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}
+    if content == "empty":
+        path.write_bytes(b"")
+    elif content == "cut_short":
+        save_file(state, str(path))
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        torch.save(state, path)  # a torch pickle under a .safetensors name
+    with pytest.raises(BackboneError) as e:
+        load_backbone("test_resnet", path)
+    msg = str(e.value)
+    assert str(path) in msg and "not a valid safetensors file" in msg and "truncated" in msg
+    assert type(e.value.__cause__).__name__ == "SafetensorError"
 
 
 def test_offline_default_is_a_real_imagenet_model():

@@ -164,7 +164,19 @@ def test_corrupt_image_is_reported_by_path(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(ImageReadError) as e:
         read_image(path)
-    assert str(path) in str(e.value)
+    assert str(path) in str(e.value) and e.value.path == str(path)
+    assert "0x" not in str(e.value).replace(str(path), "")  # no object repr such as <_io.BytesIO at 0x...>
+
+
+@pytest.mark.parametrize("content,reason", [(b"not an image at all", "not a recognised image format"),
+                                            (b"", "empty file (0 bytes)")])
+def test_unreadable_file_reason_is_plain_words(tmp_path, content, reason):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError) as e:
+        read_image(path)
+    assert e.value.reason == reason
+    assert str(e.value) == f"cannot read image {path}: {reason}"
 
 
 def test_unknown_dataset_and_missing_root():

@@ -20,9 +20,9 @@ def _train_a_bit(head, steps=5):
 @pytest.mark.parametrize("omap", ["cayley", "householder", "matrix_exp"])
 def test_rotation_starts_at_identity_and_stays_orthogonal(omap):
     head = InfoDisentHead(HeadConfig(24, 5, orthogonal_map=omap))
-    torch.testing.assert_close(head.U(), torch.eye(24))
+    torch.testing.assert_close(head.U, torch.eye(24))
     _train_a_bit(head)
-    U = head.U().detach()
+    U = head.U.detach()
     assert (U - torch.eye(24)).abs().max() > 1e-3  # it moved
     torch.testing.assert_close(U.T @ U, torch.eye(24), atol=1e-4, rtol=0)
 

@@ -9,8 +9,9 @@ from infodisent.metrics import accuracy, explanation_sizes, faithfulness, global
 def test_accuracy_top1_top5():
     logits = np.array([[3, 2, 1, 0, -1, -2], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0.0]])
     labels = np.array([0, 0, 5])
-    assert accuracy(logits, labels) == {"top1": pytest.approx(1 / 3), "top5": pytest.approx(1 / 3)}
-    assert accuracy(logits, np.array([1, 1, 4]))["top5"] == pytest.approx(1.0)
+    acc = accuracy(logits, labels)
+    assert (acc.top1, acc.top5) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert accuracy(logits, np.array([1, 1, 4])).top5 == pytest.approx(1.0)
 
 
 def test_global_size_counts_channels_some_class_uses():
@@ -33,7 +34,7 @@ def test_sizes_per_image():
     assert per["channels_for_mass"][0] == 4 and per["above_relative"][0] == 2
     assert per["top_share"][0] == pytest.approx(0.7)
     s = size_summary(np.vstack([V, V]), W)
-    assert s["global_size"] == 6 and s["channels_for_90pct"] == 3 and s["num_channels"] == 6
+    assert s.global_size == 6 and s.channels_for_mass == 3 and s.num_channels == 6 and s.mass == 0.9
 
 
 def test_faithfulness_top_channels_hurt_more_than_random():

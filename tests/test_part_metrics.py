@@ -10,7 +10,8 @@ from infodisent.evaluation import explanation_metrics
 from infodisent.part_metrics import (
     KeypointRegions, cell_coverage, channel_classes, cub_part_metrics, part_groups, parts_purity, pointing_game,
 )
-from infodisent.prototypes import PrototypeIndex
+from infodisent.datasets import DatasetSpec
+from infodisent.prototypes import IndexMeta, PrototypeIndex
 
 from conftest import CUB50, require, write_image
 
@@ -37,7 +38,8 @@ def _index(table_rows, v=None, positions=None, labels=None, n=4, d=3):
     v = np.zeros((n, d), np.float32) if v is None else v
     positions = np.zeros((n, 2, d), np.int16) if positions is None else positions
     labels = np.zeros(n, int) if labels is None else labels
-    meta = {"grid": [2, 2], "k": 4, "channels": d, "view": [64, 64], "dataset": {"name": "fake", "split": "test"}}
+    meta = IndexMeta(dataset=DatasetSpec("parts", None, "test"), classes=["a", "b"], k=4, grid=(2, 2), view=(64, 64),
+                     channels=d, num_images=n, num_valid=n, pooling="max", source="cache")
     return PrototypeIndex(table, v, positions, labels, meta)
 
 
@@ -130,30 +132,40 @@ def test_cub_purity_and_consistency(tmp_path):
     positions[:, 0, 1] = [3, 3, 2, 2]  # channel 1: eye twice, then nothing: 50 % < 80 %
     positions[:, 0, 2] = [0, 3, 0, 3]  # channel 2: back on images of class 0, eye on class 1
     index = _index(rows, v=np.ones((4, 3), np.float32), positions=positions, labels=np.array([0, 0, 1, 1]), d=3)
-    index.meta["view"] = [64, 64]
     out = cub_part_metrics(index, ds, W, NO_RESIZE, window_cells=1.0, top_classes=1)
-    assert out["purity"] == pytest.approx((1.0 + 0.5) / 2)  # channel 0: back 4/4; channel 1: eye 2/4
-    assert out["channels_scored"] == 2 and out["consistency_channels"] == 2
-    assert out["consistency"] == pytest.approx(0.5)  # channel 0 yes, channel 1 no
+    assert out.purity == pytest.approx((1.0 + 0.5) / 2)  # channel 0: back 4/4; channel 1: eye 2/4
+    assert out.channels_scored == 2 and out.consistency_channels == 2
+    assert out.consistency == pytest.approx(0.5)  # channel 0 yes, channel 1 no
     out2 = cub_part_metrics(index, ds, W, NO_RESIZE, window_cells=1.0, top_classes=2)
-    assert out2["consistency_channels"] == 3
+    assert out2.consistency_channels == 3
 
 
 def test_explanation_metrics_of_a_run(tiny_run):
     result, _, cfg = tiny_run
-    model = infodisent.load(cfg.out)
+    run = infodisent.open_run(cfg.out)
+    from infodisent.metrics import explanation_sizes
+    from infodisent.part_metrics import parts_purity, pointing_game
     from infodisent.prototypes import mine_prototypes
-    from infodisent.runs import run_dataset
 
-    index = mine_prototypes(model, run_dataset(cfg.out, split="test"), None, k=3, cache_dir=cfg.cache_dir, progress=False)
-    m = explanation_metrics(model, index)
-    assert m["accuracy"]["top1"] == pytest.approx(result.metrics["accuracy"]["infodisent"], abs=1e-6)
-    s = m["size"]
-    assert 1 <= s["global_size"] <= 96 and 1 <= s["local_size"] <= 96 and 1 <= s["channels_for_90pct"] <= 96
-    p = m["parts"]
-    assert 0 <= p["purity"] <= 1 and 0 <= p["pointing_game"] <= 1 and 0 < p["pointing_game_chance"] < 1
-    f = m["faithfulness"]
-    assert f["logit_drop_top"][-1] > f["logit_drop_random"][-1] and f["area_logit"] > 0
+    ds = run.dataset("test")
+    index = mine_prototypes(run.model, ds, None, k=3, features=run.cache("test"), progress=False)
+    m = explanation_metrics(run.model, index, ds)
+    assert m.accuracy.top1 == pytest.approx(result.metrics.infodisent.top1, abs=1e-6)
+    assert m.num_images == len(ds) and m.prototypes_per_channel == 3
+    W, V = run.model.W.double().numpy(), np.asarray(index.v, np.float64)
+    per = explanation_sizes(V, W)
+    assert m.size.global_size == int((W.max(0) > 1e-3).sum())
+    assert m.size.local_size == pytest.approx(per["local_size"].mean())
+    assert m.size.channels_for_mass == pytest.approx(per["channels_for_mass"].mean())
+    pur = parts_purity(index, ds, run.model.transform)
+    assert m.parts.purity == pytest.approx(pur["purity"].mean())  # every channel is used by this dense head
+    pg = pointing_game(index, ds, run.model.transform, W)
+    assert m.parts.pointing_game == pytest.approx(pg["hit"].mean())
+    assert m.parts.pointing_game_chance == pytest.approx(pg["chance"].mean())
+    f = m.faithfulness.curves
+    assert f["logit_drop_top"].iloc[-1] > f["logit_drop_random"].iloc[-1] and m.faithfulness.area_logit > 0
+    again = type(m).from_dict(m.to_dict())  # the JSON form loads back
+    assert again.to_dict() == m.to_dict() and again.size == m.size
 
 
 def test_cub_metrics_on_real_birds(tmp_path):
@@ -167,10 +179,10 @@ def test_cub_metrics_on_real_birds(tmp_path):
     ds = build_dataset("cub", root, "test", max_classes=3)
     head = infodisent.InfoDisentHead(infodisent.HeadConfig(1280, 3))
     model = infodisent.InfoDisent(bb, head, ds.classes)
-    index = mine_prototypes(model, ds, None, k=5, use_cache=False, progress=False)
+    index = mine_prototypes(model, ds, None, k=5, progress=False)
     out = cub_part_metrics(index, ds, model.W.numpy(), bb.transform, model=model, stability_images=12)
-    assert out["window_px"] == pytest.approx(64.0) and len(out["part_groups"]) == 12
+    assert out.window_px == pytest.approx(64.0) and len(out.part_groups) == 12
+    assert out.channels_scored == 1280 and out.stability_images == 12
     for key in ("purity", "consistency", "stability"):
-        assert 0.0 <= out[key] <= 1.0, key
-    assert out["purity"] > 0.2  # a patch of a bird photo usually holds some keypoint
-    assert out["stability_images"] == 12
+        assert 0.0 <= getattr(out, key) <= 1.0, key
+    assert out.purity > 0.2  # a patch of a bird photo usually holds some keypoint

@@ -1,4 +1,4 @@
-"""Prototype mining: the streaming top-k against brute force, the saved index, rendering, the CLI."""
+"""Prototype mining: the streaming top-k against brute force, the saved index, the CLI."""
 
 import json
 from pathlib import Path
@@ -10,11 +10,8 @@ import torch
 import infodisent
 from infodisent.cli import main
 from infodisent.datasets import ImageFolderDataset
-from infodisent.features import find_cache
-from infodisent.geometry import cell_box
 from infodisent.model import save_head
-from infodisent.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes, render_prototypes
-from infodisent.runs import run_dataset
+from infodisent.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
 
 from conftest import write_image
 
@@ -30,8 +27,8 @@ def _brute_force(model, cache):
 
 def test_streaming_top_k_equals_brute_force(tiny_run):
     result, index, cfg = tiny_run
-    model = infodisent.load(cfg.out)
-    cache = find_cache(model.backbone, run_dataset(cfg.out, split="train"), cfg.cache_dir)
+    run = infodisent.open_run(cfg.out)
+    model, cache = run.model, run.cache("train")
     J, v, images = _brute_force(model, cache)
     np.testing.assert_allclose(index.v[images], v.numpy(), atol=1e-5)
     for side, values in (("pos", J.amax(2).clamp_min(0)), ("neg", (-J).amax(2).clamp_min(0))):
@@ -55,10 +52,10 @@ def test_streaming_top_k_equals_brute_force(tiny_run):
 
 def test_batch_size_does_not_change_the_index(tiny_run):
     _, index, cfg = tiny_run
-    model = infodisent.load(cfg.out)
-    ds = run_dataset(cfg.out, split="train")
-    small = mine_prototypes(model, ds, None, k=4, cache_dir=cfg.cache_dir, batch_size=3, progress=False)
-    assert small.path is None and small.meta["source"] == "cache"
+    run = infodisent.open_run(cfg.out)
+    small = mine_prototypes(run.model, run.dataset("train"), None, k=4, features=run.cache("train"), batch_size=3,
+                            progress=False)
+    assert small.path is None and small.meta.source == "cache"
     assert small.table[["channel", "side", "rank", "image", "position"]].equals(
         index.table[["channel", "side", "rank", "image", "position"]])
     np.testing.assert_array_equal(small.v, index.v)
@@ -68,9 +65,11 @@ def test_index_on_disk_loads_without_pixels(tiny_run):
     _, index, cfg = tiny_run
     path = index.path
     assert sorted(p.name for p in path.iterdir()) == ["index.csv", "labels.npy", "meta.json", "positions.npy", "v.npy"]
-    loaded = PrototypeIndex.load(cfg.out, "train")
+    loaded = infodisent.open_run(cfg.out).index("train")
     assert isinstance(loaded.v, np.memmap) and loaded.v.shape == (36, 96)
-    assert loaded.meta["grid"] == [2, 2] and loaded.meta["k"] == 4 and loaded.meta["num_valid"] == 36
+    assert loaded.grid == (2, 2) and loaded.k == 4 and loaded.meta.num_valid == 36
+    with pytest.raises(AttributeError):
+        loaded.meta = None  # frozen data
     assert set(loaded.table.columns) == {"channel", "side", "rank", "image", "label", "position", "row", "col", "value"}
     assert (loaded.table["value"] > 0).all() and set(loaded.table["side"]) == {"pos", "neg"}
     assert loaded.table.groupby(["channel", "side"]).size().max() == 4
@@ -78,10 +77,9 @@ def test_index_on_disk_loads_without_pixels(tiny_run):
 
 def test_backbone_source_matches_the_cache(tiny_run):
     _, index, cfg = tiny_run
-    model = infodisent.load(cfg.out)
-    ds = run_dataset(cfg.out, split="train")
-    fresh = mine_prototypes(model, ds, None, k=4, use_cache=False, batch_size=16, progress=False)
-    assert fresh.meta["source"] == "backbone"
+    run = infodisent.open_run(cfg.out)
+    fresh = mine_prototypes(run.model, run.dataset("train"), None, k=4, batch_size=16, progress=False)
+    assert fresh.meta.source == "backbone"
     np.testing.assert_allclose(fresh.v, index.v, atol=2e-2)  # the cache holds fp16 maps
 
 
@@ -91,38 +89,13 @@ def test_retrained_head_makes_the_index_stale(tiny_run, tmp_path):
     _, _, cfg = tiny_run
     run = tmp_path / "copy"
     shutil.copytree(cfg.out, run)
-    model = infodisent.load(run)
+    model = infodisent.open_run(run).model
     with torch.no_grad():
         model.head.classifier.parametrizations.weight.original.mul_(0.5)
     save_head(model.head, run / "head.safetensors")
     with pytest.raises(StaleIndexError, match="infodisent mine"):
-        PrototypeIndex.load(run, "train")
-    assert PrototypeIndex.load(run, "train", check_head=False).k == 4
-
-
-def test_render_prototypes_boxes_and_heatmaps(tiny_run):
-    _, index, cfg = tiny_run
-    model = infodisent.load(cfg.out)
-    for side in ("pos", "neg"):
-        patches = render_prototypes(model, index, 5, side, n=3)
-        rows = index.prototypes(5, side).head(3)
-        assert [p.image_index for p in patches] == list(rows["image"])
-        for p, (_, r) in zip(patches, rows.iterrows()):
-            assert p.view.size == (64, 64) and p.heatmap.shape == (64, 64)
-            assert p.box == cell_box(int(r["position"]), (2, 2), (64, 64))
-            y, x = np.unravel_index(p.heatmap.argmax(), p.heatmap.shape)
-            assert p.box[0] <= x < p.box[2] and p.box[1] <= y < p.box[3]
-            assert p.heatmap.max() == pytest.approx(p.value, rel=2e-2, abs=1e-3)
-            assert p.crop().size == (64, 64)  # 2 cells of 32 px, the whole view here
-    with pytest.raises(ValueError, match="outside"):
-        render_prototypes(model, index, 96)
-    other = infodisent.InfoDisent(model.backbone, infodisent.InfoDisentHead(infodisent.HeadConfig(96, 6)))
-    index.meta["channels"] = 64
-    try:
-        with pytest.raises(ValueError, match="another backbone"):
-            render_prototypes(other, index, 5)
-    finally:
-        index.meta["channels"] = 96
+        infodisent.open_run(run).index("train")
+    assert PrototypeIndex.load(run / "prototypes" / "train").k == 4  # without a head to compare, it loads
 
 
 def test_unreadable_images_are_skipped_and_reported(tiny_backbone, tmp_path):
@@ -135,20 +108,25 @@ def test_unreadable_images_are_skipped_and_reported(tiny_backbone, tmp_path):
     head = infodisent.InfoDisentHead(infodisent.HeadConfig(96, 2))
     model = infodisent.InfoDisent(tiny_backbone, head, ds.classes)
     with pytest.warns(UserWarning, match="broken.png"):
-        index = mine_prototypes(model, ds, tmp_path / "run", k=2, progress=False)
+        index = mine_prototypes(model, ds, tmp_path / "run" / "prototypes" / "train", k=2, progress=False)
     bad = ds.paths.index(str(root / "train" / "b" / "broken.png"))
-    assert np.isnan(index.v[bad]).all() and index.meta["num_valid"] == 6
-    assert any("broken.png" in s for s in index.meta["skipped_images"])
+    assert np.isnan(index.v[bad]).all() and index.meta.num_valid == 6
+    assert any("broken.png" in s for s in index.meta.skipped_images)
     assert bad not in set(index.table["image"])
 
 
 def test_mine_cli(tiny_run, tmp_path, capsys):
     _, _, cfg = tiny_run
-    assert main(["mine", cfg.out, "--split", "test", "--k", "3", "--cache-dir", cfg.cache_dir, "--quiet",
-                 "--num-workers", "0"]) == 0
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(cfg.out, run)
+    assert main(["mine", str(run), "--split", "test", "--k", "3", "--quiet", "--num-workers", "0"]) == 0
     assert "prototype index" in capsys.readouterr().out
-    meta = json.loads((Path(cfg.out) / "prototypes" / "test" / "meta.json").read_text())
+    meta = json.loads((run / "prototypes" / "test" / "meta.json").read_text())
     assert meta["k"] == 3 and meta["dataset"]["split"] == "test" and meta["num_images"] == 18
+    assert meta["source"] == "cache"  # the run's own cache root, from its config
     assert main(["mine", str(tmp_path / "missing"), "--quiet"]) == 2
     assert "not an InfoDisent run directory" in capsys.readouterr().err
-    assert main(["mine", cfg.out, "--k", "0", "--quiet", "--cache-dir", cfg.cache_dir]) == 2
+    assert main(["mine", str(run), "--k", "0", "--quiet"]) == 2
+    assert "k (prototypes per channel" in capsys.readouterr().err

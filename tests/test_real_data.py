@@ -1,15 +1,13 @@
 """Real photographs from ../shared/datasets (skipped, naming the path, when absent)."""
 
-import json
-
 import pytest
 import torch
 
 import infodisent
 from infodisent.backbone import load_backbone
 from infodisent.datasets import build_dataset
-from infodisent.explain import explain
-from infodisent.runs import RunConfig, evaluate_run, mine_run, run_dataset, train_run
+from infodisent.config import RunConfig
+from infodisent.pipeline import evaluate_run, mine_run, train_run
 from infodisent.training import FitConfig
 
 from conftest import CUB50, IMAGENETTE, require
@@ -51,31 +49,30 @@ def test_cub_subset_end_to_end(tmp_path):
     cfg = RunConfig(out=str(tmp_path / "cub"), dataset="cub", root=str(root), max_classes=10,
                     cache_dir=str(tmp_path / "cache"), progress=False, fit=FitConfig(epochs=15))
     m = train_run(cfg).metrics
-    print(json.dumps(m["accuracy"]))
-    assert m["num_test_images"] == 243
-    assert m["accuracy"]["linear_probe"] > 0.7
-    assert m["accuracy"]["infodisent"] >= 0.95 * m["accuracy"]["linear_probe"]
+    print(m.table())
+    assert m.num_test_images == 243
+    assert m.linear_probe.top1 > 0.7
+    assert m.infodisent.top1 >= 0.95 * m.linear_probe.top1
 
-    index = mine_run(cfg.out, split="train", cache_dir=cfg.cache_dir, progress=False)
-    assert index.meta["source"] == "cache" and index.meta["num_valid"] == 300 and index.k == 10
-    model = infodisent.load(cfg.out)
-    test = run_dataset(cfg.out, split="test")
-    for i in (0, 100, 200):
-        e = explain(model, test.load_image(i), index=index)
-        assert e.reconstruction_error < 1e-4 and len(e.evidence[0].prototypes) == 5
-        assert e.evidence[0].prototypes[0].view.size == (224, 224)
+    run = infodisent.open_run(cfg.out)
+    index = mine_run(run, "train", progress=False)
+    assert index.meta.source == "cache" and index.meta.num_valid == 300 and index.k == 10
+    e = run.explain([0, 100, 200])
+    assert e.reconstruction_error < 1e-4 and e.J.shape == (3, 1280, 7, 7)
+    r = run.renderer("train")
+    for i in range(3):
+        top = e[i].evidence(1)[0]
+        patches = r.prototypes(top.channel, top.side, 5)
+        assert len(patches) == 5 and patches[0].view.size == (224, 224)
+        assert r.evidence(e, top.channel, i).view.size == (224, 224)
 
-    ev = evaluate_run(cfg.out, cache_dir=cfg.cache_dir, progress=False, explanations=True)["explanations"]
-    print(json.dumps({k: ev[k] for k in ("size", "cub_parts")}, default=str))
-    assert ev["accuracy"]["top1"] == pytest.approx(m["accuracy"]["infodisent"], abs=1e-6)
-    size = ev["size"]
-    for key in ("global_size", "local_size", "channels_for_90pct", "above_0.2_of_max"):
-        assert 1 <= size[key] <= 1280, key
-    faith = ev["faithfulness"]
-    assert faith["area_logit"] > 0 and faith["area_accuracy"] > 0
-    assert faith["accuracy_top"][-1] < faith["accuracy_random"][-1]
-    parts = ev["cub_parts"]
-    for key in ("purity", "consistency", "stability"):
-        assert 0 <= parts[key] <= 1, key
-    saved = json.loads((tmp_path / "cub" / "metrics.json").read_text())["explanations"]
-    assert saved["size"] == size and saved["cub_parts"]["purity"] == parts["purity"]
+    ev = evaluate_run(run, progress=False, explanations=True).explanations
+    print(ev.size, ev.cub_parts)
+    assert ev.accuracy.top1 == pytest.approx(m.infodisent.top1, abs=1e-6)
+    assert ev.size.global_size == int((run.model.W.numpy().max(0) > 1e-3).sum()) and 1 <= ev.size.channels_for_mass <= ev.size.local_size <= 1280
+    faith = ev.faithfulness
+    assert faith.area_logit > 0 and faith.area_accuracy > 0
+    assert faith.curves["accuracy_top"].iloc[-1] < faith.curves["accuracy_random"].iloc[-1]
+    assert ev.cub_parts.channels_scored == 1280 and ev.cub_parts.stability_images > 0
+    saved = infodisent.open_run(cfg.out).metrics.explanations
+    assert saved.size == ev.size and saved.cub_parts.purity == ev.cub_parts.purity

@@ -11,8 +11,6 @@ from PIL import Image
 import infodisent
 from infodisent import plots
 from infodisent.cli import main
-from infodisent.explain import explain
-from infodisent.runs import run_dataset
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +37,7 @@ def test_overlay_and_boxes():
 
 def test_contribution_bars_add_up_to_the_logit(run_copy):
     run, _ = run_copy
-    model = infodisent.load(run)
-    e = explain(model, run_dataset(run, split="test").load_image(2))
+    e = infodisent.open_run(run).explain(2)
     fig = plots.contributions_figure(e, n=5)
     bars = fig.data[0]
     assert sum(bars.x) == pytest.approx(e.logit, rel=1e-6, abs=1e-9)
@@ -51,14 +48,16 @@ def test_contribution_bars_add_up_to_the_logit(run_copy):
 
 def test_report_is_self_contained(run_copy):
     run, cfg = run_copy
-    assert main(["evaluate", str(run), "--explanations", "--cache-dir", cfg.cache_dir, "--quiet",
-                 "--num-workers", "0"]) == 0
+    before = json.loads((run / "metrics.json").read_text())
+    assert main(["evaluate", str(run), "--explanations", "--quiet", "--num-workers", "0"]) == 0
     m = json.loads((run / "metrics.json").read_text())
-    ex = m["explanations"]
+    ex = m.pop("explanations")
+    assert m == {k: v for k, v in before.items() if k != "explanations"}  # training's part is kept
     assert set(ex) >= {"accuracy", "size", "faithfulness", "parts", "split", "num_images"}
-    assert set(ex["size"]) >= {"global_size", "local_size", "channels_for_90pct", "above_0.2_of_max", "top4_share"}
+    assert set(ex["size"]) >= {"global_size", "local_size", "channels_for_mass", "above_relative", "top_share"}
     assert set(ex["parts"]) >= {"purity", "pointing_game", "pointing_game_chance"}
-    assert ex["faithfulness"]["area_logit"] > 0
+    saved = infodisent.open_run(run).metrics.explanations
+    assert saved.faithfulness.area_logit == ex["faithfulness"]["area_logit"] and saved.size.mass == 0.9
     assert (run / "prototypes" / "test" / "meta.json").is_file()
     assert main(["report", str(run), "--samples", "2", "--max-classes", "3", "--channels", "2", "--quiet"]) == 0
     html = (run / "report.html").read_text()

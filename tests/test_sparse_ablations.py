@@ -1,6 +1,7 @@
 """SIDE-style sparse heads, the ablation flags and the grid command."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,8 @@ from infodisent.cli import main
 from infodisent.datasets import PartsConfig
 from infodisent.features import FeatureCache
 from infodisent.head import HeadConfig, InfoDisentHead
-from infodisent.runs import RunConfig, train_run
+from infodisent.config import RunConfig
+from infodisent.pipeline import train_run
 from infodisent.sparse import SparseOptions, class_importance, prune_head
 from infodisent.training import CachedSource, FitConfig, loss_fn
 
@@ -36,8 +38,8 @@ def test_sigmoid_loss_is_one_vs_rest_bce():
     manual = -(F.logsigmoid(torch.tensor([2.0, 1.0, -0.5])).sum() + F.logsigmoid(torch.tensor([0.0, -3.0, -2.0])).sum()) / 2
     torch.testing.assert_close(loss_fn(logits, y, FitConfig(loss="sigmoid")), manual)
     torch.testing.assert_close(loss_fn(logits, y, FitConfig()), F.cross_entropy(logits, y))
-    with pytest.raises(ValueError, match="unknown loss"):
-        loss_fn(logits, y, FitConfig(loss="hinge"))
+    with pytest.raises(ValueError, match="loss='hinge'; choose one of softmax, sigmoid"):
+        FitConfig(loss="hinge")  # refused where it is given, before any extraction
 
 
 def test_prune_keeps_the_k_most_important_channels(tiny_run):
@@ -59,41 +61,53 @@ def test_prune_keeps_the_k_most_important_channels(tiny_run):
     assert ((W > 0).sum(1) <= 3).all() and (pruned.weight_mask.sum(1) == 3).all()
     for cls in range(W.shape[0]):
         assert set(torch.nonzero(pruned.weight_mask[cls]).flatten().tolist()) == set(imp[cls].topk(3).indices.tolist())
-    torch.testing.assert_close(pruned.U(), model.head.U())
+    torch.testing.assert_close(pruned.U, model.head.U)
     with torch.no_grad():
         logits = pruned(x)
         torch.testing.assert_close(logits, model.head.forward_details(x).v @ W.T, rtol=1e-5, atol=1e-5)
     again = prune_head(pruned, src, 2)  # a second round stays inside the first round's channels
     assert ((again.weight_mask <= pruned.weight_mask).all()) and (again.weight_mask.sum(1) == 2).all()
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="channels_per_class must be"):
         prune_head(model.head, src, 0)
 
 
 def test_prune_schedule():
-    assert SparseOptions(k=5).schedule(1280) == [320, 80, 20, 5]
-    assert SparseOptions(k=5, ratio=1).schedule(1280) == [5]
-    assert SparseOptions(k=10, ratio=2).schedule(50) == [40, 20, 10]
+    assert SparseOptions(5).schedule(1280) == [320, 80, 20, 5]
+    assert SparseOptions(5, ratio=1).schedule(1280) == [5]
+    assert SparseOptions(10, ratio=2).schedule(50) == [40, 20, 10]
+    with pytest.raises(ValueError, match="channels_per_class >= 1"):
+        SparseOptions(0)
 
 
 def test_sparse_run_end_to_end(tmp_path):
-    cfg = tiny_cfg(tmp_path, fit=FitConfig(epochs=3, loss="sigmoid"), sparse=SparseOptions(k=2, finetune_epochs=2, finetune_rotation=False, round_epochs=1),
-                   head=infodisent.HeadOptions(bias=True))
+    cfg = tiny_cfg(tmp_path, fit=FitConfig(epochs=3, loss="sigmoid"),
+                   sparse=SparseOptions(2, finetune_epochs=2, finetune_rotation=False, round_epochs=1),
+                   head=HeadConfig(bias=True))
     result = train_run(cfg)
     m = result.metrics
-    assert m["sparse"]["k"] == 2 and 0 <= m["sparse"]["accuracy_before_pruning"] <= 1
-    assert m["sparse"]["schedule"] == [32, 8, 2]  # 4x fewer channels per round, from D=96
+    hist = pd.read_csv(result.run_dir / "history.csv")
+    assert m.sparse.channels_per_class == 2
+    assert m.sparse.dense.top1 == pytest.approx(hist["test_top1"][2])  # the dense head, after its last epoch
+    assert m.infodisent.top1 == pytest.approx(hist["test_top1"].iloc[-1])  # the pruned, fine-tuned head
+    assert m.sparse.schedule == [32, 8, 2]  # 4x fewer channels per round, from D=96
     hist = pd.read_csv(result.run_dir / "history.csv")
     assert list(hist["phase"]) == ["train"] * 3 + ["prune"] * 4 and list(hist["epoch"]) == list(range(1, 8))
     assert list(hist["channels_per_class"][3:]) == [32, 8, 2, 2]
     W = load_file(str(result.run_dir / "head.safetensors"))["W"]
     assert ((W > 0).sum(1) <= 2).all()
-    dense_U = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)["head"]
-    model = infodisent.load(result.run_dir)
+    ckpt = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["phase"] == "pruned" and ckpt["head_config"]["pruned"]  # the checkpoint is the pruned head
+    pruned = InfoDisentHead(HeadConfig(**ckpt["head_config"]))
+    pruned.load_state_dict(ckpt["head"])
+    model = infodisent.open_run(result.run_dir).model
     assert model.head.config.pruned and model.head.config.bias
     torch.testing.assert_close(model.W, W)
-    dense = InfoDisentHead(HeadConfig(96, 5, bias=True))
-    dense.load_state_dict(dense_U)
-    torch.testing.assert_close(model.U, dense.U().detach(), atol=1e-6, rtol=0)  # fine-tuning left U alone
+    torch.testing.assert_close(pruned.W.detach(), W)
+    history = pd.read_csv(result.run_dir / "history.csv")
+    resumed = train_run(replace(cfg, resume=True))  # a finished pruned run: nothing is trained again
+    torch.testing.assert_close(resumed.model.W, W)
+    assert resumed.metrics.sparse.dense == m.sparse.dense
+    pd.testing.assert_frame_equal(pd.read_csv(result.run_dir / "history.csv"), history)
 
 
 def test_ablation_flags_reach_the_head(tmp_path, capsys):
@@ -105,11 +119,13 @@ def test_ablation_flags_reach_the_head(tmp_path, capsys):
     assert (head["rotation"], head["pooling"], head["nonnegative"]) == (False, "avg", False)
     model = infodisent.load(out)
     torch.testing.assert_close(model.U, torch.eye(model.U.shape[0]))
+    assert main([*args, "--out", str(tmp_path / "p"), "--prune-k", "0"]) == 2
+    assert "channels_per_class >= 1" in capsys.readouterr().err
 
 
 def test_ablation_grid_writes_one_table(tmp_path):
     cfg = tiny_cfg(tmp_path, out=str(tmp_path / "grid"), max_classes=3, fit=FitConfig(epochs=2))
-    table = ablation_grid(cfg, k=2, stability=False, finetune_epochs=1)
+    table = ablation_grid(cfg, channels_per_class=2, stability=False, finetune_epochs=1)
     assert list(table["variant"]) == ["infodisent", "no_rotation", "avg_pooling", "unconstrained_w", "gumbel", "side_sparse",
                                       "sparse_softmax", "sparse_no_rotation"]
     disk = pd.read_csv(tmp_path / "grid" / "ablations.csv")
@@ -124,7 +140,7 @@ def test_ablation_grid_writes_one_table(tmp_path):
     U = load_file(str(tmp_path / "grid" / "no_rotation" / "head.safetensors"))["U"]
     torch.testing.assert_close(U, torch.eye(96))
     assert np.isfinite(table["faithfulness_area_logit"]).all()
-    again = ablation_grid(cfg, k=2, names=["avg_pooling"], stability=False)  # one row rerun, the rest kept
+    again = ablation_grid(cfg, channels_per_class=2, names=["avg_pooling"], stability=False)  # one row rerun, the rest kept
     assert list(again["variant"]) == list(table["variant"])
     pd.testing.assert_frame_equal(again.drop(index=2), table.drop(index=2), check_dtype=False)
     with pytest.raises(ValueError, match="unknown ablation"):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-
-SPLITS = ("train", "test")
+from PIL import Image, UnidentifiedImageError
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -28,6 +27,10 @@ class ImageReadError(OSError):
     def __init__(self, path: str, reason: str):
         self.path, self.reason = path, reason
         super().__init__(f"cannot read image {path}: {reason}")
+
+
+class SkippedImageWarning(UserWarning):
+    """An unreadable image left out of feature extraction (listed in the cache's ``bad_files``)."""
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -52,13 +55,30 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def read_image(path: str | Path) -> Image.Image:
     """Decode an image file fully and return it as RGB; :class:`ImageReadError` names the path."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageReadError(str(path), _read_failure(e)) from e
+    if not data:
+        raise ImageReadError(str(path), "empty file (0 bytes)")
+    try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        raise ImageReadError(str(path), f"{type(e).__name__}: {e}") from e
+        raise ImageReadError(str(path), _read_failure(e)) from e
     return to_rgb(img)
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _read_failure(e: Exception) -> str:
+    """Why an image could not be read, without Python object reprs such as ``<_io.BytesIO at 0x…>``."""
+    if isinstance(e, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(e, OSError) and e.strerror and e.filename:  # the path is named already
+        return e.strerror
+    text = _OBJECT_REPR.sub("", str(e)).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class ImageDataset(torch.utils.data.Dataset):

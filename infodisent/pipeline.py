@@ -1,0 +1,274 @@
+"""The commands behind the CLI: train (``train``, ``demo``), ``evaluate`` and ``mine``.
+
+backbone → datasets → feature cache (or streaming) → InfoDisent head and the
+linear-probe reference → test accuracy of both → a run directory (file names:
+:class:`~infodisent.run.RunFiles`). ``config.json`` and the head are written
+last, so a directory becomes a run only once there is one; until then
+``checkpoint.pt`` is what ``--resume`` continues. Commands that add results
+(evaluate, mine, report) add their part to ``metrics.json`` and keep the rest.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from .backbone import Backbone, load_backbone
+from .config import ModelConfig, RunConfig, demo_config
+from .datasets import ImageDataset, check_split
+from .evaluation import explanation_metrics
+from .features import FeatureCache, extract_features
+from .head import InfoDisentHead
+from .io import atomic_path, atomic_write_json
+from .model import InfoDisent, check_compatible, save_head
+from .probe import fit_linear_probe
+from .prototypes import PrototypeIndex, mine_prototypes
+from .results import Accuracy, CacheUse, Evaluation, ProbeInfo, RunMetrics, SparseSummary, to_dict
+from .run import Run, RunFiles
+from .sparse import prune_head
+from .training import (
+    CachedSource, CheckpointPaths, FeatureSource, StreamingSource, classification_metrics, evaluate, fit,
+    load_checkpoint, save_checkpoint,
+)
+
+
+class RunExistsError(FileExistsError):
+    """A run directory that already holds a run (use --resume or --overwrite)."""
+
+
+@dataclass
+class RunResult:
+    """What a finished training produced."""
+
+    run_dir: Path
+    model: InfoDisent
+    metrics: RunMetrics
+    history: pd.DataFrame
+
+    def open(self) -> Run:
+        return Run.open(self.run_dir)
+
+
+def pooled_features(source: FeatureSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """Globally average-pooled features (N, D) and labels from any source, one pass."""
+    xs, ys = [], []
+    for x, y in source.batches(None):
+        xs.append(x.float().mean(dim=(2, 3)).cpu())
+        ys.append(y.cpu())
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _prepare_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes: int) -> None:
+    started = files.config.is_file() or files.checkpoint.is_file()
+    if started and cfg.resume:
+        if files.config.is_file():
+            check_compatible(ModelConfig.read(files.config), backbone, num_classes, files.root)
+    elif started:
+        if not cfg.overwrite:
+            raise RunExistsError(f"{files.root} already holds a run; pass --resume to continue it or --overwrite")
+        for path in files.outputs():
+            path.unlink(missing_ok=True)
+        shutil.rmtree(files.prototypes_root, ignore_errors=True)
+    files.root.mkdir(parents=True, exist_ok=True)
+
+
+def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds: ImageDataset):
+    dev = cfg.device
+    if not cfg.use_cache:
+        mk = lambda ds: StreamingSource(backbone, ds, cfg.batch_size, cfg.fit.seed, cfg.num_workers, dev)  # noqa: E731
+        return mk(train_ds), mk(test_ds), {}
+    caches: dict[str, FeatureCache] = {}
+    for ds, views in ((train_ds, cfg.views), (test_ds, 1)):
+        caches[ds.split] = extract_features(
+            backbone, ds, cfg.cache_dir, views=views, seed=cfg.fit.seed, batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers, strict=cfg.strict, progress=cfg.progress, device=dev,
+        )
+    train = CachedSource(caches["train"], cfg.batch_size, cfg.fit.seed, dev)
+    test = CachedSource(caches["test"], max(cfg.batch_size, 256), cfg.fit.seed, dev, view=0)
+    return train, test, caches
+
+
+def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_classes: int):
+    probe_train = CachedSource(caches["train"], 512, view=0) if caches else train_src
+    xtr, ytr = pooled_features(probe_train)
+    xte, yte = pooled_features(test_src)
+    probe = fit_linear_probe(xtr, ytr, num_classes, seed=cfg.fit.seed)
+    with atomic_path(files.probe) as tmp:
+        save_file({k: v.contiguous() for k, v in probe.linear.state_dict().items()}, str(tmp))
+    with torch.no_grad():
+        acc = classification_metrics(probe.linear(xte), yte)
+    info = ProbeInfo(probe.l2, {str(k): v for k, v in probe.validation.items()})
+    return acc, info
+
+
+def train_run(cfg: RunConfig) -> RunResult:
+    """Run the whole pipeline and write the run directory (``config.json`` and the head last)."""
+    torch.manual_seed(cfg.fit.seed)
+    files = RunFiles(Path(cfg.out))
+    backbone = load_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size, model_kwargs=cfg.model_kwargs,
+                             device=cfg.device)
+    train_ds = cfg.dataset_spec("train").build()
+    test_ds = cfg.dataset_spec("test").build()
+    _prepare_run_dir(cfg, files, backbone.name, train_ds.num_classes)
+    head_cfg = replace(cfg.head, num_features=backbone.num_features, num_classes=train_ds.num_classes)
+    model = InfoDisent(backbone, InfoDisentHead(head_cfg), train_ds.classes)
+    ckpt_paths = CheckpointPaths(files.checkpoint, files.history)
+    ckpt = load_checkpoint(files.checkpoint) if cfg.resume else None
+
+    t0 = time.perf_counter()
+    train_src, test_src, caches = _sources(cfg, backbone, train_ds, test_ds)
+    t_features = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    probe_acc, probe_info = _probe(cfg, files, caches, train_src, test_src, train_ds.num_classes) if cfg.probe \
+        else (None, None)
+    t_probe = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    dense = None
+    if ckpt is not None and ckpt.get("phase") == "pruned":  # a finished pruning: nothing left to train
+        head = InfoDisentHead(replace(head_cfg, pruned=True))
+        head.load_state_dict(ckpt["head"])
+        model = InfoDisent(backbone, head.to(cfg.device), train_ds.classes)
+        history = pd.read_csv(files.history)
+        dense = Accuracy(**ckpt["dense"]) if "dense" in ckpt else None
+    else:
+        history = fit(model.head, train_src, test_src, cfg.fit, ckpt_paths, cfg.resume, cfg.progress, cfg.device)
+        if cfg.sparse is not None:
+            dense = evaluate(model.head, test_src, cfg.fit.amp)
+            model, more = _prune_and_finetune(cfg, model, caches, train_src, test_src)
+            history = pd.concat([history.assign(phase="train"), more.assign(phase="prune")], ignore_index=True)
+            _save_pruned(ckpt_paths, model.head, history, dense)
+    t_train = time.perf_counter() - t0
+    model.head.eval()
+
+    head_acc = evaluate(model.head, test_src, cfg.fit.amp)
+    metrics = RunMetrics(
+        dataset=cfg.dataset, backbone=backbone.name, weights=backbone.weights.spec,
+        num_classes=train_ds.num_classes, num_train_images=len(train_ds), num_test_images=len(test_ds),
+        num_test_evaluated=len(test_src), infodisent=head_acc, linear_probe=probe_acc,
+        ratio=head_acc.top1 / probe_acc.top1 if probe_acc and probe_acc.top1 else None,
+        skipped_images={split: [b["path"] for b in c.bad_files] for split, c in caches.items()},
+        probe=probe_info,
+        feature_cache={split: CacheUse(str(c.path), not c.extracted, c.manifest.get("seconds"))
+                       for split, c in caches.items()},
+        seconds={"features": round(t_features, 2), "linear_probe": round(t_probe, 2), "train": round(t_train, 2)},
+        sparse=SparseSummary(cfg.sparse.channels_per_class, cfg.sparse.schedule(backbone.num_features),
+                             cfg.sparse.finetune_epochs, cfg.sparse.round_epochs, dense)
+        if cfg.sparse is not None and dense is not None else None,
+    )
+    atomic_write_json(files.metrics, to_dict(metrics))
+    save_head(model.head, files.head)
+    atomic_write_json(files.config, model.config(cfg).to_dict())  # last: now the directory holds a run
+    return RunResult(files.root, model, metrics, history)
+
+
+def _save_pruned(paths: CheckpointPaths, head: InfoDisentHead, history: pd.DataFrame, dense: Accuracy) -> None:
+    """The checkpoint of a pruned run holds the pruned head (and the dense head's accuracy), not the dense one."""
+    save_checkpoint(paths, head, history, epoch=int(history["epoch"].max()), step=0, phase="pruned",
+                    extra={"dense": {"top1": dense.top1, "top5": dense.top5, "loss": dense.loss}})
+
+
+def _prune_and_finetune(cfg: RunConfig, model: InfoDisent, caches, train_src, test_src) -> tuple[InfoDisent, pd.DataFrame]:
+    """SIDE's second stage: prune to ``channels_per_class`` in rounds, fine-tuning after each."""
+    sp = cfg.sparse
+    importance_src = CachedSource(caches["train"], 256, device=cfg.device, view=0) if caches else train_src
+    head, rows, epoch = model.head, [], cfg.fit.epochs
+    schedule = sp.schedule(head.config.num_features)
+    for i, k in enumerate(schedule):
+        head = prune_head(head, importance_src, k)
+        last = i == len(schedule) - 1
+        ft = replace(cfg.fit, epochs=sp.finetune_epochs if last else sp.round_epochs, lr=sp.finetune_lr or cfg.fit.lr,
+                     train_rotation=sp.finetune_rotation, warmup_epochs=0)
+        more = fit(head, train_src, test_src, ft, None, False, cfg.progress, cfg.device)
+        more["epoch"] += epoch
+        more["channels_per_class"] = k
+        epoch += ft.epochs
+        rows.append(more)
+    return InfoDisent(model.backbone, head, model.class_names), pd.concat(rows, ignore_index=True)
+
+
+def mine_run(
+    run: Run | str | Path,
+    split: str = "train",
+    *,
+    k: int = 10,
+    use_cache: bool = True,
+    batch_size: int = 64,
+    num_workers: int = 1,
+    strict: bool = False,
+    progress: bool = True,
+) -> PrototypeIndex:
+    """Mine the prototype index of a run's split (``infodisent mine``) into ``<run>/prototypes/<split>``."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    check_split(split)
+    index = mine_prototypes(
+        run.model, run.dataset(split), run.files.prototypes(split), k=k,
+        features=run.cache(split) if use_cache else None, batch_size=batch_size, num_workers=num_workers,
+        device=run.device, strict=strict, progress=progress, head_sha256=run.head_sha256(),
+    )
+    run.forget_index(split)
+    return index
+
+
+def evaluate_run(
+    run: Run | str | Path,
+    split: str = "test",
+    *,
+    dataset: str | None = None,
+    root: str | None = None,
+    batch_size: int = 64,
+    num_workers: int = 1,
+    strict: bool = False,
+    progress: bool = True,
+    explanations: bool = False,
+    k: int = 10,
+    stability: bool = True,
+) -> Evaluation:
+    """Accuracy of a saved run (and of its linear probe) on a dataset split.
+
+    The dataset defaults to the one the run was trained on; its class count must
+    match the run's. The result is written to ``evaluation_<dataset>_<split>.json``.
+    With ``explanations``, the split is mined (``<run>/prototypes/<split>``) and
+    :func:`~infodisent.evaluation.explanation_metrics` added; for the run's own
+    test split they also go into ``metrics.json`` (the rest of it is kept).
+    """
+    run = run if isinstance(run, Run) else Run.open(run)
+    ds = run.dataset(split, dataset, root)
+    own = run.dataset_spec(split, dataset, root) == run.dataset_spec(split)
+    cache = extract_features(run.model.backbone, ds, run.cache_dir, batch_size=batch_size,
+                             num_workers=num_workers, strict=strict, progress=progress, device=run.device)
+    source = CachedSource(cache, max(batch_size, 256), device=run.device, view=0)
+    acc = evaluate(run.model.head, source)
+    probe_acc = None
+    if run.probe is not None:
+        x, y = pooled_features(source)
+        with torch.no_grad():
+            probe_acc = classification_metrics(run.probe.to(x.device)(x), y)
+    ex = None
+    if explanations:
+        index = mine_prototypes(run.model, ds, run.files.prototypes(split), k=k, features=cache,
+                                batch_size=batch_size, device=run.device, progress=progress,
+                                head_sha256=run.head_sha256()) if own else \
+            mine_prototypes(run.model, ds, None, k=k, features=cache, batch_size=batch_size, device=run.device,
+                            progress=progress)
+        run.forget_index(split)
+        ex = explanation_metrics(run.model, index, ds, stability=stability)
+        if own and split == "test" and run.files.metrics.is_file():
+            run.update_metrics(explanations=ex)
+    out = Evaluation(str(run.path), ds.name, split, len(ds), len(source), acc, probe_acc,
+                     [b["path"] for b in cache.bad_files], ex)
+    atomic_write_json(run.files.evaluation(ds.name, split), to_dict(out))
+    return out
+
+
+__all__ = [
+    "RunConfig", "RunExistsError", "RunResult", "demo_config", "evaluate_run", "mine_run", "pooled_features",
+    "train_run",
+]

@@ -1,0 +1,280 @@
+"""Pictures of channels: prototype patches and explanation evidence, rendered on request and cached.
+
+A :class:`Renderer` turns rows of a prototype index (channel, side, rank) and
+the evidence of an :class:`~infodisent.explain.Explanation` into
+:class:`Patch` es: the model's view of the image, the box of the response and
+the channel's heatmap on it. It keeps three LRU caches, so that a widget can
+ask again and again: decoded views of dataset images, their backbone feature
+maps (read from the feature cache when there is one, else computed once), and
+rendered patches. A channel's map needs only its own row of ``U``
+(``J_d = U[d] F``), never the whole rotation.
+
+Example:
+    >>> r = infodisent.open_run("runs/demo").renderer("train")
+    >>> patches = r.prototypes(12, "pos", n=10)        # top-10 patches of channel 12
+    >>> r.evidence(explanation, channel=12)            # channel 12 on the explained image
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Generic, Hashable, Iterable, Sequence, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .datasets import ImageDataset
+from .features import FeatureCache
+from .geometry import Box, ViewGeometry, around, cell_box, upsample_map
+from .model import InfoDisent
+from .prototypes import PrototypeIndex, Side, check_side
+
+if TYPE_CHECKING:
+    from .explain import Explanation
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One channel's response on one image: the view, the box of the response, the channel's heatmap."""
+
+    channel: int
+    side: Side  # "pos": the strongest positive response, "neg": the strongest negative one
+    value: float  # size of that response (>= 0 for a prototype; the signed v_d for evidence)
+    position: int  # flat map position r*W + c
+    box: Box  # its grid cell, view pixels
+    view: Image.Image  # the model's view of the image (S x S RGB)
+    heatmap: np.ndarray  # (S_h, S_w) the channel map upsampled, negated for the neg side
+    image: int | None = None  # dataset index (None for an image from elsewhere)
+    label: int | None = None
+    rank: int | None = None  # rank among the channel's prototypes (None for evidence)
+
+    def crop(self, cells: float = 2.0) -> Image.Image:
+        """The patch around the response: ``cells`` grid cells wide, centred on the box."""
+        x0, y0, x1, y1 = self.box
+        x0, y0, x1, y1 = around(self.box, self.view.size, cells * max(x1 - x0, y1 - y0))
+        return self.view.crop((int(x0), int(y0), int(round(x1)), int(round(y1))))
+
+
+class LRU(Generic[K, V]):
+    """A small least-recently-used map with hit/miss counts (functools.lru_cache cannot be filled in batches)."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize, self.hits, self.misses = maxsize, 0, 0
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        if key in self._data:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return self._data[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def peek(self, key: K) -> V | None:
+        """Like :meth:`get`, without counting a hit or a miss."""
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        return None
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Renderer:
+    """Prototype patches and evidence pictures of one model on one dataset split, cached.
+
+    Args:
+        model: the InfoDisent model (its ``U`` is read once, at construction).
+        dataset: the split the prototype index was mined on (images are read from it lazily).
+        index: its prototype index, or a callable returning it (resolved on first use),
+            or None when only evidence is rendered.
+        features: the split's feature-cache entry; without one, maps are computed by the backbone.
+        images, maps, patches: sizes of the three LRU caches.
+    """
+
+    def __init__(
+        self,
+        model: InfoDisent,
+        dataset: ImageDataset | None = None,
+        index: PrototypeIndex | Callable[[], PrototypeIndex] | None = None,
+        features: FeatureCache | None = None,
+        *,
+        images: int = 256,
+        maps: int = 1024,
+        patches: int = 4096,
+    ):
+        self.model, self.dataset, self.features = model, dataset, features
+        self._index = index
+        self._U = model.U.float().cpu()
+        self._transform = model.transform
+        self._views: LRU[int, Image.Image] = LRU(images)
+        self._maps: LRU[int, np.ndarray] = LRU(maps)
+        self._patches: LRU[tuple[int, str, int], Patch] = LRU(patches)
+        self._row_of: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ images and maps
+
+    @property
+    def index(self) -> PrototypeIndex:
+        if self._index is None:
+            raise ValueError("this renderer has no prototype index: mine one (`infodisent mine RUN_DIR`)")
+        if callable(self._index) and not isinstance(self._index, PrototypeIndex):
+            self._index = self._index()
+        return self._index  # type: ignore[return-value]
+
+    def _dataset(self) -> ImageDataset:
+        if self.dataset is None:
+            raise ValueError("this renderer has no dataset to read images from")
+        return self.dataset
+
+    def view(self, image: int) -> Image.Image:
+        """The model's view (resized, centre-cropped RGB) of dataset image ``image``, cached."""
+        image = int(image)
+        got = self._views.get(image)
+        if got is None:
+            img = self._dataset().load_image(image)
+            got = ViewGeometry.from_transform(self._transform, img.size).view_image(img)
+            self._views.put(image, got)
+        return got
+
+    def _cache_rows(self, images: np.ndarray) -> np.ndarray | None:
+        """Feature-cache rows of ``images`` (view 0), or None when any is missing."""
+        if self.features is None:
+            return None
+        if self._row_of is None:
+            rows0 = self.features.rows(view=0)
+            self._row_of = np.full(int(self.features.indices.max(initial=-1)) + 1, -1, np.int64)
+            self._row_of[self.features.indices[rows0]] = rows0
+        if (images >= len(self._row_of)).any():
+            return None
+        rows = self._row_of[images]
+        return None if (rows < 0).any() else rows
+
+    def feature_maps(self, images: Sequence[int]) -> np.ndarray:
+        """Backbone maps ``F`` (n, D, H, W) of dataset images, from the LRU, the feature cache or the backbone."""
+        images = [int(i) for i in images]
+        missing = sorted({i for i in images if i not in self._maps})
+        self._maps.misses += len(missing)
+        if missing:
+            want = np.asarray(missing)
+            rows = self._cache_rows(want)
+            if rows is not None:
+                order = np.argsort(rows, kind="stable")
+                x = np.asarray(self.features.features[rows[order]])  # type: ignore[union-attr]
+                for j, i in enumerate(want[order]):
+                    self._maps.put(int(i), x[j])
+            else:
+                batch = torch.stack([self._transform(self._dataset().load_image(i)) for i in missing])
+                with torch.inference_mode():
+                    f = self.model.backbone(batch.to(self.model.device)).float().cpu().numpy()
+                for j, i in enumerate(missing):
+                    self._maps.put(i, f[j])
+        out = [self._maps.get(i) for i in images]
+        self._maps.hits -= len(missing)  # the loads above are not hits
+        return np.stack(out) if out else np.zeros((0, *self.model.backbone.feature_shape()), np.float32)
+
+    def channel_maps(self, images: Sequence[int], channel: int) -> np.ndarray:
+        """``J_d`` (n, H, W) of one channel on dataset images: ``U[d] F``, without the other channels."""
+        F_ = torch.from_numpy(self.feature_maps(images).astype(np.float32))
+        n, d, h, w = F_.shape
+        return torch.matmul(self._U[channel], F_.reshape(n, d, h * w)).reshape(n, h, w).numpy()
+
+    # ------------------------------------------------------------------ prototypes
+
+    def render(self, keys: Iterable[tuple[int, Side, int]]) -> list[Patch | None]:
+        """Patches for many (channel, side, rank) at once (None where the index has no such row).
+
+        The batch method: feature maps of all the images involved are loaded in one go."""
+        keys = [(int(c), check_side(s), int(r)) for c, s, r in keys]
+        index = self.index
+        todo: dict[tuple[int, str, int], dict] = {}
+        tables: dict[tuple[int, str], list[dict]] = {}
+        self._patches.hits += sum(key in self._patches for key in keys)
+        for key in keys:
+            if key not in self._patches and key not in todo:
+                self._patches.misses += 1
+                c, s, r = key
+                if (c, s) not in tables:
+                    tables[(c, s)] = index.prototypes(c, s).to_dict("records")
+                if r < len(tables[(c, s)]):
+                    todo[key] = tables[(c, s)][r]
+        if todo:
+            self.feature_maps([int(row["image"]) for row in todo.values()])  # one batch of loads
+            for (c, s, r), row in todo.items():
+                self._patches.put((c, s, r), self._prototype_patch(c, s, r, row))
+        return [self._patches.peek(key) for key in keys]
+
+    def _prototype_patch(self, channel: int, side: str, rank: int, row: dict) -> Patch:
+        i = int(row["image"])
+        view = self.view(i)
+        m = self.channel_maps([i], channel)[0]
+        sign = 1.0 if side == "pos" else -1.0
+        grid = self.index.grid
+        return Patch(channel, side, float(row["value"]), int(row["position"]),  # type: ignore[arg-type]
+                     cell_box(int(row["position"]), grid, view.size), view, upsample_map(sign * m, view.size),
+                     i, int(row["label"]), rank)
+
+    def prototype(self, channel: int, side: Side = "pos", rank: int = 0) -> Patch:
+        """One prototype of the index as a patch."""
+        self._check_channel(channel)
+        got = self.render([(channel, side, rank)])[0]
+        if got is None:
+            raise ValueError(f"channel {channel} has no {side} prototype of rank {rank} "
+                             f"(the index keeps {self.index.k} per side, and only responses > 0)")
+        return got
+
+    def prototypes(self, channel: int, side: Side = "pos", n: int | None = None) -> list[Patch]:
+        """The channel's top-``n`` prototypes of one side (default: all the index has), best first."""
+        self._check_channel(channel)
+        count = len(self.index.prototypes(channel, side))
+        count = count if n is None else min(n, count)
+        return [p for p in self.render([(channel, side, r) for r in range(count)]) if p is not None]
+
+    def _check_channel(self, channel: int) -> None:
+        d = self.model.head.config.num_features
+        if self.index.channels != d:
+            raise ValueError(f"the prototype index has {self.index.channels} channels, the model {d}: "
+                             "it was mined for another backbone")
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < d:
+            raise ValueError(f"channel {channel!r} is outside 0..{d - 1}")
+
+    # ------------------------------------------------------------------ explanations
+
+    def heatmap(self, explanation: "Explanation", channel: int, i: int = 0) -> np.ndarray:
+        """Channel ``channel``'s map on explained image ``i``, upsampled to its view (signed, as computed)."""
+        view = explanation.views[i]
+        return upsample_map(explanation.J[i, channel], view.size)
+
+    def evidence(self, explanation: "Explanation", channel: int, i: int = 0) -> Patch:
+        """Channel ``channel`` on explained image ``i``: the side that won (the sign of ``v_d``), its box
+        and its heatmap (negated for the negative side). Reads no image: the explanation holds the view."""
+        ev = explanation[i].channel(channel)
+        view = explanation.views[i]
+        sign = 1.0 if ev.side == "pos" else -1.0
+        source = explanation.sources[i]
+        return Patch(ev.channel, ev.side, ev.value, ev.position, ev.box, view,  # type: ignore[arg-type]
+                     upsample_map(sign * explanation.J[i, channel], view.size),
+                     source if isinstance(source, int) else None, None, None)
+
+    def cache_info(self) -> dict[str, tuple[int, int, int]]:
+        """(hits, misses, size) of each cache."""
+        return {name: (c.hits, c.misses, len(c)) for name, c in
+                (("views", self._views), ("maps", self._maps), ("patches", self._patches))}
+
+
+__all__ = ["LRU", "Patch", "Renderer"]

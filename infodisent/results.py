@@ -1,0 +1,287 @@
+"""Typed results: every number a command writes (``metrics.json``, evaluations) as frozen dataclasses.
+
+One accuracy vocabulary everywhere: :class:`Accuracy` (``top1``, ``top5``,
+``loss`` where it was computed). Each result serialises with ``to_dict()`` to
+the JSON the run directory holds and loads back with ``from_dict()``; figures
+and tables take the dataclasses.
+
+Example:
+    >>> run = infodisent.open_run("runs/demo")
+    >>> run.metrics.infodisent.top1, run.metrics.linear_probe.top1
+    >>> run.metrics.explanations.size.local_size
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+import pandas as pd
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (nested ones, lists, tuples, dicts) as plain JSON values; ``to_dict`` methods are used."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        own = getattr(type(obj), "to_dict", None)
+        if own is not None and own is not _DataMixin.to_dict:
+            return own(obj)
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """Rebuild ``cls`` (a dataclass, or a typing annotation) from :func:`to_dict`'s output.
+
+    Unknown keys are an error (a file from another version), missing keys take the field's default.
+    """
+    return _convert(cls, data, cls.__name__ if isinstance(cls, type) else str(cls))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is None:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except (TypeError, ValueError, KeyError):
+                continue
+        raise ValueError(f"{where}: {value!r} does not fit {tp}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {type(value).__name__}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        if origin is tuple and args:
+            return tuple(_convert(a, v, where) for a, v in zip(args, value))
+        return [_convert(args[0] if args else Any, v, where) for v in value]
+    if origin is dict:
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected an object, got {type(value).__name__}")
+        return {k: _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        own = tp.__dict__.get("from_dict")
+        if own is not None and isinstance(own, classmethod) and tp.from_dict.__func__ is not _DataMixin.from_dict.__func__:
+            return tp.from_dict(value)
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected an object for {tp.__name__}, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        unknown = set(value) - names
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)} for {tp.__name__}")
+        return tp(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise TypeError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
+    return value
+
+
+class _DataMixin:
+    """``to_dict`` / ``from_dict`` for the result dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        return from_dict(cls, data)
+
+
+# ----------------------------------------------------------------------------- the results
+
+
+@dataclass(frozen=True)
+class Accuracy(_DataMixin):
+    """Top-1 and top-5 accuracy (top-k over min(5, C) classes), and the cross-entropy where computed."""
+
+    top1: float
+    top5: float
+    loss: float | None = None
+
+
+@dataclass(frozen=True)
+class Sizes(_DataMixin):
+    """How many channels an explanation has (definitions in :mod:`infodisent.metrics`)."""
+
+    num_channels: int
+    global_size: int  # channels some class uses
+    local_size: float  # channels with a say in the predicted class, mean over images
+    channels_for_mass: float  # fewest channels carrying ``mass`` of the positive evidence
+    above_relative: float  # channels contributing >= ``relative`` x the largest contribution
+    top_share: float  # share of the positive evidence in the ``top`` largest contributions
+    nonzero_weights_per_class: float
+    mass: float = 0.9
+    relative: float = 0.2
+    top: int = 4
+
+
+@dataclass(frozen=True)
+class Faithfulness(_DataMixin):
+    """Removal curves (top-k contributors vs k random channels) and the areas between them."""
+
+    curves: pd.DataFrame  # k, logit_drop_top, logit_drop_random, accuracy_top, accuracy_random
+    area_logit: float  # mean over k-steps of (drop_top - drop_random)
+    area_accuracy: float  # mean over k-steps of (accuracy_random - accuracy_top)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"area_logit": self.area_logit, "area_accuracy": self.area_accuracy,
+                **{c: self.curves[c].tolist() for c in self.curves.columns}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Faithfulness":
+        curves = pd.DataFrame({k: v for k, v in data.items() if k not in ("area_logit", "area_accuracy")})
+        return cls(curves, float(data["area_logit"]), float(data["area_accuracy"]))
+
+
+@dataclass(frozen=True)
+class PartScores(_DataMixin):
+    """Part metrics on the synthetic ``parts`` dataset (definitions in :mod:`infodisent.part_metrics`)."""
+
+    purity: float  # mean over the channels some class uses
+    purity_all_channels: float
+    channels_used: int
+    pointing_game: float
+    pointing_game_correct: float  # on correctly classified images
+    pointing_game_chance: float
+
+
+@dataclass(frozen=True)
+class CubPartScores(_DataMixin):
+    """Part metrics on CUB keypoints (definitions in :mod:`infodisent.part_metrics`)."""
+
+    window_px: float
+    part_groups: list[str]
+    channels_scored: int
+    purity: float
+    consistency: float
+    consistency_channels: int
+    stability: float | None = None
+    stability_images: int | None = None
+    stability_sigma: float | None = None
+
+
+@dataclass(frozen=True)
+class ExplanationMetrics(_DataMixin):
+    """All explanation metrics of a model on one split (``evaluate --explanations``)."""
+
+    dataset: str
+    split: str
+    num_images: int
+    prototypes_per_channel: int
+    accuracy: Accuracy
+    size: Sizes
+    faithfulness: Faithfulness
+    parts: PartScores | None = None
+    cub_parts: CubPartScores | None = None
+
+
+@dataclass(frozen=True)
+class CacheUse(_DataMixin):
+    path: str
+    reused: bool  # True: no image passed through the backbone
+    extraction_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ProbeInfo(_DataMixin):
+    l2: float
+    holdout_accuracy: dict[str, float]  # L2 strength -> held-out top-1
+
+
+@dataclass(frozen=True)
+class SparseSummary(_DataMixin):
+    """What SIDE-style pruning did: channels per class after each round, and the dense head's accuracy."""
+
+    channels_per_class: int
+    schedule: list[int]
+    finetune_epochs: int
+    round_epochs: int
+    dense: Accuracy  # the head before pruning, on the same test split
+
+
+@dataclass(frozen=True)
+class RunMetrics(_DataMixin):
+    """``metrics.json``: what training measured, plus the parts later commands add (``explanations``)."""
+
+    dataset: str
+    backbone: str
+    weights: str
+    num_classes: int
+    num_train_images: int
+    num_test_images: int
+    num_test_evaluated: int
+    infodisent: Accuracy
+    linear_probe: Accuracy | None = None
+    ratio: float | None = None  # InfoDisent top-1 / linear probe top-1
+    skipped_images: dict[str, list[str]] = field(default_factory=dict)
+    probe: ProbeInfo | None = None
+    feature_cache: dict[str, CacheUse] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    sparse: SparseSummary | None = None
+    explanations: ExplanationMetrics | None = None
+
+    @property
+    def num_skipped_images(self) -> int:
+        return sum(len(v) for v in self.skipped_images.values())
+
+    def table(self) -> pd.DataFrame:
+        """Top-1 and top-5 of InfoDisent and of the linear probe (the black-box reference)."""
+        rows = {"InfoDisent": self.infodisent}
+        if self.sparse is not None:
+            rows["InfoDisent, dense (before pruning)"] = self.sparse.dense
+        if self.linear_probe is not None:
+            rows["linear probe (black box)"] = self.linear_probe
+        return pd.DataFrame({"top-1 accuracy": [a.top1 for a in rows.values()],
+                             "top-5 accuracy": [a.top5 for a in rows.values()]},
+                            index=pd.Index(list(rows), name=f"{self.dataset} test"))
+
+
+@dataclass(frozen=True)
+class Evaluation(_DataMixin):
+    """``infodisent evaluate``: accuracy of a saved run on one split (``evaluation_<dataset>_<split>.json``)."""
+
+    run: str
+    dataset: str
+    split: str
+    num_images: int
+    num_evaluated: int
+    infodisent: Accuracy
+    linear_probe: Accuracy | None = None
+    skipped_images: list[str] = field(default_factory=list)
+    explanations: ExplanationMetrics | None = None
+
+
+__all__ = [
+    "Accuracy", "CacheUse", "CubPartScores", "Evaluation", "ExplanationMetrics", "Faithfulness", "PartScores",
+    "ProbeInfo", "RunMetrics", "Sizes", "SparseSummary", "from_dict", "to_dict",
+]

@@ -1,0 +1,287 @@
+"""One handle on a run directory: its files, its typed configuration, and everything built from them.
+
+A run directory (written by ``infodisent train``) holds:
+
+- ``config.json``: the model's configuration and how it was trained (:class:`~infodisent.config.ModelConfig`)
+- ``head.safetensors``: U's parameters, ``U`` and ``W`` themselves (and the bias)
+- ``probe.safetensors``: the linear-probe reference
+- ``metrics.json``: what training measured, plus what later commands add (:class:`~infodisent.results.RunMetrics`)
+- ``history.csv``: one row per epoch; ``checkpoint.pt``: for ``--resume`` (after pruning: the pruned head)
+- ``prototypes/<split>/``: prototype indexes; ``evaluation_<dataset>_<split>.json``; ``report.html``
+
+:class:`Run` owns these names: nothing else in the package spells them.
+Everything it hands out is loaded on first use and then kept.
+
+Example:
+    >>> run = infodisent.open_run("runs/demo")
+    >>> run.metrics.infodisent.top1                  # typed metrics.json
+    >>> e = run.explain(17)                          # test image 17, numbers only
+    >>> run.renderer().prototypes(12, n=10)          # channel 12's top training patches
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from .config import ModelConfig
+from .datasets import DatasetSpec, ImageDataset, check_split
+from .explain import Explanation, ImageLike, explain, explain_views
+from .features import FeatureCache, find_cache
+from .io import CorruptFileError, atomic_write_json, file_sha256, read_json
+from .model import InfoDisent, check_compatible
+from .prototypes import PrototypeIndex, StaleIndexError
+from .render import Renderer
+from .results import RunMetrics, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The file names of a run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def head(self) -> Path:
+        return self.root / "head.safetensors"
+
+    @property
+    def probe(self) -> Path:
+        return self.root / "probe.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def prototypes_root(self) -> Path:
+        return self.root / "prototypes"
+
+    def prototypes(self, split: str) -> Path:
+        return self.prototypes_root / check_split(split)
+
+    def evaluation(self, dataset: str, split: str) -> Path:
+        return self.root / f"evaluation_{dataset}_{split}.json"
+
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file a training writes (removed by ``--overwrite``)."""
+        return (self.config, self.checkpoint, self.head, self.probe, self.metrics, self.history)
+
+    def is_run(self) -> bool:
+        """True once training finished: the configuration and the head are both there."""
+        return self.config.is_file() and self.head.is_file()
+
+
+class NotARunError(FileNotFoundError):
+    """A folder that holds no finished run."""
+
+
+class Run:
+    """A saved run: typed configuration and metrics, and lazily built model, datasets, caches, indexes, renderers.
+
+    Args:
+        path: the run directory.
+        device: where the model lives.
+        weights: overrides the recorded backbone weights (e.g. a local file on another machine).
+        cache_dir: the feature cache root (default: the one the run was trained with).
+    """
+
+    def __init__(self, path: str | Path, *, device: str | torch.device = "cpu", weights: str | None = None,
+                 cache_dir: str | None = None):
+        self.path = Path(path)
+        self.files = RunFiles(self.path)
+        if not self.files.is_run():
+            missing = [p.name for p in (self.files.config, self.files.head) if not p.is_file()]
+            raise NotARunError(f"{self.path} is not an InfoDisent run directory (missing {', '.join(missing)})")
+        self.config = ModelConfig.read(self.files.config)
+        self.device = torch.device(device)
+        self._weights = weights
+        recorded = self.config.run.cache_dir if self.config.run is not None else None
+        self.cache_dir = cache_dir if cache_dir is not None else recorded
+        self._datasets: dict[tuple, ImageDataset] = {}
+        self._caches: dict[str, FeatureCache | None] = {}
+        self._indexes: dict[str, PrototypeIndex] = {}
+        self._renderers: dict[str, Renderer] = {}
+        self._metrics: RunMetrics | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, **kwargs: Any) -> "Run":
+        """Open a run directory (see the class for the keyword arguments)."""
+        return cls(path, **kwargs)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Run({str(self.path)!r}: {c.backbone.name}, {c.num_classes} classes, "
+                f"{c.backbone.num_features} channels)")
+
+    # ------------------------------------------------------------------ the model
+
+    @cached_property
+    def model(self) -> InfoDisent:
+        """The backbone and the trained head (loaded on first use)."""
+        return InfoDisent.build(self.config, self.files.head, device=self.device, weights=self._weights)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    def head_sha256(self) -> str:
+        return file_sha256(self.files.head)
+
+    @cached_property
+    def probe(self) -> torch.nn.Linear | None:
+        """The linear-probe reference (on average-pooled backbone maps), or None when the run has none."""
+        if not self.files.probe.is_file():
+            return None
+        try:
+            state = load_file(str(self.files.probe))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise CorruptFileError(self.files.probe, str(e)) from None
+        lin = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+        lin.load_state_dict(state)
+        return lin
+
+    # ------------------------------------------------------------------ data
+
+    def dataset_spec(self, split: str = "test", name: str | None = None, root: str | None = None) -> DatasetSpec:
+        """How to build a split of the run's own dataset, or of another one (``name``, ``root``) with its classes."""
+        run = self.config.run
+        if run is None and name is None:
+            raise ValueError(f"{self.path} does not record its dataset; pass name= and root=")
+        if name is None or (run is not None and name == run.dataset and root in (None, run.root)):
+            return run.dataset_spec(check_split(split))  # type: ignore[union-attr]
+        return DatasetSpec(name, root, check_split(split), self.config.num_classes)
+
+    def dataset(self, split: str = "test", name: str | None = None, root: str | None = None) -> ImageDataset:
+        """A split of the run's dataset (the one way to rebuild it), checked against the run's classes."""
+        spec = self.dataset_spec(split, name, root)
+        key = (spec.name, spec.root, spec.split)
+        if key not in self._datasets:
+            ds = spec.build()
+            check_compatible(self.config, self.config.backbone.name, ds.num_classes, self.path)
+            self._datasets[key] = ds
+        return self._datasets[key]
+
+    def cache(self, split: str = "train") -> FeatureCache | None:
+        """The split's feature-cache entry if one exists (nothing is extracted)."""
+        if split not in self._caches:
+            self._caches[split] = find_cache(self.model.backbone, self.dataset(split), self.cache_dir)
+        return self._caches[split]
+
+    # ------------------------------------------------------------------ prototypes and pictures
+
+    def has_index(self, split: str = "train") -> bool:
+        return (self.files.prototypes(split) / "meta.json").is_file()
+
+    def index(self, split: str = "train") -> PrototypeIndex:
+        """The split's prototype index; :class:`StaleIndexError` when the head changed since it was mined."""
+        if split not in self._indexes:
+            folder = self.files.prototypes(split)
+            if not self.has_index(split):
+                raise FileNotFoundError(
+                    f"no prototype index at {folder}; create it with `infodisent mine {self.path} --split {split}`")
+            try:
+                self._indexes[split] = PrototypeIndex.load(folder, head_sha256=self.head_sha256())
+            except StaleIndexError as e:
+                raise StaleIndexError(f"{e}; re-run `infodisent mine {self.path} --split {split}`") from None
+        return self._indexes[split]
+
+    def forget_index(self, split: str) -> None:
+        """Drop the kept index (and renderer) of ``split``, after it was mined again."""
+        self._indexes.pop(split, None)
+        self._renderers.pop(split, None)
+
+    def renderer(self, split: str = "train") -> Renderer:
+        """Prototype patches of ``split``'s index and evidence pictures, with LRU caches (kept per split)."""
+        if split not in self._renderers:
+            self._renderers[split] = Renderer(
+                self.model, self.dataset(split), index=lambda: self.index(split), features=self.cache(split))
+        return self._renderers[split]
+
+    def explain(self, images: int | Sequence[int] | ImageLike | Sequence[ImageLike], target: int | Sequence[int] | None = None,
+                *, split: str = "test") -> Explanation:
+        """Explain images of the run's ``split`` (dataset indices) or any images (PIL, paths, tensors).
+
+        Dataset images are read through the split's renderer, so a second explanation of the
+        same image reads nothing from disk.
+        """
+        if _is_index(images) or (isinstance(images, (list, tuple)) and images and all(_is_index(i) for i in images)):
+            idx = [int(images)] if _is_index(images) else [int(i) for i in images]  # type: ignore[arg-type]
+            ds = self.dataset(split)
+            bad = [i for i in idx if not 0 <= i < len(ds)]
+            if bad:
+                raise ValueError(f"image {bad[0]} is outside the {split} split (0..{len(ds) - 1})")
+            r = self.renderer(split)
+            views = [r.view(i) for i in idx]
+            return explain_views(self.model, views, target, sources=idx)
+        return explain(self.model, images, target)
+
+    # ------------------------------------------------------------------ results
+
+    @property
+    def metrics(self) -> RunMetrics:
+        """``metrics.json`` as :class:`~infodisent.results.RunMetrics` (read once)."""
+        if self._metrics is None:
+            if not self.files.metrics.is_file():
+                raise FileNotFoundError(f"{self.files.metrics} does not exist (training did not finish?)")
+            data = read_json(self.files.metrics)
+            try:
+                self._metrics = from_dict(RunMetrics, data)
+            except (TypeError, ValueError, KeyError) as e:
+                raise CorruptFileError(self.files.metrics, f"not this version's metrics ({e})") from None
+        return self._metrics
+
+    def update_metrics(self, **parts: Any) -> RunMetrics:
+        """Set some fields of ``metrics.json`` (e.g. ``explanations=...``), keeping what other commands wrote."""
+        if self.files.metrics.is_file():
+            data = read_json(self.files.metrics)
+        else:
+            raise FileNotFoundError(f"{self.files.metrics} does not exist: nothing to add to")
+        data.update({k: to_dict(v) for k, v in parts.items()})
+        metrics = from_dict(RunMetrics, data)
+        atomic_write_json(self.files.metrics, data)
+        self._metrics = metrics
+        return metrics
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per epoch (``phase`` says training or pruning rounds)."""
+        if not self.files.history.is_file():
+            raise FileNotFoundError(f"{self.files.history} does not exist")
+        return pd.read_csv(self.files.history)
+
+
+def _is_index(x: object) -> bool:
+    import numpy as np
+
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def open_run(path: str | Path, **kwargs: Any) -> Run:
+    """Open a run directory: ``infodisent.open_run("runs/demo")`` (keyword arguments: see :class:`Run`)."""
+    return Run.open(path, **kwargs)
+
+
+__all__ = ["NotARunError", "Run", "RunFiles", "open_run"]
