@@ -81,6 +81,15 @@ class Explanation:
 
     # ------------------------------------------------------------------ batch
 
+    def __repr__(self) -> str:
+        d, (h, w) = self.v.shape[1], self.grid
+        if len(self) == 1:
+            what = (f"predicted {self.predicted_name!r} (p={self.probabilities[0, self.predicted]:.3f}), "
+                    f"explaining {self.target_name!r}: logit {self.logit:.3f}")
+        else:
+            what = f"{len(self)} images"
+        return f"Explanation({what}; {d} channels on a {h}x{w} grid)"
+
     def __len__(self) -> int:
         return len(self.targets)
 

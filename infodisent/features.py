@@ -24,7 +24,6 @@ import json
 import os
 import random
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .datasets.base import ImageDataset, ImageReadError, SkippedImageWarning
-from .io import CorruptFileError, atomic_save_npy, atomic_write_json, read_json
+from .io import CorruptFileError, atomic_save_npy, atomic_write_json, read_json, warn
 
 FORMAT_VERSION = 1
 
@@ -240,7 +239,7 @@ def _skip_or_raise(failure: _Unreadable, strict: bool) -> None:
     """Raise :class:`ImageReadError` for an unreadable image when ``strict``, else warn that it is skipped."""
     if strict:
         raise ImageReadError(failure.path, failure.reason)
-    warnings.warn(f"skipping unreadable image {failure}", SkippedImageWarning, stacklevel=4)
+    warn(f"skipping unreadable image {failure}", SkippedImageWarning)
 
 
 class MapBatch(NamedTuple):
@@ -337,7 +336,7 @@ def _open_complete(path: Path, action: str) -> FeatureCache | None:
     try:
         return FeatureCache.open(path)
     except CorruptFileError as e:
-        warnings.warn(f"feature cache entry {path} is damaged ({e.path.name}: {e.reason}); {action}", stacklevel=3)
+        warn(f"feature cache entry {path} is damaged ({e.path.name}: {e.reason}); {action}")
         return None
 
 
@@ -376,7 +375,7 @@ def _resume(path: Path, meta: dict[str, Any]) -> _Partial | None:
     except (CorruptFileError, KeyError, TypeError, ValueError, IndexError) as e:
         problem = str(e) if isinstance(e, CorruptFileError) else f"unreadable progress.json ({e})"
     if problem is not None:
-        warnings.warn(f"feature cache entry {path}: {problem}; restarting it from scratch", stacklevel=4)
+        warn(f"feature cache entry {path}: {problem}; restarting it from scratch")
         return None
     return _Partial(np.load(path / "features.npy", mmap_mode="r+"), valid, done, bad, digest)
 

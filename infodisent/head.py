@@ -172,6 +172,7 @@ class InfoDisentHead(nn.Module):
             parametrize.register_parametrization(self.classifier, "weight", _NonNegative())
         if config.pruned:
             self.register_buffer("weight_mask", torch.ones(c, d))
+        self._inference: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def W(self) -> torch.Tensor:
@@ -204,6 +205,19 @@ class InfoDisentHead(nn.Module):
         with parametrize.cached():
             yield
 
+    def _state_key(self) -> tuple:
+        return tuple((id(t), t._version) for t in (*self.parameters(), *self.buffers()))
+
+    def inference_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``U`` and ``W`` for inference, computed once and reused until a parameter changes (an optimizer
+        step, ``load_state_dict`` or ``.to()`` all change the key): the Cayley map solves a D x D system,
+        which would otherwise cost more than the head itself on every call."""
+        key = self._state_key()
+        if self._inference is None or self._inference[0] != key:
+            with torch.no_grad():
+                self._inference = (key, self.U.detach().clone(), self.W.detach().clone())
+        return self._inference[1], self._inference[2]
+
     def pool(self, J: torch.Tensor) -> tuple[torch.Tensor, PoolResult | None]:
         """``v`` and the two-sided max with its positions (``None`` only for Gumbel sampling in training)."""
         if self.training and self.config.relaxation == "gumbel" and self.config.pooling == "max":
@@ -214,9 +228,15 @@ class InfoDisentHead(nn.Module):
         return (J.mean(dim=(2, 3)) if self.config.pooling == "avg" else res.values), res
 
     def forward_details(self, features: torch.Tensor) -> HeadOutput:
-        J = self.rotation(features)
+        """Everything the head computes. In eval mode without autograd, U and W come from
+        :meth:`inference_weights` (computed once, not on every call)."""
+        if not self.training and not torch.is_grad_enabled():
+            U, W = self.inference_weights()
+            J = self.rotation(features, U.to(features.dtype))
+        else:
+            J, W = self.rotation(features), self.W
         v, pool = self.pool(J)
-        return HeadOutput(F.linear(v, self.W, self.bias), v, J, pool)
+        return HeadOutput(F.linear(v, W.to(v.dtype), None if self.bias is None else self.bias.to(v.dtype)), v, J, pool)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.forward_details(features).logits

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,6 +52,18 @@ class CorruptFileError(ValueError):
         self.path, self.reason, self.hint = Path(path), reason, hint
         message = f"{path} is damaged or incomplete ({reason})"
         super().__init__(f"{message}. {hint}" if hint else message)
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside this package, so that the line a
+    warning shows is the user's (``train_run(cfg)``), not the library's own ``warn(...)``."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def read_json(path: str | os.PathLike) -> Any:

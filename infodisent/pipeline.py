@@ -72,7 +72,7 @@ def _prepare_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes
     elif started:
         if not cfg.overwrite:
             raise RunExistsError(f"{files.root} already holds a run; pass --resume to continue it or --overwrite")
-        for path in files.outputs():
+        for path in (*files.outputs(), files.report, *files.root.glob("evaluation_*.json")):
             path.unlink(missing_ok=True)
         shutil.rmtree(files.prototypes_root, ignore_errors=True)
     files.root.mkdir(parents=True, exist_ok=True)

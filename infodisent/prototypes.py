@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import pandas as pd
@@ -99,6 +99,11 @@ class PrototypeIndex:
     meta: IndexMeta
     path: Path | None = None
 
+    def __repr__(self) -> str:
+        m = self.meta
+        return (f"PrototypeIndex({m.dataset.name}/{m.dataset.split}: {m.num_valid} images, top-{m.k} of "
+                f"{m.channels} channels per side, {len(self.table)} rows)")
+
     @property
     def grid(self) -> tuple[int, int]:
         return self.meta.grid
@@ -118,17 +123,27 @@ class PrototypeIndex:
 
     @cached_property
     def _rows(self) -> dict[tuple[int, str], np.ndarray]:
-        return {(int(c), s): idx for (c, s), idx in self.table.groupby(["channel", "side"], sort=False).indices.items()}
+        """(channel, side) -> row numbers of the table, in rank order."""
+        ranks = self.table["rank"].to_numpy()
+        return {(int(c), s): idx[np.argsort(ranks[idx], kind="stable")]
+                for (c, s), idx in self.table.groupby(["channel", "side"], sort=False).indices.items()}
+
+    @cached_property
+    def columns(self) -> dict[str, np.ndarray]:
+        """The table's columns as numpy arrays (fast row access for renderers)."""
+        return {c: self.table[c].to_numpy() for c in self.table.columns}
+
+    def rows(self, channel: int, side: Side = "pos") -> np.ndarray:
+        """Table row numbers of one channel and side, best first (see :meth:`prototypes` for the rows)."""
+        check_side(side)
+        return self._rows.get((int(channel), side), np.zeros(0, np.int64))
 
     def prototypes(self, channel: int, side: Side = "pos") -> pd.DataFrame:
         """The top-k rows of one channel and side, best first (empty where it never fires on that side)."""
         check_side(side)
         if not 0 <= int(channel) < self.channels:
             raise ValueError(f"channel {channel} is outside 0..{self.channels - 1}")
-        idx = self._rows.get((int(channel), side))
-        if idx is None:
-            return self.table.iloc[:0].reset_index(drop=True)
-        return self.table.iloc[idx].sort_values("rank").reset_index(drop=True)
+        return self.table.iloc[self.rows(channel, side)].reset_index(drop=True)
 
     @classmethod
     def load(cls, folder: str | Path, head_sha256: str | None = None) -> "PrototypeIndex":

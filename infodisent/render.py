@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Generic, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -47,8 +47,8 @@ class Patch:
     value: float  # size of that response (>= 0 for a prototype; the signed v_d for evidence)
     position: int  # flat map position r*W + c
     box: Box  # its grid cell, view pixels
-    view: Image.Image  # the model's view of the image (S x S RGB)
-    heatmap: np.ndarray  # (S_h, S_w) the channel map upsampled, negated for the neg side
+    view: Image.Image = field(repr=False)  # the model's view of the image (S x S RGB)
+    heatmap: np.ndarray = field(repr=False)  # (S_h, S_w) the channel map upsampled, negated for the neg side
     image: int | None = None  # dataset index (None for an image from elsewhere)
     label: int | None = None
     rank: int | None = None  # rank among the channel's prototypes (None for evidence)
@@ -199,35 +199,40 @@ class Renderer:
     def render(self, keys: Iterable[tuple[int, Side, int]]) -> list[Patch | None]:
         """Patches for many (channel, side, rank) at once (None where the index has no such row).
 
-        The batch method: feature maps of all the images involved are loaded in one go."""
+        The batch method: the feature maps of all the images involved are loaded in one go, and
+        their channel maps computed and upsampled together."""
         keys = [(int(c), check_side(s), int(r)) for c, s, r in keys]
         index = self.index
-        todo: dict[tuple[int, str, int], dict] = {}
-        tables: dict[tuple[int, str], list[dict]] = {}
         self._patches.hits += sum(key in self._patches for key in keys)
+        todo: dict[tuple[int, str, int], int] = {}
         for key in keys:
             if key not in self._patches and key not in todo:
                 self._patches.misses += 1
-                c, s, r = key
-                if (c, s) not in tables:
-                    tables[(c, s)] = index.prototypes(c, s).to_dict("records")
-                if r < len(tables[(c, s)]):
-                    todo[key] = tables[(c, s)][r]
+                rows = index.rows(key[0], key[1])  # type: ignore[arg-type]
+                if key[2] < len(rows):
+                    todo[key] = int(rows[key[2]])
         if todo:
-            self.feature_maps([int(row["image"]) for row in todo.values()])  # one batch of loads
-            for (c, s, r), row in todo.items():
-                self._patches.put((c, s, r), self._prototype_patch(c, s, r, row))
+            self._render_rows(list(todo), np.fromiter(todo.values(), np.int64, len(todo)))
         return [self._patches.peek(key) for key in keys]
 
-    def _prototype_patch(self, channel: int, side: str, rank: int, row: dict) -> Patch:
-        i = int(row["image"])
-        view = self.view(i)
-        m = self.channel_maps([i], channel)[0]
-        sign = 1.0 if side == "pos" else -1.0
+    def _render_rows(self, keys: list[tuple[int, str, int]], rows: np.ndarray) -> None:
+        cols = self.index.columns
+        images, positions = cols["image"][rows], cols["position"][rows]
+        channels = torch.as_tensor([c for c, _, _ in keys])
+        sign = torch.as_tensor([1.0 if s == "pos" else -1.0 for _, s, _ in keys])
+        F_ = torch.from_numpy(self.feature_maps(images)).float()  # (n, D, H, W), one batch of loads
+        n, d, h, w = F_.shape
+        J = torch.bmm(self._U[channels][:, None, :], F_.reshape(n, d, h * w)).reshape(n, 1, h, w)
+        views = [self.view(int(i)) for i in images]
+        size = views[0].size
+        heat = torch.nn.functional.interpolate(J * sign[:, None, None, None], size=(size[1], size[0]),
+                                               mode="bilinear", align_corners=False)[:, 0].numpy()
         grid = self.index.grid
-        return Patch(channel, side, float(row["value"]), int(row["position"]),  # type: ignore[arg-type]
-                     cell_box(int(row["position"]), grid, view.size), view, upsample_map(sign * m, view.size),
-                     i, int(row["label"]), rank)
+        for j, (c, s, r) in enumerate(keys):
+            self._patches.put((c, s, r), Patch(
+                c, s, float(cols["value"][rows[j]]), int(positions[j]),  # type: ignore[arg-type]
+                cell_box(int(positions[j]), grid, views[j].size), views[j], heat[j], int(images[j]),
+                int(cols["label"][rows[j]]), r))
 
     def prototype(self, channel: int, side: Side = "pos", rank: int = 0) -> Patch:
         """One prototype of the index as a patch."""
@@ -241,7 +246,7 @@ class Renderer:
     def prototypes(self, channel: int, side: Side = "pos", n: int | None = None) -> list[Patch]:
         """The channel's top-``n`` prototypes of one side (default: all the index has), best first."""
         self._check_channel(channel)
-        count = len(self.index.prototypes(channel, side))
+        count = len(self.index.rows(channel, side))
         count = count if n is None else min(n, count)
         return [p for p in self.render([(channel, side, r) for r in range(count)]) if p is not None]
 

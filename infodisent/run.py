@@ -185,9 +185,14 @@ class Run:
         return self._datasets[key]
 
     def cache(self, split: str = "train") -> FeatureCache | None:
-        """The split's feature-cache entry if one exists (nothing is extracted)."""
+        """The split's feature-cache entry if one exists (nothing is extracted): the one training
+        wrote (with its augmented views, whose view 0 is the plain image), else a one-view entry."""
         if split not in self._caches:
-            self._caches[split] = find_cache(self.model.backbone, self.dataset(split), self.cache_dir)
+            backbone, ds, run = self.model.backbone, self.dataset(split), self.config.run
+            found = None
+            if split == "train" and run is not None and run.views > 1:
+                found = find_cache(backbone, ds, self.cache_dir, views=run.views, seed=run.fit.seed)
+            self._caches[split] = found or find_cache(backbone, ds, self.cache_dir)
         return self._caches[split]
 
     # ------------------------------------------------------------------ prototypes and pictures

@@ -105,6 +105,8 @@ def test_a_batch_is_the_images_one_by_one(model_and_data):
     assert batch[-1].target == batch.targets[2]
     with pytest.raises(ValueError, match="holds 3 images"):
         batch.logit
+    assert repr(batch) == "Explanation(3 images; 96 channels on a 2x2 grid)"
+    assert repr(batch[1]).startswith(f"Explanation(predicted {batch[1].predicted_name!r}")
     other = batch.with_target(0)
     assert list(other.targets) == [0, 0, 0] and other.reconstruction_error < 1e-4
 

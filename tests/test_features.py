@@ -246,3 +246,16 @@ def test_cache_key_follows_image_size_weights_and_transform(tmp_path):
     folders = {entry_folder(bb, ds, tmp_path) for bb in (base, bigger, from_file, cropped, resampled, narrower)}
     assert len(folders) == 6  # each change alone gives its own entry (model_kwargs too)
     assert entry_folder(load_backbone("test_resnet", weights, image_size=64), ds, tmp_path) == entry_folder(from_file, ds, tmp_path)
+
+
+def test_skip_warnings_point_at_the_callers_line(tmp_path, tiny_backbone):
+    """The line a warning shows is the user's call, not the library's own source."""
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        for k in range(2):
+            write_image(root / "train" / c / f"{k}.png", k)
+    (root / "train" / "b" / "1.png").write_bytes(b"garbage")
+    ds = build_dataset("folder", root, "train")
+    with pytest.warns(UserWarning, match="skipping unreadable image") as record:
+        extract_features(tiny_backbone, ds, tmp_path / "c", progress=False)
+    assert record[0].filename == __file__

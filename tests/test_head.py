@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from infodisent.head import HeadConfig, InfoDisentHead, OrthogonalRotation, gumbel_two_sided, two_sided_max
 
@@ -101,3 +102,24 @@ def test_u_is_computed_once_in_frozen_mode():
             head(torch.randn(2, 16, 2, 2))
     handle.remove()
     assert len(calls) == 1
+
+
+def test_inference_reuses_u_and_w_until_a_parameter_changes():
+    torch.manual_seed(0)
+    head = InfoDisentHead(HeadConfig(8, 3)).eval()
+    with torch.no_grad():
+        head.rotation.linear.parametrizations.weight.original.normal_(0, 0.1)
+    x = torch.randn(2, 8, 3, 3)
+    with torch.no_grad():
+        first = head.forward_details(x)
+        U1, _ = head.inference_weights()
+        assert head.inference_weights()[0] is U1  # computed once
+        torch.testing.assert_close(U1, head.U)
+        head.rotation.linear.parametrizations.weight.original.add_(0.05)  # as an optimizer step would
+        U2, _ = head.inference_weights()
+        assert U2 is not U1 and not torch.allclose(U1, U2)
+        torch.testing.assert_close(U2, head.U)
+        head.classifier.parametrizations.weight.original.mul_(2.0)
+        second = head.forward_details(x)
+    torch.testing.assert_close(second.logits, F.linear(second.v, head.W))
+    assert not torch.allclose(first.logits, second.logits)

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -249,3 +250,19 @@ def test_opening_a_run_and_its_index_reads_no_image(tiny_run, monkeypatch):
     index = r.index("train")
     assert index.k == 4 and len(index.prototypes(3, "pos")) <= 4 and r.metrics.num_classes == 6
     assert calls == []
+
+
+def test_a_run_with_augmented_views_mines_from_its_own_cache(tmp_path):
+    from infodisent.pipeline import mine_run
+
+    cfg = tiny_cfg(tmp_path, fit=FitConfig(epochs=1), max_classes=3, views=2)
+    train_run(cfg)
+    r = infodisent.open_run(cfg.out)
+    cache = r.cache("train")
+    assert cache is not None and cache.manifest["key"]["views"] == 2
+    index = mine_run(r, "train", k=2, num_workers=0, progress=False)
+    assert index.meta.source == "cache" and index.meta.num_valid == len(r.dataset("train"))
+    d = int(index.table["channel"][0])
+    patch = r.renderer("train").prototypes(d, "pos", 1)[0]
+    row = int(np.flatnonzero(cache.indices[: len(r.dataset("train"))] == patch.image)[0])  # view 0 rows come first
+    np.testing.assert_array_equal(r.renderer("train").feature_maps([patch.image])[0], cache.features[row])

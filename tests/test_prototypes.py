@@ -1,7 +1,6 @@
 """Prototype mining: the streaming top-k against brute force, the saved index, the CLI."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
