@@ -22,7 +22,9 @@ from .model import InfoDisent, Outputs, RunMismatchError, load
 from .pipeline import RunExistsError, evaluate_run, mine_run, train_run
 from .prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
 from .render import Patch, Renderer
-from .results import Accuracy, Evaluation, ExplanationMetrics, Faithfulness, RunMetrics, Sizes
+from .results import (
+    Accuracy, CubPartScores, Evaluation, ExplanationMetrics, Faithfulness, PartScores, RunMetrics, Sizes,
+)
 from .run import NotARunError, Run, RunFiles, open_run
 from .sparse import SparseOptions, prune_head
 from .training import CachedSource, FitConfig, StreamingSource, evaluate, fit
@@ -30,7 +32,7 @@ from .training import CachedSource, FitConfig, StreamingSource, evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "Accuracy", "Backbone", "BackboneError", "CachedSource", "ChannelEvidence", "ConfigVersionError",
+    "Accuracy", "CubPartScores", "PartScores", "Backbone", "BackboneError", "CachedSource", "ChannelEvidence", "ConfigVersionError",
     "CorruptFileError", "DATASETS", "DEFAULT_BACKBONE", "DatasetSpec", "Evaluation", "Explanation",
     "ExplanationMetrics", "Faithfulness", "FeatureCache", "FitConfig", "HeadConfig", "InfoDisent", "InfoDisentHead",
     "ModelConfig", "NotARunError", "Outputs", "Patch", "PrototypeIndex", "Renderer", "Run", "RunConfig",

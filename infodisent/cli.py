@@ -1,7 +1,7 @@
 """The ``infodisent`` command: ``demo``, ``train``, ``evaluate``, ``mine``, ``report``, ``ablate``.
 
 argparse lives here only; each subcommand turns its arguments into the
-library's dataclasses and calls one function of :mod:`infodisent.runs`.
+library's dataclasses and calls one function of :mod:`infodisent.pipeline`.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"RunConfig.num_workers must be >= 0, got {self.num_workers}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
         if self.max_classes is not None and self.max_classes < 1:
             raise ValueError(f"RunConfig.max_classes must be >= 1, got {self.max_classes}")
 

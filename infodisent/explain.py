@@ -78,13 +78,15 @@ class Explanation:
     bias: np.ndarray | None  # (C,) or None
     views: tuple[Image.Image, ...]  # the model's view of each input (S x S RGB)
     sources: tuple[int | str | None, ...]  # dataset index, file path, or None for each image
+    labels: np.ndarray | None = None  # (B,) true classes when known (dataset images), -1 where unknown
 
     # ------------------------------------------------------------------ batch
 
     def __repr__(self) -> str:
         d, (h, w) = self.v.shape[1], self.grid
         if len(self) == 1:
-            what = (f"predicted {self.predicted_name!r} (p={self.probabilities[0, self.predicted]:.3f}), "
+            truth = f", true {self.class_names[self.label]!r}" if self.label is not None else ""
+            what = (f"predicted {self.predicted_name!r} (p={self.probabilities[0, self.predicted]:.3f}){truth}, "
                     f"explaining {self.target_name!r}: logit {self.logit:.3f}")
         else:
             what = f"{len(self)} images"
@@ -100,11 +102,23 @@ class Explanation:
             raise IndexError(f"image {i} of an explanation of {len(self)}")
         s = slice(int(i), int(i) + 1 if i != -1 else None)
         return replace(self, targets=self.targets[s], logits=self.logits[s], v=self.v[s],
-                       positions=self.positions[s], J=self.J[s], views=self.views[s], sources=self.sources[s])
+                       positions=self.positions[s], J=self.J[s], views=self.views[s], sources=self.sources[s],
+                       labels=None if self.labels is None else self.labels[s])
 
     @property
     def grid(self) -> tuple[int, int]:
         return tuple(self.J.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """(B,) whether each prediction is right (None when the true classes are not known)."""
+        return None if self.labels is None else self.predictions == self.labels
+
+    @property
+    def label(self) -> int | None:
+        """The true class of a one-image explanation, when known."""
+        self._one()
+        return None if self.labels is None or self.labels[0] < 0 else int(self.labels[0])
 
     @property
     def predictions(self) -> np.ndarray:
@@ -180,7 +194,7 @@ class Explanation:
 
     @property
     def top5(self) -> pd.DataFrame:
-        """The five highest logits with their classes and softmax probabilities."""
+        """The five highest logits: columns ``class``, ``name``, ``logit``, ``probability`` (softmax)."""
         self._one()
         logits = self.logits[0]
         k = min(5, len(logits))
@@ -190,27 +204,36 @@ class Explanation:
                              "logit": logits[order], "probability": p[order]})
 
     def table(self, target: int | None = None) -> pd.DataFrame:
-        """Every channel's contribution to ``target`` (default: the explained class), largest first."""
+        """Every channel's contribution to ``target`` (default: the explained class), largest first.
+
+        Columns: ``channel``, ``value`` (``v_d``), ``weight`` (``W[c, d]``), ``contribution``
+        (``W[c, d] * v_d``) and ``share``: the contribution's part of all the evidence on its side
+        (a positive contribution over the sum of the positive ones, a negative one over the sum of
+        the negative ones; each side's shares add up to 1).
+        """
         self._one()
         c = self.target if target is None else class_index(target, len(self.class_names))
         v = self.v[0]
         contrib = self.W[c] * v
-        pos_total = contrib[contrib > 0].sum()
-        df = pd.DataFrame({
-            "channel": np.arange(len(v)), "value": v, "weight": self.W[c], "contribution": contrib,
-            "share_of_positive": np.where(contrib > 0, contrib / pos_total if pos_total > 0 else 0.0, 0.0),
-        })
+        pos_total, neg_total = contrib[contrib > 0].sum(), contrib[contrib < 0].sum()
+        share = np.zeros_like(contrib)
+        if pos_total > 0:
+            share = np.where(contrib > 0, contrib / pos_total, share)
+        if neg_total < 0:
+            share = np.where(contrib < 0, contrib / neg_total, share)
+        df = pd.DataFrame({"channel": np.arange(len(v)), "value": v, "weight": self.W[c], "contribution": contrib,
+                           "share": share})
         return df.sort_values("contribution", ascending=False, kind="stable").reset_index(drop=True)
 
     @property
     def positive(self) -> pd.DataFrame:
-        """Channels that argue for the class (contribution > 0), strongest first."""
+        """Channels that argue for the class (contribution > 0), strongest first (columns: :meth:`table`)."""
         t = self.table()
         return t[t["contribution"] > 0].reset_index(drop=True)
 
     @property
     def negative(self) -> pd.DataFrame:
-        """Channels that argue against it (contribution < 0), strongest first."""
+        """Channels that argue against it (contribution < 0), strongest first (columns: :meth:`table`)."""
         t = self.table()
         return t[t["contribution"] < 0].sort_values("contribution", kind="stable").reset_index(drop=True)
 
@@ -275,6 +298,11 @@ def prepare_inputs(model: InfoDisent, images) -> tuple[torch.Tensor, list[Image.
     items = images if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ValueError("explain needs at least one image")
+    if all(isinstance(i, torch.Tensor) for i in items):
+        tensors = [i[0] if i.ndim == 4 and len(i) == 1 else i for i in items]
+        if len({tuple(t.shape) for t in tensors}) > 1:
+            raise ValueError(f"explain takes tensors of one shape, got {sorted({tuple(t.shape) for t in tensors})}")
+        return prepare_inputs(model, torch.stack(tensors))
     transform = model.transform
     xs, views, sources = [], [], []
     for item in items:
@@ -310,14 +338,20 @@ def explain(
 
 
 def explain_views(model: InfoDisent, views: Sequence[Image.Image], target: int | Sequence[int] | None = None,
-                  sources: Sequence[int | str | None] | None = None) -> Explanation:
+                  sources: Sequence[int | str | None] | None = None,
+                  labels: Sequence[int] | None = None) -> Explanation:
     """:func:`explain` for images already brought to the model's view (as :meth:`Renderer.view` gives them)."""
     size = tuple(model.backbone.data_config["input_size"][:0:-1])
     if not views or any(v.size != size for v in views):
         raise ValueError(f"explain_views takes views of the model's input size {size}")
     geo = ViewGeometry.from_transform(model.transform, views[0].size)
     x = torch.stack([geo.to_tensor(v) for v in views])
-    return _explain_tensor(model, x, list(views), target, sources if sources is not None else [None] * len(views))
+    e = _explain_tensor(model, x, list(views), target, sources if sources is not None else [None] * len(views))
+    if labels is not None:
+        if len(labels) != len(views):
+            raise ValueError(f"{len(labels)} labels for {len(views)} images")
+        e = replace(e, labels=np.asarray(labels, dtype=np.int64))
+    return e
 
 
 def _explain_tensor(model, x, views, target, sources) -> Explanation:

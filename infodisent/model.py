@@ -171,8 +171,8 @@ def check_compatible(config: ModelConfig, backbone_name: str, num_classes: int, 
         )
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu", backbone_weights: str | None = None) -> InfoDisent:
-    """The model of a saved run: ``open_run(run_dir).model`` (``backbone_weights`` overrides the recorded source)."""
+def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str | None = None) -> InfoDisent:
+    """The model of a saved run: ``open_run(run_dir).model`` (``weights`` overrides the recorded backbone weights)."""
     from .run import Run
 
-    return Run.open(run_dir, device=device, weights=backbone_weights).model
+    return Run.open(run_dir, device=device, weights=weights).model

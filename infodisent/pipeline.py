@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,10 +31,10 @@ from .probe import fit_linear_probe
 from .prototypes import PrototypeIndex, mine_prototypes
 from .results import Accuracy, CacheUse, Evaluation, ProbeInfo, RunMetrics, SparseSummary, to_dict
 from .run import Run, RunFiles
-from .sparse import prune_head
+from .sparse import SparseOptions, prune_head
 from .training import (
-    CachedSource, CheckpointPaths, FeatureSource, StreamingSource, classification_metrics, evaluate, fit,
-    load_checkpoint, save_checkpoint,
+    CachedSource, CheckpointMismatchError, CheckpointPaths, FeatureSource, StreamingSource, check_checkpoint,
+    classification_metrics, evaluate, fit, load_checkpoint, save_checkpoint,
 )
 
 
@@ -133,6 +133,12 @@ def train_run(cfg: RunConfig) -> RunResult:
     t0 = time.perf_counter()
     dense = None
     if ckpt is not None and ckpt.get("phase") == "pruned":  # a finished pruning: nothing left to train
+        check_checkpoint(ckpt, head_cfg, files.checkpoint)
+        recorded = ckpt.get("sparse")
+        if cfg.sparse is None or recorded != asdict(cfg.sparse):
+            raise CheckpointMismatchError(
+                f"{files.checkpoint} holds a head pruned with {recorded}; this run asks for "
+                f"{asdict(cfg.sparse) if cfg.sparse else 'no pruning'} (train with --overwrite to start again)")
         head = InfoDisentHead(replace(head_cfg, pruned=True))
         head.load_state_dict(ckpt["head"])
         model = InfoDisent(backbone, head.to(cfg.device), train_ds.classes)
@@ -144,7 +150,7 @@ def train_run(cfg: RunConfig) -> RunResult:
             dense = evaluate(model.head, test_src, cfg.fit.amp)
             model, more = _prune_and_finetune(cfg, model, caches, train_src, test_src)
             history = pd.concat([history.assign(phase="train"), more.assign(phase="prune")], ignore_index=True)
-            _save_pruned(ckpt_paths, model.head, history, dense)
+            _save_pruned(ckpt_paths, model.head, history, dense, cfg.sparse)
     t_train = time.perf_counter() - t0
     model.head.eval()
 
@@ -169,10 +175,13 @@ def train_run(cfg: RunConfig) -> RunResult:
     return RunResult(files.root, model, metrics, history)
 
 
-def _save_pruned(paths: CheckpointPaths, head: InfoDisentHead, history: pd.DataFrame, dense: Accuracy) -> None:
-    """The checkpoint of a pruned run holds the pruned head (and the dense head's accuracy), not the dense one."""
+def _save_pruned(paths: CheckpointPaths, head: InfoDisentHead, history: pd.DataFrame, dense: Accuracy,
+                 sparse: SparseOptions) -> None:
+    """The checkpoint of a pruned run holds the pruned head (with the dense head's accuracy and the
+    pruning settings), not the dense one."""
     save_checkpoint(paths, head, history, epoch=int(history["epoch"].max()), step=0, phase="pruned",
-                    extra={"dense": {"top1": dense.top1, "top5": dense.top5, "loss": dense.loss}})
+                    extra={"dense": {"top1": dense.top1, "top5": dense.top5, "loss": dense.loss},
+                           "sparse": asdict(sparse)})
 
 
 def _prune_and_finetune(cfg: RunConfig, model: InfoDisent, caches, train_src, test_src) -> tuple[InfoDisent, pd.DataFrame]:
@@ -211,7 +220,7 @@ def mine_run(
     index = mine_prototypes(
         run.model, run.dataset(split), run.files.prototypes(split), k=k,
         features=run.cache(split) if use_cache else None, batch_size=batch_size, num_workers=num_workers,
-        device=run.device, strict=strict, progress=progress, head_sha256=run.head_sha256(),
+        device=run.device, strict=strict, progress=progress, head_sha256=run.model_sha256,
     )
     run.forget_index(split)
     return index
@@ -245,7 +254,7 @@ def evaluate_run(
     cache = extract_features(run.model.backbone, ds, run.cache_dir, batch_size=batch_size,
                              num_workers=num_workers, strict=strict, progress=progress, device=run.device)
     source = CachedSource(cache, max(batch_size, 256), device=run.device, view=0)
-    acc = evaluate(run.model.head, source)
+    acc = evaluate(run.model.head, source, run.config.run.fit.amp if run.config.run is not None else True)
     probe_acc = None
     if run.probe is not None:
         x, y = pooled_features(source)
@@ -255,7 +264,7 @@ def evaluate_run(
     if explanations:
         index = mine_prototypes(run.model, ds, run.files.prototypes(split), k=k, features=cache,
                                 batch_size=batch_size, device=run.device, progress=progress,
-                                head_sha256=run.head_sha256()) if own else \
+                                head_sha256=run.model_sha256) if own else \
             mine_prototypes(run.model, ds, None, k=k, features=cache, batch_size=batch_size, device=run.device,
                             progress=progress)
         run.forget_index(split)

@@ -95,8 +95,9 @@ def stack(images: Sequence[Image.Image], gap: int = 6, background=(255, 255, 255
     return out
 
 
-def _label(img: Image.Image, text: str, height: int = 18) -> Image.Image:
-    out = Image.new("RGB", (img.width, img.height + height), (255, 255, 255))
+def caption(img: Image.Image, text: str, height: int = 18) -> Image.Image:
+    """``img`` with a line of text above it."""
+    out = Image.new("RGB", (max(img.width, 7 * len(text)), img.height + height), (255, 255, 255))
     out.paste(img, (0, height))
     ImageDraw.Draw(out).text((2, 3), text, fill=(0, 0, 0))
     return out
@@ -113,10 +114,11 @@ def evidence_image(expl: Explanation, renderer: Renderer, n: int = 4, size: int 
         pic = draw_box(overlay(here.view, here.heatmap), here.box).resize((size, size), Image.BICUBIC)
         protos = [patch_image(p, "crop", size) for p in renderer.prototypes(e.channel, e.side, prototypes)] \
             if prototypes else []
-        rows.append(_label(strip([pic, *protos]), f"channel {e.channel}: {e.contribution:+.3f} "
+        rows.append(caption(strip([pic, *protos]), f"channel {e.channel}: {e.contribution:+.3f} "
                                                     f"(W={e.weight:.3f} x v={e.value:+.3f})"))
-    title = f"{expl.target_name}: logit {expl.logit:.3f}" + (" (negative evidence)" if negative else "")
-    return _label(stack([expl.view.resize((size, size)), *rows]), title)
+    truth = f", true class {expl.class_names[expl.label]}" if expl.label is not None else ""
+    title = f"{expl.target_name}: logit {expl.logit:.3f}{truth}" + (" (negative evidence)" if negative else "")
+    return caption(stack([expl.view.resize((size, size)), *rows]), title)
 
 
 def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
@@ -183,6 +185,6 @@ def to_data_uri(img: Image.Image, fmt: str = "JPEG", quality: int = 88) -> str:
 
 
 __all__ = [
-    "colormap", "contributions_figure", "draw_box", "evidence_image", "faithfulness_figure",
+    "caption", "colormap", "contributions_figure", "draw_box", "evidence_image", "faithfulness_figure",
     "overlay", "patch_image", "stack", "strip", "to_data_uri", "versus_figure",
 ]

@@ -156,8 +156,9 @@ class PrototypeIndex:
             raise StaleIndexError(f"{folder} has index format {raw.get('format')}, this version reads "
                                   f"{FORMAT_VERSION}; mine it again")
         meta = from_dict(IndexMeta, raw)
-        if head_sha256 is not None and meta.head_sha256 not in (None, head_sha256):
-            raise StaleIndexError(f"{folder} was mined with another version of the run's head")
+        if head_sha256 is not None and meta.head_sha256 != head_sha256:
+            raise StaleIndexError(f"{folder} was mined with another version of the run's head" if meta.head_sha256
+                                  else f"{folder} does not record the head it was mined with")
         try:
             table = pd.read_csv(folder / "index.csv")
             v = np.load(folder / "v.npy", mmap_mode="r")
@@ -190,7 +191,7 @@ def mine_prototypes(
     features: FeatureCache | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     strict: bool = False,
     progress: bool = True,
     head_sha256: str | None = None,
@@ -198,13 +199,14 @@ def mine_prototypes(
     """Mine every channel's top-``k`` patches on ``dataset`` in one streaming pass.
 
     Feature maps come from ``features`` (the split's cache entry) when given,
-    else from the backbone. With ``out`` the index is written to that folder
+    else from the backbone, on ``device`` (default: the model's). With ``out`` the index is written to that folder
     (replacing an older one only once the new one is complete); ``head_sha256``
     records the head it was mined with.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k (prototypes per channel and side) must be an integer >= 1, got {k!r}")
     t0 = time.perf_counter()
+    device = model.device if device is None else torch.device(device)
     head = model.head.to(device).eval()
     model.backbone.to(device)
     n, d = len(dataset), head.config.num_features

@@ -81,13 +81,6 @@ class LRU(Generic[K, V]):
         while len(self._data) > self.maxsize:
             self._data.popitem(last=False)
 
-    def peek(self, key: K) -> V | None:
-        """Like :meth:`get`, without counting a hit or a miss."""
-        if key in self._data:
-            self._data.move_to_end(key)
-            return self._data[key]
-        return None
-
     def __contains__(self, key: K) -> bool:
         return key in self._data
 
@@ -165,28 +158,35 @@ class Renderer:
         rows = self._row_of[images]
         return None if (rows < 0).any() else rows
 
-    def feature_maps(self, images: Sequence[int]) -> np.ndarray:
-        """Backbone maps ``F`` (n, D, H, W) of dataset images, from the LRU, the feature cache or the backbone."""
+    def feature_maps(self, images: Sequence[int], batch_size: int = 64) -> np.ndarray:
+        """Backbone maps ``F`` (n, D, H, W) of dataset images, from the LRU, the feature cache or the backbone
+        (in batches of ``batch_size``)."""
         images = [int(i) for i in images]
-        missing = sorted({i for i in images if i not in self._maps})
-        self._maps.misses += len(missing)
+        found: dict[int, np.ndarray] = {}
+        for i in dict.fromkeys(images):
+            got = self._maps.get(i)  # counts a hit or a miss, and marks it recently used
+            if got is not None:
+                found[i] = got
+        missing = [i for i in dict.fromkeys(images) if i not in found]
         if missing:
             want = np.asarray(missing)
             rows = self._cache_rows(want)
             if rows is not None:
                 order = np.argsort(rows, kind="stable")
                 x = np.asarray(self.features.features[rows[order]])  # type: ignore[union-attr]
-                for j, i in enumerate(want[order]):
-                    self._maps.put(int(i), x[j])
+                found.update({int(i): x[j] for j, i in enumerate(want[order])})
             else:
-                batch = torch.stack([self._transform(self._dataset().load_image(i)) for i in missing])
-                with torch.inference_mode():
-                    f = self.model.backbone(batch.to(self.model.device)).float().cpu().numpy()
-                for j, i in enumerate(missing):
-                    self._maps.put(i, f[j])
-        out = [self._maps.get(i) for i in images]
-        self._maps.hits -= len(missing)  # the loads above are not hits
-        return np.stack(out) if out else np.zeros((0, *self.model.backbone.feature_shape()), np.float32)
+                for s in range(0, len(missing), batch_size):
+                    chunk = missing[s:s + batch_size]
+                    batch = torch.stack([self._transform(self._dataset().load_image(i)) for i in chunk])
+                    with torch.inference_mode():
+                        f = self.model.backbone(batch.to(self.model.device)).float().cpu().numpy()
+                    found.update({i: f[j] for j, i in enumerate(chunk)})
+            for i in missing:
+                self._maps.put(i, found[i])
+        if not images:
+            return np.zeros((0, *self.model.backbone.feature_shape()), np.float32)
+        return np.stack([found[i] for i in images])
 
     def channel_maps(self, images: Sequence[int], channel: int) -> np.ndarray:
         """``J_d`` (n, H, W) of one channel on dataset images: ``U[d] F``, without the other channels."""
@@ -203,19 +203,23 @@ class Renderer:
         their channel maps computed and upsampled together."""
         keys = [(int(c), check_side(s), int(r)) for c, s, r in keys]
         index = self.index
-        self._patches.hits += sum(key in self._patches for key in keys)
+        done: dict[tuple[int, str, int], Patch | None] = {}
         todo: dict[tuple[int, str, int], int] = {}
-        for key in keys:
-            if key not in self._patches and key not in todo:
-                self._patches.misses += 1
-                rows = index.rows(key[0], key[1])  # type: ignore[arg-type]
-                if key[2] < len(rows):
-                    todo[key] = int(rows[key[2]])
+        for key in dict.fromkeys(keys):
+            got = self._patches.get(key)  # counts a hit or a miss, and marks it recently used
+            if got is not None:
+                done[key] = got
+                continue
+            rows = index.rows(key[0], key[1])  # type: ignore[arg-type]
+            if key[2] < len(rows):
+                todo[key] = int(rows[key[2]])
+            else:
+                done[key] = None
         if todo:
-            self._render_rows(list(todo), np.fromiter(todo.values(), np.int64, len(todo)))
-        return [self._patches.peek(key) for key in keys]
+            done.update(self._render_rows(list(todo), np.fromiter(todo.values(), np.int64, len(todo))))
+        return [done[key] for key in keys]
 
-    def _render_rows(self, keys: list[tuple[int, str, int]], rows: np.ndarray) -> None:
+    def _render_rows(self, keys: list[tuple[int, str, int]], rows: np.ndarray) -> dict[tuple[int, str, int], Patch]:
         cols = self.index.columns
         images, positions = cols["image"][rows], cols["position"][rows]
         channels = torch.as_tensor([c for c, _, _ in keys])
@@ -228,11 +232,14 @@ class Renderer:
         heat = torch.nn.functional.interpolate(J * sign[:, None, None, None], size=(size[1], size[0]),
                                                mode="bilinear", align_corners=False)[:, 0].numpy()
         grid = self.index.grid
+        out = {}
         for j, (c, s, r) in enumerate(keys):
-            self._patches.put((c, s, r), Patch(
+            out[(c, s, r)] = patch = Patch(
                 c, s, float(cols["value"][rows[j]]), int(positions[j]),  # type: ignore[arg-type]
                 cell_box(int(positions[j]), grid, views[j].size), views[j], heat[j], int(images[j]),
-                int(cols["label"][rows[j]]), r))
+                int(cols["label"][rows[j]]), r)
+            self._patches.put((c, s, r), patch)
+        return out
 
     def prototype(self, channel: int, side: Side = "pos", rank: int = 0) -> Patch:
         """One prototype of the index as a patch."""

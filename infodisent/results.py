@@ -57,14 +57,16 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, where)
-            except (TypeError, ValueError, KeyError):
-                continue
-        raise ValueError(f"{where}: {value!r} does not fit {tp}")
+            except (TypeError, ValueError, KeyError) as e:
+                errors.append(str(e))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: a {type(value).__name__} that fits none of "
+                         f"{[getattr(a, '__name__', str(a)) for a in args]} ({'; '.join(errors)[:300]})")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
             raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
@@ -131,7 +133,15 @@ class Accuracy(_DataMixin):
 
 @dataclass(frozen=True)
 class Sizes(_DataMixin):
-    """How many channels an explanation has (definitions in :mod:`infodisent.metrics`)."""
+    """How many channels an explanation has (definitions in :mod:`infodisent.metrics`).
+
+    ``global_size``: channels some class uses (``max_c W[c, d] > 1e-3``); ``local_size``: channels
+    with a say in the predicted class, mean over images; ``channels_for_mass``: fewest channels
+    whose positive contributions reach ``mass`` of the positive evidence; ``above_relative``:
+    channels contributing at least ``relative`` x the largest contribution; ``top_share``: share of
+    the positive evidence carried by the ``top`` largest contributions; ``nonzero_weights_per_class``:
+    mean count of ``W[c, d] > 1e-3`` per class.
+    """
 
     num_channels: int
     global_size: int  # channels some class uses
@@ -165,7 +175,14 @@ class Faithfulness(_DataMixin):
 
 @dataclass(frozen=True)
 class PartScores(_DataMixin):
-    """Part metrics on the synthetic ``parts`` dataset (definitions in :mod:`infodisent.part_metrics`)."""
+    """Part metrics on the synthetic ``parts`` dataset (definitions in :mod:`infodisent.part_metrics`).
+
+    ``purity``: share of a channel's top-k patches showing its most frequent part, mean over the
+    channels some class uses (``purity_all_channels``: over all; ``channels_used``: how many);
+    ``pointing_game``: share of images whose top contributor's winning cell lies within 15 px of a
+    part of the predicted class (``_correct``: on correctly classified images; ``_chance``: the same
+    for a uniformly random point).
+    """
 
     purity: float  # mean over the channels some class uses
     purity_all_channels: float
@@ -177,7 +194,9 @@ class PartScores(_DataMixin):
 
 @dataclass(frozen=True)
 class CubPartScores(_DataMixin):
-    """Part metrics on CUB keypoints (definitions in :mod:`infodisent.part_metrics`)."""
+    """Part metrics on CUB keypoints (definitions in :mod:`infodisent.part_metrics`): ``purity``
+    (PIP-Net), ``consistency`` and ``stability`` (Huang et al.), each in [0, 1]; ``window_px`` is the
+    side of the region around a response, ``part_groups`` the 12 keypoint groups (left/right merged)."""
 
     window_px: float
     part_groups: list[str]
@@ -231,7 +250,13 @@ class SparseSummary(_DataMixin):
 
 @dataclass(frozen=True)
 class RunMetrics(_DataMixin):
-    """``metrics.json``: what training measured, plus the parts later commands add (``explanations``)."""
+    """``metrics.json``: what training measured, plus the parts later commands add (``explanations``).
+
+    ``infodisent`` and ``linear_probe``: test accuracy of the head and of the black-box reference
+    (a linear probe on the same frozen features); ``ratio``: their top-1 ratio; ``sparse``: what
+    pruning did and the dense head's accuracy; ``feature_cache``: whether each split's maps were
+    reused; ``seconds``: wall time of each stage.
+    """
 
     dataset: str
     backbone: str

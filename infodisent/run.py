@@ -21,11 +21,12 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -35,7 +36,7 @@ from .datasets import DatasetSpec, ImageDataset, check_split
 from .explain import Explanation, ImageLike, explain, explain_views
 from .features import FeatureCache, find_cache
 from .io import CorruptFileError, atomic_write_json, file_sha256, read_json
-from .model import InfoDisent, check_compatible
+from .model import InfoDisent, RunMismatchError
 from .prototypes import PrototypeIndex, StaleIndexError
 from .render import Renderer
 from .results import RunMetrics, from_dict, to_dict
@@ -141,13 +142,21 @@ class Run:
     @cached_property
     def model(self) -> InfoDisent:
         """The backbone and the trained head (loaded on first use)."""
+        self._model_sha256 = self.head_sha256()
         return InfoDisent.build(self.config, self.files.head, device=self.device, weights=self._weights)
+
+    @property
+    def model_sha256(self) -> str:
+        """SHA-256 of the head file :attr:`model` was loaded from (what mined indexes record)."""
+        self.model  # noqa: B018 - loads it
+        return self._model_sha256
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
     def head_sha256(self) -> str:
+        """SHA-256 of ``head.safetensors`` as it is on disk now."""
         return file_sha256(self.files.head)
 
     @cached_property
@@ -170,8 +179,9 @@ class Run:
         run = self.config.run
         if run is None and name is None:
             raise ValueError(f"{self.path} does not record its dataset; pass name= and root=")
-        if name is None or (run is not None and name == run.dataset and root in (None, run.root)):
-            return run.dataset_spec(check_split(split))  # type: ignore[union-attr]
+        if name is None or (run is not None and name == run.dataset):
+            spec = run.dataset_spec(check_split(split))  # type: ignore[union-attr]
+            return spec if root is None else replace(spec, root=str(root))  # e.g. the data moved
         return DatasetSpec(name, root, check_split(split), self.config.num_classes)
 
     def dataset(self, split: str = "test", name: str | None = None, root: str | None = None) -> ImageDataset:
@@ -180,7 +190,9 @@ class Run:
         key = (spec.name, spec.root, spec.split)
         if key not in self._datasets:
             ds = spec.build()
-            check_compatible(self.config, self.config.backbone.name, ds.num_classes, self.path)
+            if ds.num_classes != self.config.num_classes:
+                raise RunMismatchError(f"{self.path} has {self.config.num_classes} classes; the {spec.name} dataset "
+                                       f"at {spec.root} has {ds.num_classes}")
             self._datasets[key] = ds
         return self._datasets[key]
 
@@ -232,6 +244,9 @@ class Run:
         Dataset images are read through the split's renderer, so a second explanation of the
         same image reads nothing from disk.
         """
+        if isinstance(images, (range, np.ndarray)) and np.asarray(images).ndim == 1 \
+                and np.issubdtype(np.asarray(images).dtype, np.integer):
+            images = [int(i) for i in images]
         if _is_index(images) or (isinstance(images, (list, tuple)) and images and all(_is_index(i) for i in images)):
             idx = [int(images)] if _is_index(images) else [int(i) for i in images]  # type: ignore[arg-type]
             ds = self.dataset(split)
@@ -240,8 +255,47 @@ class Run:
                 raise ValueError(f"image {bad[0]} is outside the {split} split (0..{len(ds) - 1})")
             r = self.renderer(split)
             views = [r.view(i) for i in idx]
-            return explain_views(self.model, views, target, sources=idx)
+            return explain_views(self.model, views, target, sources=idx, labels=[int(ds.labels[i]) for i in idx])
         return explain(self.model, images, target)
+
+    @torch.no_grad()
+    def predictions(self, split: str = "test") -> pd.DataFrame:
+        """Every image of a split: ``image``, ``label``, ``predicted``, ``correct``, ``probability`` (of the
+        prediction) and ``logit_margin`` (its logit minus the runner-up's). From the split's prototype
+        index when there is a fresh one, else its feature cache (then through the head), else the backbone."""
+        ds = self.dataset(split)
+        W = self.model.W.double().cpu().numpy()
+        bias = None if self.model.bias is None else self.model.bias.double().cpu().numpy()
+        try:
+            index = self.index(split)
+            images = np.flatnonzero(index.valid)
+            logits = np.asarray(index.v[images], np.float64) @ W.T + (0.0 if bias is None else bias)
+        except (FileNotFoundError, StaleIndexError):
+            cache = self.cache(split)
+            head = self.model.head.eval()
+            if cache is not None:
+                rows = cache.rows(view=0)
+                batches = ((cache.load(rows[s:s + 256], self.device)[0], cache.indices[np.sort(rows[s:s + 256])])
+                           for s in range(0, len(rows), 256))
+            else:
+                from .features import stream_feature_maps
+
+                batches = (tuple(b) for b in stream_feature_maps(self.model.backbone, ds, device=self.device))
+            parts, found = [], []
+            for x, idx in batches:
+                parts.append(head.forward_details(x.float()).logits.double().cpu().numpy())
+                found.append(np.asarray(idx))
+            images = np.concatenate(found) if found else np.zeros(0, np.int64)
+            logits = np.concatenate(parts) if parts else np.zeros((0, len(W)))
+        order = np.argsort(-logits, axis=1, kind="stable")
+        top = logits[np.arange(len(logits)), order[:, 0]]
+        second = logits[np.arange(len(logits)), order[:, 1]] if logits.shape[1] > 1 else top
+        p = np.exp(logits - top[:, None])
+        labels = np.asarray(ds.labels)[images]
+        return pd.DataFrame({
+            "image": images, "label": labels, "predicted": order[:, 0], "correct": order[:, 0] == labels,
+            "probability": 1.0 / p.sum(1), "logit_margin": top - second,
+        })
 
     # ------------------------------------------------------------------ results
 
@@ -279,8 +333,6 @@ class Run:
 
 
 def _is_index(x: object) -> bool:
-    import numpy as np
-
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol
 
@@ -278,10 +278,10 @@ def load_checkpoint(path: Path) -> dict | None:
                                "delete it to start the run afresh") from None
 
 
-def check_checkpoint(ckpt: dict, head: InfoDisentHead, path: Path) -> None:
-    """Raise :class:`CheckpointMismatchError` naming both heads when ``ckpt`` does not fit ``head``."""
+def check_checkpoint(ckpt: dict, want: HeadConfig, path: Path) -> None:
+    """Raise :class:`CheckpointMismatchError` naming both heads when ``ckpt`` does not fit a head of ``want``
+    (for a pruned checkpoint: the dense head it was pruned from)."""
     have = HeadConfig(**ckpt["head_config"]) if "head_config" in ckpt else None
-    want = head.config
     if have is None:
         raise CheckpointMismatchError(f"{path} has no head configuration (written by an older infodisent); "
                                       "delete it or train with --overwrite")
@@ -290,7 +290,9 @@ def check_checkpoint(ckpt: dict, head: InfoDisentHead, path: Path) -> None:
             f"{path} holds a head for {have.num_classes} classes and {have.num_features} channels; "
             f"this run has {want.num_classes} classes and {want.num_features} channels"
         )
-    if ckpt.get("phase", "train") == "train" and have != want:
+    if ckpt.get("phase", "train") == "pruned":
+        have = replace(have, pruned=want.pruned)
+    if have != want:
         diff = {k: (v, getattr(want, k)) for k, v in have.to_dict().items() if getattr(want, k) != v}
         raise CheckpointMismatchError(f"{path} was written with other head options (checkpoint, now): {diff}")
 
@@ -319,7 +321,7 @@ def fit(
     total, warmup = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
     start, step, rows = 0, 0, []
     if resume and paths is not None and (ckpt := load_checkpoint(paths.checkpoint)) is not None:
-        check_checkpoint(ckpt, head, paths.checkpoint)
+        check_checkpoint(ckpt, head.config, paths.checkpoint)
         head.load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])

@@ -28,7 +28,8 @@ def test_contributions_reproduce_the_logit(model_and_data):
         assert (pos["contribution"] > 0).all() and (neg["contribution"] < 0).all()
         assert pos["contribution"].is_monotonic_decreasing and neg["contribution"].is_monotonic_increasing
         assert pos["contribution"].sum() + neg["contribution"].sum() == pytest.approx(e.logit, rel=1e-4, abs=1e-6)
-        assert pos["share_of_positive"].sum() == pytest.approx(1.0)
+        assert pos["share"].sum() == pytest.approx(1.0) and neg["share"].sum() == pytest.approx(1.0)
+        assert (neg["share"] > 0).all() and neg["share"].is_monotonic_decreasing
 
 
 def test_logits_match_the_model_and_a_tensor_input(model_and_data):
@@ -134,6 +135,10 @@ def test_bad_inputs_get_clear_errors(model_and_data):
         explain(model, torch.zeros(2, 1, 64, 64))
     with pytest.raises(ValueError, match="2 targets for 1 images"):
         explain(model, img, target=[0, 1])
+    x = model.transform(img)
+    assert len(explain(model, [x, x])) == 2  # a list of tensors is a batch
+    with pytest.raises(ValueError, match="one shape"):
+        explain(model, [x, x[:, :32]])
 
 
 def test_global_explanations(model_and_data):

@@ -1,6 +1,7 @@
 """The pipeline, run directories and the CLI, end to end on a tiny backbone."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -47,6 +48,10 @@ def test_run_directory_contents(run):
     assert m["num_classes"] == 15 and m["num_test_images"] == 30 and m["skipped_images"] == {"train": [], "test": []}
     hist = pd.read_csv(d / "history.csv")
     assert m["infodisent"]["top1"] == pytest.approx(hist["test_top1"].iloc[-1])
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for f in ("config.json", "head.safetensors", "metrics.json"):  # atomic writes keep ordinary permissions
+        assert (d / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["backbone"]["name"] == "test_resnet" and cfg["backbone"]["weights"]["kind"] == "random"
     assert cfg["data"]["input_size"] == [3, 64, 64] and len(cfg["class_names"]) == 15
@@ -153,7 +158,12 @@ def test_run_handle_loads_once_and_keeps(run, monkeypatch):
     with pytest.raises(ValueError, match="unknown split"):
         r.dataset("validation")
     e = r.explain(3)
-    assert e.sources == (3,) and e.view.size == (64, 64)
+    assert e.sources == (3,) and e.view.size == (64, 64) and e.label == int(r.dataset("test").labels[3])
+    preds = r.predictions("test")  # no test index: from the feature cache through the head
+    assert list(preds["image"]) == list(range(30)) and list(preds["label"]) == list(r.dataset("test").labels)
+    assert preds["correct"].mean() == pytest.approx(result.metrics.infodisent.top1)
+    assert preds.loc[3, "predicted"] == e.predicted and preds.loc[3, "correct"] == bool(e.correct[0])
+    assert (preds["logit_margin"] >= 0).all() and preds["probability"].between(1 / 15, 1).all()
     direct = infodisent.explain(r.model, r.dataset("test").load_image(3))
     assert (e.logits == direct.logits).all()  # the view path and the image path agree
     with pytest.raises(ValueError, match="outside the test split"):
@@ -236,6 +246,26 @@ def test_options_are_checked_where_they_are_given(tmp_path):
         RunConfig(out=str(tmp_path), dataset="cub")
     with pytest.raises(ValueError, match="unknown split"):
         infodisent.DatasetSpec("parts", None, "dev")
+    with pytest.raises(ValueError, match="resume and overwrite"):
+        RunConfig(out=str(tmp_path), resume=True, overwrite=True)
+
+
+def test_a_moved_dataset_root_is_used(tmp_path, capsys):
+    from conftest import write_image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            for k in range(3):
+                write_image(root / split / c / f"{k}.png", k + (c == "b") * 10, size=(64, 64))
+    cfg = tiny_cfg(tmp_path, dataset="folder", root=str(root), parts=None, fit=FitConfig(epochs=1))
+    train_run(cfg)
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    r = infodisent.open_run(cfg.out)
+    assert r.dataset("test", root=str(moved)).root == moved
+    with pytest.raises(FileNotFoundError):
+        r.dataset("test")  # the recorded root is gone
 
 
 def test_opening_a_run_and_its_index_reads_no_image(tiny_run, monkeypatch):

@@ -96,6 +96,15 @@ def test_retrained_head_makes_the_index_stale(tiny_run, tmp_path):
         infodisent.open_run(run).index("train")
     assert PrototypeIndex.load(run / "prototypes" / "train").k == 4  # without a head to compare, it loads
 
+    opened = infodisent.open_run(run)
+    opened.model  # loaded now; then the head on disk changes under it
+    with torch.no_grad():
+        model.head.classifier.parametrizations.weight.original.mul_(0.5)
+    save_head(model.head, run / "head.safetensors")
+    infodisent.mine_run(opened, "train", k=2, num_workers=0, progress=False)  # mined with the loaded head
+    with pytest.raises(StaleIndexError):
+        infodisent.open_run(run).index("train")  # so it is not the index of the head on disk
+
 
 def test_unreadable_images_are_skipped_and_reported(tiny_backbone, tmp_path):
     root = tmp_path / "folder"
@@ -129,3 +138,17 @@ def test_mine_cli(tiny_run, tmp_path, capsys):
     assert "not an InfoDisent run directory" in capsys.readouterr().err
     assert main(["mine", str(run), "--k", "0", "--quiet"]) == 2
     assert "k (prototypes per channel" in capsys.readouterr().err
+
+
+def test_predictions_from_the_index_match_the_head(tiny_run):
+    _, _, cfg = tiny_run
+    run = infodisent.open_run(cfg.out)
+    preds = run.predictions("train")  # from the mined index: no image, no backbone
+    cache = run.cache("train")
+    rows = cache.rows(view=0)
+    x, y = cache.load(rows)
+    with torch.no_grad():
+        logits = run.model.head.eval()(x)
+    assert list(preds["image"]) == list(cache.indices[np.sort(rows)])
+    np.testing.assert_array_equal(preds["predicted"], logits.argmax(1).numpy())
+    np.testing.assert_array_equal(preds["label"], y.numpy())

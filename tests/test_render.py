@@ -134,3 +134,19 @@ def test_lru_evicts_the_least_recently_used():
     c.put("c", 3)
     assert "b" not in c and "a" in c and "c" in c and len(c) == 2
     assert c.get("b") is None and (c.hits, c.misses) == (1, 1)
+
+
+def test_tiny_caches_still_return_everything_asked_for(run):
+    """A request larger than the caches: entries evicted during the call are not lost."""
+    r = Renderer(run.model, run.dataset("train"), run.index("train"), run.cache("train"), images=2, maps=3,
+                 patches=2)
+    r.feature_maps([0, 1, 2])
+    maps = r.feature_maps([0, 5, 6, 7, 0])
+    assert maps.shape[0] == 5
+    np.testing.assert_array_equal(maps[0], maps[4])
+    firing = sorted(set(run.index("train").table.query("side == 'pos'")["channel"]))[:6]
+    patches = r.render([(d, "pos", 0) for d in firing])
+    assert [p.channel for p in patches] == firing
+    assert len(r.prototypes(firing[0], "pos")) == len(run.index("train").rows(firing[0], "pos"))
+    without = Renderer(run.model, run.dataset("train"), run.index("train"), maps=2)
+    assert without.feature_maps(list(range(5)), batch_size=2).shape[0] == 5  # backbone, in batches of 2

@@ -108,6 +108,12 @@ def test_sparse_run_end_to_end(tmp_path):
     torch.testing.assert_close(resumed.model.W, W)
     assert resumed.metrics.sparse.dense == m.sparse.dense
     pd.testing.assert_frame_equal(pd.read_csv(result.run_dir / "history.csv"), history)
+    from infodisent.training import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match="pruned with"):
+        train_run(replace(cfg, resume=True, sparse=replace(cfg.sparse, channels_per_class=3)))
+    with pytest.raises(CheckpointMismatchError, match="other head options"):
+        train_run(replace(cfg, resume=True, head=HeadConfig(bias=True, pooling="avg")))
 
 
 def test_ablation_flags_reach_the_head(tmp_path, capsys):
