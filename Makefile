@@ -27,6 +27,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_mining.py
+	@if [ -f runs/demo/config.json ]; then $(BIN)/python benchmarks/bench_api.py runs/demo; \
+	else echo "bench_api.py needs the demo run: make demo first"; fi
 
 clean:
 	rm -rf $(VENV) runs

@@ -54,7 +54,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(_flat(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)) or v is None:
+        elif isinstance(v, (int, float, str, bool)):  # None (not measured) is left out
             out[key] = v
     return out
 

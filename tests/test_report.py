@@ -67,6 +67,7 @@ def test_report_is_self_contained(run_copy):
     assert html.count("Plotly.newPlot") == 3  # faithfulness + 2 samples
     assert len(re.findall(r'<img src="data:image/jpeg;base64,', html)) == 2 + 3 * 2
     assert "Explanation metrics" in html and "test image" in html
+    assert "size.local_size" in html and "accuracy.loss" not in html and "cub_parts" not in html  # no empty rows
     assert (run / "prototypes" / "train" / "meta.json").is_file()  # mined for the galleries
 
 
