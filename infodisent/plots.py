@@ -118,7 +118,20 @@ def evidence_image(expl: Explanation, renderer: Renderer, n: int = 4, size: int 
                                                     f"(W={e.weight:.3f} x v={e.value:+.3f})"))
     truth = f", true class {expl.class_names[expl.label]}" if expl.label is not None else ""
     title = f"{expl.target_name}: logit {expl.logit:.3f}{truth}" + (" (negative evidence)" if negative else "")
-    return caption(stack([expl.view.resize((size, size)), *rows]), title)
+    return caption(stack([_header(expl, size), *rows]), title)
+
+
+def _header(expl: Explanation, size: int) -> Image.Image:
+    """The input as the model saw it, with the top classes and what the rows below carry written beside it."""
+    top = expl.top5
+    lines = ["top classes:"] + [f"  {r['name']}: p={r['probability']:.3f}, logit {r['logit']:.2f}"
+                                for _, r in top.head(3).iterrows()]
+    out = Image.new("RGB", (size + 8 + 7 * max(len(t) for t in lines), size), (255, 255, 255))
+    out.paste(expl.view.resize((size, size)), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for j, text in enumerate(lines):
+        draw.text((size + 8, 4 + 14 * j), text, fill=(0, 0, 0))
+    return out
 
 
 def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
