@@ -136,6 +136,14 @@ class FeatureCache:
         x = torch.from_numpy(np.ascontiguousarray(self.features[rows])).to(device=device, dtype=torch.float32)
         return x, torch.from_numpy(self.labels[rows]).to(device)
 
+    def map_batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator["MapBatch"]:
+        """The plain maps (view 0) of every valid image with their dataset indices, in row order:
+        what :func:`stream_feature_maps` yields, read from the cache instead of the backbone."""
+        rows = self.rows(view=0)
+        for s in range(0, len(rows), batch_size):
+            r = rows[s : s + batch_size]
+            yield MapBatch(self.load(r, device)[0], self.indices[r])
+
     def batches(
         self,
         batch_size: int,

@@ -86,8 +86,7 @@ class InfoDisent(nn.Module):
         """Logits, pooled values ``v``, channel maps ``J``, backbone maps and pooling positions for a batch."""
         self.head.eval()
         F_ = self.backbone(images)
-        with self.head.frozen_parameters():
-            out = self.head.forward_details(F_)
+        out = self.head.forward_details(F_)  # eval, no autograd: U and W computed once per head state
         return Outputs(out.logits, out.v, out.J, F_, out.pool)
 
     def config(self, run: RunConfig | None = None) -> ModelConfig:

@@ -262,12 +262,11 @@ def evaluate_run(
             probe_acc = classification_metrics(run.probe.to(x.device)(x), y)
     ex = None
     if explanations:
-        index = mine_prototypes(run.model, ds, run.files.prototypes(split), k=k, features=cache,
+        index = mine_prototypes(run.model, ds, run.files.prototypes(split) if own else None, k=k, features=cache,
                                 batch_size=batch_size, device=run.device, progress=progress,
-                                head_sha256=run.model_sha256) if own else \
-            mine_prototypes(run.model, ds, None, k=k, features=cache, batch_size=batch_size, device=run.device,
-                            progress=progress)
-        run.forget_index(split)
+                                head_sha256=run.model_sha256 if own else None)
+        if own:
+            run.forget_index(split)
         ex = explanation_metrics(run.model, index, ds, stability=stability)
         if own and split == "test" and run.files.metrics.is_file():
             run.update_metrics(explanations=ex)

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -173,14 +173,6 @@ class PrototypeIndex:
         return cls(table, v, positions, labels, meta, folder)
 
 
-def _batches_from_cache(cache: FeatureCache, batch_size: int, device) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-    rows = cache.rows(view=0)
-    for s in range(0, len(rows), batch_size):
-        r = rows[s : s + batch_size]
-        x, _ = cache.load(r, device)
-        yield x, cache.indices[np.sort(r)]
-
-
 @torch.no_grad()
 def mine_prototypes(
     model: InfoDisent,
@@ -212,14 +204,9 @@ def mine_prototypes(
     n, d = len(dataset), head.config.num_features
     grid = tuple(model.backbone.feature_shape()[1:])
     skipped: list[str] = [f"{b['path']}: {b['reason']}" for b in features.bad_files] if features is not None else []
-    if features is not None:
-        batches = _batches_from_cache(features, batch_size, device)
-    else:
-        batches = (
-            (b.maps, b.indices) for b in stream_feature_maps(
-                model.backbone, dataset, batch_size=batch_size, num_workers=num_workers, strict=strict,
-                device=device, skipped=skipped)
-        )
+    batches = features.map_batches(batch_size, device) if features is not None else stream_feature_maps(
+        model.backbone, dataset, batch_size=batch_size, num_workers=num_workers, strict=strict, device=device,
+        skipped=skipped)
     tmp = None
     if out is not None:
         final = Path(out)
@@ -237,21 +224,21 @@ def mine_prototypes(
     top_img = torch.full((2, d, k), -1, dtype=torch.long, device=device)
     top_pos = torch.zeros((2, d, k), dtype=torch.long, device=device)
     bar = tqdm(total=n, desc=f"mine {dataset.name}/{dataset.split}", unit="img", disable=not progress)
-    with head.frozen_parameters():
-        for F_, images in batches:
-            out_ = head.forward_details(F_.to(device, torch.float32))
-            pool = out_.pool  # the head's own two-sided max and its positions
-            where = torch.stack([pool.pos_index, pool.neg_index])  # (2, B, D)
-            v_all[images] = out_.v.cpu().numpy()
-            pos_all[images] = where.transpose(0, 1).cpu().numpy().astype(np.int16)
-            b = len(images)
-            cand_val = torch.cat([top_val, torch.stack([pool.pos_values, pool.neg_values]).transpose(1, 2)], 2)
-            img_t = torch.as_tensor(images, device=device).expand(2, d, b)
-            cand_img = torch.cat([top_img, img_t], 2)
-            cand_pos = torch.cat([top_pos, where.transpose(1, 2)], 2)
-            top_val, order = cand_val.topk(k, dim=2)
-            top_img, top_pos = cand_img.gather(2, order), cand_pos.gather(2, order)
-            bar.update(b)
+    # eval mode without autograd: the head computes U and W once (inference_weights)
+    for F_, images in batches:
+        out_ = head.forward_details(F_.to(device, torch.float32))
+        pool = out_.pool  # the head's own two-sided max and its positions
+        where = torch.stack([pool.pos_index, pool.neg_index])  # (2, B, D)
+        v_all[images] = out_.v.cpu().numpy()
+        pos_all[images] = where.transpose(0, 1).cpu().numpy().astype(np.int16)
+        b = len(images)
+        cand_val = torch.cat([top_val, torch.stack([pool.pos_values, pool.neg_values]).transpose(1, 2)], 2)
+        img_t = torch.as_tensor(images, device=device).expand(2, d, b)
+        cand_img = torch.cat([top_img, img_t], 2)
+        cand_pos = torch.cat([top_pos, where.transpose(1, 2)], 2)
+        top_val, order = cand_val.topk(k, dim=2)
+        top_img, top_pos = cand_img.gather(2, order), cand_pos.gather(2, order)
+        bar.update(b)
     bar.close()
 
     rows = []

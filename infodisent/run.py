@@ -34,8 +34,9 @@ from safetensors.torch import load_file
 from .config import ModelConfig
 from .datasets import DatasetSpec, ImageDataset, check_split
 from .explain import Explanation, ImageLike, explain, explain_views
-from .features import FeatureCache, find_cache
+from .features import FeatureCache, find_cache, stream_feature_maps
 from .io import CorruptFileError, atomic_write_json, file_sha256, read_json
+from .metrics import logits_of
 from .model import InfoDisent, RunMismatchError
 from .prototypes import PrototypeIndex, StaleIndexError
 from .render import Renderer
@@ -269,22 +270,16 @@ class Run:
         try:
             index = self.index(split)
             images = np.flatnonzero(index.valid)
-            logits = np.asarray(index.v[images], np.float64) @ W.T + (0.0 if bias is None else bias)
+            logits = logits_of(index.v[images], W, bias)
         except (FileNotFoundError, StaleIndexError):
             cache = self.cache(split)
+            batches = cache.map_batches(256, self.device) if cache is not None else \
+                stream_feature_maps(self.model.backbone, ds, device=self.device)
             head = self.model.head.eval()
-            if cache is not None:
-                rows = cache.rows(view=0)
-                batches = ((cache.load(rows[s:s + 256], self.device)[0], cache.indices[np.sort(rows[s:s + 256])])
-                           for s in range(0, len(rows), 256))
-            else:
-                from .features import stream_feature_maps
-
-                batches = (tuple(b) for b in stream_feature_maps(self.model.backbone, ds, device=self.device))
             parts, found = [], []
             for x, idx in batches:
                 parts.append(head.forward_details(x.float()).logits.double().cpu().numpy())
-                found.append(np.asarray(idx))
+                found.append(idx)
             images = np.concatenate(found) if found else np.zeros(0, np.int64)
             logits = np.concatenate(parts) if parts else np.zeros((0, len(W)))
         order = np.argsort(-logits, axis=1, kind="stable")

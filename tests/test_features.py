@@ -259,3 +259,17 @@ def test_skip_warnings_point_at_the_callers_line(tmp_path, tiny_backbone):
     with pytest.warns(UserWarning, match="skipping unreadable image") as record:
         extract_features(tiny_backbone, ds, tmp_path / "c", progress=False)
     assert record[0].filename == __file__
+
+
+def test_map_batches_are_what_streaming_the_backbone_gives(tmp_path, tiny_backbone):
+    from infodisent.features import stream_feature_maps
+
+    ds = PartsDataset("train", config=SMALL)
+    cache = extract_features(tiny_backbone, ds, tmp_path, views=2, seed=3, progress=False)
+    cached = list(cache.map_batches(7))
+    streamed = list(stream_feature_maps(tiny_backbone, ds, batch_size=7))
+    assert [len(b.indices) for b in cached] == [len(b.indices) for b in streamed]
+    np.testing.assert_array_equal(np.concatenate([b.indices for b in cached]), np.arange(len(ds)))  # view 0 only
+    for c, s in zip(cached, streamed):
+        np.testing.assert_array_equal(c.indices, s.indices)
+        torch.testing.assert_close(c.maps, s.maps, atol=2e-2, rtol=1e-2)  # the cache holds fp16 maps
