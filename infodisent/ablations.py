@@ -14,6 +14,11 @@ features and is evaluated with the explanation metrics:
 - ``sparse_softmax``: the same pruning after plain softmax training
 - ``sparse_no_rotation``: that pruning with U fixed to the identity (is U needed
   once the head is sparse?)
+- ``compact``: the default run: that pruning with K chosen on held-out training
+  images (``base.sparse``, or the default :class:`SparseOptions`)
+
+Every variant but ``compact`` and the fixed-K sparse ones trains the dense head
+(``base.sparse`` is ignored there).
 
 Example:
     >>> table = ablation_grid(RunConfig(out="runs/ablations", dataset="parts"))
@@ -40,10 +45,13 @@ ABLATIONS = "ablations.csv"
 def variants(base: RunConfig, channels_per_class: int = 5, finetune_epochs: int | None = None) -> dict[str, RunConfig]:
     """The grid's run configurations, each in ``<base.out>/<name>``."""
     h, f = base.head, base.fit
-    ft = finetune_epochs if finetune_epochs is not None else 10
+    compact = base.sparse or SparseOptions()
+    ft = finetune_epochs if finetune_epochs is not None else compact.finetune_epochs
     k = channels_per_class
+    dense = replace(base, sparse=None)
+    base = dense
     grid = {
-        "infodisent": base,
+        "infodisent": dense,
         "no_rotation": replace(base, head=replace(h, rotation=False), probe=False),
         "avg_pooling": replace(base, head=replace(h, pooling="avg"), probe=False),
         "unconstrained_w": replace(base, head=replace(h, nonnegative=False), probe=False),
@@ -52,6 +60,7 @@ def variants(base: RunConfig, channels_per_class: int = 5, finetune_epochs: int 
                                sparse=SparseOptions(k, ft), probe=False),
         "sparse_softmax": replace(base, sparse=SparseOptions(k, ft), probe=False),
         "sparse_no_rotation": replace(base, head=replace(h, rotation=False), sparse=SparseOptions(k, ft), probe=False),
+        "compact": replace(base, sparse=replace(compact, finetune_epochs=ft), probe=False),
     }
     return {name: replace(cfg, out=str(Path(base.out) / name), overwrite=True) for name, cfg in grid.items()}
 
@@ -62,8 +71,9 @@ def _row(name: str, cfg: RunConfig, metrics: RunMetrics, ev: Evaluation) -> dict
     row = {
         "variant": name, "rotation": cfg.head.rotation, "pooling": cfg.head.pooling,
         "nonnegative_w": cfg.head.nonnegative, "relaxation": cfg.head.relaxation, "loss": cfg.fit.loss,
-        "channels_per_class": cfg.sparse.channels_per_class if cfg.sparse else None,
+        "channels_per_class": metrics.sparse.channels_per_class if metrics.sparse else None,
         "top1": metrics.infodisent.top1, "top5": metrics.infodisent.top5,
+        "dense_top1": metrics.sparse.dense.top1 if metrics.sparse else None,
         "global_size": size.global_size, "local_size": size.local_size,
         "channels_for_90pct": size.channels_for_mass, "above_0.2_of_max": size.above_relative,
         "faithfulness_area_logit": faith.area_logit, "faithfulness_area_accuracy": faith.area_accuracy,
@@ -77,11 +87,13 @@ def _row(name: str, cfg: RunConfig, metrics: RunMetrics, ev: Evaluation) -> dict
 
 def ablation_grid(
     base: RunConfig, channels_per_class: int = 5, names: list[str] | None = None, stability: bool = True,
-    finetune_epochs: int | None = None,
+    finetune_epochs: int | None = None, resume: bool = False,
 ) -> pd.DataFrame:
     """Train and evaluate every variant (or those in ``names``); writes ``<base.out>/ablations.csv``.
 
-    With ``names``, the rows of those variants replace theirs in an existing table.
+    With ``names``, the rows of those variants replace theirs in an existing table. With ``resume``,
+    a variant whose run directory already holds its finished run is not trained again, only
+    evaluated (e.g. after a metric changed); an unfinished one continues.
     """
     grid = variants(base, channels_per_class, finetune_epochs)
     unknown = set(names or []) - set(grid)
@@ -91,6 +103,8 @@ def ablation_grid(
     for name, cfg in grid.items():
         if names and name not in names:
             continue
+        if resume:
+            cfg = replace(cfg, overwrite=False, resume=True)
         result = train_run(cfg)
         ev = evaluate_run(
             Run.open(cfg.out, device=cfg.device), "test", batch_size=cfg.batch_size, num_workers=cfg.num_workers,

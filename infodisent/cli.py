@@ -51,12 +51,27 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     p.add_argument("--unconstrained", action="store_true", help="ablation: allow negative weights in W")
     p.add_argument("--loss", choices=["softmax", "sigmoid"], default=defaults.fit.loss,
                    help="sigmoid: SIDE's one-vs-rest loss")
-    p.add_argument("--prune-k", type=int, default=None,
-                   help="SIDE-style sparse head: after training keep K channels per class and fine-tune W")
-    p.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs after the last pruning round")
-    p.add_argument("--prune-ratio", type=int, default=4,
+    sp = SparseOptions()
+    g = p.add_argument_group(
+        "compact head", "By default the dense head is pruned to K channels per class and fine-tuned; K is the "
+        "smallest of --prune-candidates whose accuracy on held-out training images stays within --prune-tolerance "
+        "of the dense head's.")
+    g.add_argument("--dense", action="store_true", help="the paper's dense head: no pruning")
+    g.add_argument("--prune-k", type=int, default=None, help="keep exactly K channels per class (no choice)")
+    g.add_argument("--prune-candidates", type=int, nargs="+", default=list(sp.candidates), metavar="K",
+                   help="channels per class to choose from")
+    g.add_argument("--prune-tolerance", type=float, default=sp.tolerance,
+                   help="top-1 a smaller K may lose on the held-out images (0.005: half a point)")
+    g.add_argument("--validation", type=float, default=sp.validation,
+                   help="share of each class's training images held out to choose K")
+    g.add_argument("--channels-total", type=int, default=None,
+                   help="one budget of channels shared by all classes (default: none)")
+    g.add_argument("--finetune-epochs", type=int, default=sp.finetune_epochs,
+                   help="fine-tuning epochs after the last pruning round")
+    g.add_argument("--round-epochs", type=int, default=sp.round_epochs, help="fine-tuning epochs after each other round")
+    g.add_argument("--prune-ratio", type=int, default=sp.ratio,
                    help="each pruning round keeps 1/ratio of the channels per class (1: prune to K at once)")
-    p.add_argument("--finetune-fixed-u", action="store_true", help="fine-tune only W after pruning (U as trained)")
+    g.add_argument("--finetune-fixed-u", action="store_true", help="fine-tune only W after pruning (U as trained)")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
     p.add_argument("--no-cache", action="store_true", help="stream images through the backbone every epoch")
     p.add_argument("--out", default=defaults.out, help="run directory")
@@ -82,8 +97,12 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
                   seed=a.seed, amp=not a.no_amp, loss=a.loss)
     head = replace(base.head, orthogonal_map=a.orthogonal_map, relaxation=a.relaxation, bias=a.bias,
                    rotation=not a.no_rotation, pooling=a.pooling, nonnegative=not a.unconstrained)
-    sparse = SparseOptions(a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u,
-                           ratio=a.prune_ratio) if a.prune_k is not None else None
+    if a.dense and a.prune_k is not None:
+        raise ValueError("--dense and --prune-k exclude each other")
+    sparse = None if a.dense else SparseOptions(
+        a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u, ratio=a.prune_ratio,
+        round_epochs=a.round_epochs, candidates=tuple(a.prune_candidates), tolerance=a.prune_tolerance,
+        validation=a.validation, channels_total=a.channels_total)
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
         cache_dir=a.cache_dir, strict=a.strict, progress=not a.quiet, views=a.views,
@@ -97,6 +116,8 @@ def _print_run(result) -> None:
     print(m.table().to_string(float_format=lambda v: f"{v:.4f}"))
     if m.ratio is not None:
         print(f"\nInfoDisent / linear probe accuracy ratio: {m.ratio:.3f}")
+    if m.sparse is not None:
+        print(m.sparse.describe())
     for split, info in m.feature_cache.items():
         state = "reused (no image passed through the backbone)" if info.reused else "extracted now"
         print(f"feature cache {split}: {state} — {info.path}")
@@ -154,7 +175,8 @@ def cmd_ablate(a: argparse.Namespace) -> int:
     from .ablations import ablation_grid
 
     base = _run_config(a, _data_config(a))
-    table = ablation_grid(base, channels_per_class=a.k_per_class, names=a.only, stability=not a.no_stability)
+    table = ablation_grid(base, channels_per_class=a.k_per_class, names=a.only, stability=not a.no_stability,
+                          resume=a.resume)
     with_cols = [c for c in table.columns if c not in ("rotation", "pooling", "nonnegative_w", "relaxation", "loss")]
     print(table[with_cols].set_index("variant").T.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\ntable: {a.out}/ablations.csv")
@@ -178,9 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ab = sub.add_parser("ablate", help="train and evaluate the ablation grid on one dataset; writes one table")
     _data_args(ab)
-    ab.add_argument("--k-per-class", type=int, default=5, help="channels per class of the side_sparse variant")
+    ab.add_argument("--k-per-class", type=int, default=5, help="channels per class of the fixed-K sparse variants")
     ab.add_argument("--only", nargs="+", default=None, help="run only these variants")
     ab.add_argument("--no-stability", action="store_true", help="skip the (backbone-bound) CUB stability metric")
+    ab.add_argument("--resume", action="store_true",
+                    help="reuse the variants' finished runs in --out (evaluate them again, train nothing finished)")
     _common(ab)
     _train_args(ab, RunConfig(out="runs/ablations"))
 

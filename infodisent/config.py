@@ -58,7 +58,9 @@ class RunConfig:
     model_kwargs: dict[str, Any] | None = None
     parts: PartsConfig | None = None  # generation settings of the parts dataset
     probe: bool = True  # also fit the linear-probe reference
-    sparse: SparseOptions | None = None  # SIDE-style pruning to K channels per class, then fine-tuning
+    # The compact head by default: dense training, pruning to K channels per class (K chosen on held-out
+    # training images), fine-tuning. None: the paper's dense head.
+    sparse: SparseOptions | None = field(default_factory=SparseOptions)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -118,6 +120,7 @@ class ModelConfig:
     head: HeadConfig
     class_names: tuple[str, ...]
     run: RunConfig | None = None  # how it was trained (None for a head saved outside train_run)
+    channels_per_class: int | None = None  # of a pruned head: the most channels any class keeps
     version: int = CONFIG_VERSION
 
     @property
@@ -132,6 +135,7 @@ class ModelConfig:
             "head": self.head.to_dict(),
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
+            "channels_per_class": self.channels_per_class,
         }
         if self.run is not None:
             d["run"] = self.run.recorded()
@@ -155,6 +159,7 @@ class ModelConfig:
                 head=from_dict(HeadConfig, data["head"]),
                 class_names=tuple(data["class_names"]),
                 run=run,
+                channels_per_class=data.get("channels_per_class"),
                 version=version,
             )
         except (KeyError, TypeError, ValueError) as e:

@@ -60,6 +60,33 @@ class ChannelEvidence:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of one decision a set of channels shows: ``logit = shown + rest + bias`` exactly.
+
+    ``share``: their part of all the evidence, ``sum |contribution|`` over the shown channels
+    divided by that sum over every channel (1.0: nothing else contributes); a number in [0, 1]
+    even where positive and negative contributions cancel."""
+
+    target_name: str
+    channels: tuple[int, ...]
+    shown: float  # sum of their contributions
+    rest: float  # sum of every other channel's contribution
+    bias: float
+    logit: float
+    share: float
+    others: int  # channels outside ``channels`` with a non-zero contribution
+
+    def sentence(self) -> str:
+        """"these 3 channels carry 97.1% of the evidence for 'cat': 18.90 of logit 19.40 (...)"."""
+        n = len(self.channels)
+        what = "this channel carries" if n == 1 else f"these {n} channels carry"
+        tail = f"; {self.others} other channels: {self.rest:+.2f}" if self.others else "; no other channel contributes"
+        bias = f", bias {self.bias:+.2f}" if self.bias else ""
+        return (f"{what} {100 * self.share:.1f}% of the evidence for {self.target_name!r}: "
+                f"{self.shown:+.2f} of logit {self.logit:.2f}{tail}{bias}")
+
+
+@dataclass(frozen=True)
 class Explanation:
     """Decisions on a batch of images, split into per-channel contributions.
 
@@ -263,6 +290,25 @@ class Explanation:
         w = float(self.W[self.target, d])
         return ChannelEvidence(d, w * value, w, value, side, p, cell_box(p, self.grid, self.views[0].size))
 
+    def coverage(self, channels: Sequence[int] | int | None = None) -> Coverage:
+        """How much of the decision ``channels`` carry (an int ``n``: the ``n`` largest contributions by
+        size; default: the channels :meth:`evidence` shows)."""
+        self._one()
+        contrib = self.contributions[0].astype(np.float64)
+        if channels is None:
+            channels = [e.channel for e in self.evidence()]
+        elif isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
+            channels = np.argsort(-np.abs(contrib), kind="stable")[: int(channels)].tolist()
+        chosen = np.zeros(len(contrib), bool)
+        chosen[[int(d) for d in channels]] = True
+        total = np.abs(contrib).sum()
+        return Coverage(
+            self.target_name, tuple(int(d) for d in channels), float(contrib[chosen].sum()),
+            float(contrib[~chosen].sum()), self.target_bias, self.logit,
+            float(np.abs(contrib[chosen]).sum() / total) if total > 0 else 1.0,
+            int(np.count_nonzero(contrib[~chosen])),
+        )
+
     def evidence(self, n: int = 5) -> tuple[ChannelEvidence, ...]:
         """The ``n`` strongest positive, then the ``n`` strongest negative channels."""
         t = self.table()
@@ -429,6 +475,6 @@ def explain_channel(model: InfoDisent, channel: int, index: PrototypeIndex | Non
 
 
 __all__ = [
-    "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Explanation", "class_index",
+    "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Coverage", "Explanation", "class_index",
     "explain", "explain_channel", "explain_class", "explain_views", "prepare_inputs",
 ]

@@ -95,7 +95,15 @@ class InfoDisent(nn.Module):
         return ModelConfig(
             backbone=BackboneSpec(bb.name, bb.weights, bb.num_features, tuple(bb.feature_shape())),
             data=dict(bb.data_config), head=self.head.config, class_names=tuple(self.class_names), run=run,
+            channels_per_class=self.channels_per_class,
         )
+
+    @property
+    def channels_per_class(self) -> int | None:
+        """Of a pruned head, the most channels any class keeps (None for a dense head)."""
+        if not self.head.config.pruned:
+            return None
+        return int((self.head.weight_mask > 0).sum(1).max())
 
     @classmethod
     def build(cls, config: ModelConfig, head_file: str | Path, *, device: str | torch.device = "cpu",

@@ -19,9 +19,12 @@ Two sources of part ground truth:
 **CUB-200-2011** (15 keypoints per image, with visibility; left/right eye,
 leg and wing merged, so 12 part groups):
 
-- A channel's region on an image is a square of 2 grid cells (64 px at
-  224 px for a stride-32 map) centred on its strongest positive response; a
-  part group is *in* the region when one of its visible keypoints is.
+- A channel's region on an image is a square of 2.25 grid cells (72 px at
+  224 px for a stride-32 map: Huang et al.'s ``half_size=36`` in EvalProtoPNet)
+  centred on its strongest positive response; a part group is *in* the region
+  when one of its visible keypoints is. (Huang et al. score the 15 keypoints one
+  by one; merging left and right keeps a wing channel that meets the left wing on
+  some birds and the right on others consistent.)
 - *purity* (PIP-Net): the share of a channel's top-k patches that contain its
   most frequent part group.
 - *consistency* (Huang et al., ICCV 2023), adapted to channels shared by
@@ -32,9 +35,12 @@ leg and wing merged, so 12 part groups):
   group is in its region on at least 80 % of those images where that group is
   visible. The score is the share of such channels that are consistent.
 - *stability* (Huang et al.): the same region computed after Gaussian noise
-  (sigma 0.2 on pixel values in [0, 1]) is added to the image; the share of
-  (channel, image) pairs whose set of part groups is unchanged, over the same
-  images, averaged over channels.
+  is added to the image; the share of (channel, image) pairs whose set of part
+  groups is unchanged, over the same images, averaged over channels. The noise
+  is theirs (EvalProtoPNet's ``perturb_img``): sigma 0.2, clipped to +-0.25, in
+  units of the ImageNet-normalised input, i.e. times the ImageNet std per colour
+  channel in pixel values (about 0.045, at most 0.057 on [0, 1]), whatever
+  normalisation the backbone uses, so every backbone sees the same perturbation.
 
 Only channels some class uses (``max_c W[c, d] > 1e-3``) are scored.
 """
@@ -54,6 +60,7 @@ from .results import CubPartScores
 
 MIN_COVERAGE = 0.2
 TOLERANCE = 15.0
+WINDOW_CELLS = 2.25  # 72 px at 224 px for a 7x7 map, as Huang et al.
 
 
 # ----------------------------------------------------------------------------- parts dataset
@@ -153,7 +160,7 @@ def _image_size(dataset, i: int) -> tuple[int, int]:
 class KeypointRegions:
     """CUB keypoints of a dataset in view coordinates, and which part groups fall in a region."""
 
-    def __init__(self, dataset, transform, grid: tuple[int, int], window_cells: float = 2.0):
+    def __init__(self, dataset, transform, grid: tuple[int, int], window_cells: float = WINDOW_CELLS):
         if getattr(dataset, "part_locs", None) is None:
             raise ValueError("part metrics need CUB's parts/part_locs.txt (the dataset has no part locations)")
         self.dataset, self.transform, self.grid = dataset, transform, grid
@@ -207,9 +214,21 @@ def channel_classes(W: np.ndarray, top: int = 10, threshold: float = WEIGHT_THRE
     return {d: np.array(cs) for d, cs in out.items()}
 
 
+IMAGENET_STD = (0.229, 0.224, 0.225)  # the units of Huang et al.'s noise
+
+
+def perturb(pixels: torch.Tensor, sigma: float = 0.2, clip: float = 0.25, generator: torch.Generator | None = None
+            ) -> torch.Tensor:
+    """Huang et al.'s perturbation of (B, 3, H, W) pixels in [0, 1]: Gaussian noise of ``sigma``, clipped to
+    ``+-clip``, in ImageNet-normalised units (so ``sigma * std`` in pixels); not clamped, as in theirs."""
+    noise = (torch.randn(pixels.shape, generator=generator) * sigma).clamp(-clip, clip)
+    return pixels + noise * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
 @torch.no_grad()
-def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed: int = 0, batch_size: int = 32):
-    """Positive-side argmax positions (n, D) of every channel for clean and noise-perturbed images."""
+def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed: int = 0, batch_size: int = 32,
+                    clip: float = 0.25):
+    """Positive-side argmax positions (n, D) of every channel for clean and :func:`perturb`-ed images."""
     mean, std = model.backbone.normalization()
     g = torch.Generator().manual_seed(seed)
     device = model.device
@@ -217,7 +236,7 @@ def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed
     for s in range(0, len(images), batch_size):
         x = torch.stack([model.transform(dataset.load_image(int(i))) for i in images[s : s + batch_size]])
         pixels = x * std + mean
-        xn = ((pixels + sigma * torch.randn(pixels.shape, generator=g)).clamp(0, 1) - mean) / std
+        xn = (perturb(pixels, sigma, clip, g) - mean) / std
         for batch, out in ((x, clean), (xn, noisy)):
             out.append(model.outputs(batch.to(device)).pool.pos_index.cpu().numpy())
     return np.concatenate(clean), np.concatenate(noisy)
@@ -230,12 +249,13 @@ def cub_part_metrics(
     transform,
     *,
     model=None,
-    window_cells: float = 2.0,
+    window_cells: float = WINDOW_CELLS,
     top_classes: int = 10,
     mu: float = 0.8,
     threshold: float = WEIGHT_THRESHOLD,
     stability_images: int = 200,
     sigma: float = 0.2,
+    clip: float = 0.25,
     seed: int = 0,
 ) -> CubPartScores:
     """Purity, consistency and (with ``model``) stability on CUB keypoints; see the module docstring."""
@@ -271,7 +291,7 @@ def cub_part_metrics(
         rng = np.random.default_rng(seed)
         pool = np.unique(np.concatenate(list(images_of.values())))
         subset = np.sort(rng.choice(pool, min(stability_images, len(pool)), replace=False))
-        clean, noisy = noisy_positions(model, dataset, subset, sigma, seed)
+        clean, noisy = noisy_positions(model, dataset, subset, sigma, seed, clip=clip)
         row = {int(i): r for r, i in enumerate(subset)}
         per_channel = []
         for d, imgs in images_of.items():
@@ -285,10 +305,11 @@ def cub_part_metrics(
         out["stability"] = float(np.mean(per_channel)) if per_channel else float("nan")
         out["stability_images"] = int(len(subset))
         out["stability_sigma"] = sigma
+        out["stability_clip"] = clip
     return CubPartScores(**out)
 
 
 __all__ = [
     "KeypointRegions", "cell_coverage", "channel_classes", "cub_part_metrics", "noisy_positions",
-    "part_groups", "parts_purity", "pointing_game",
+    "part_groups", "perturb", "parts_purity", "pointing_game",
 ]

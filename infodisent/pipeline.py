@@ -29,12 +29,12 @@ from .io import atomic_path, atomic_write_json
 from .model import InfoDisent, check_compatible, save_head
 from .probe import fit_linear_probe
 from .prototypes import PrototypeIndex, mine_prototypes
-from .results import Accuracy, CacheUse, Evaluation, ProbeInfo, RunMetrics, SparseSummary, to_dict
+from .results import Accuracy, CacheUse, Evaluation, KSelection, ProbeInfo, RunMetrics, SparseSummary, from_dict, to_dict
 from .run import Run, RunFiles
-from .sparse import SparseOptions, prune_head
+from .sparse import SparseOptions, sparsify
 from .training import (
     CachedSource, CheckpointMismatchError, CheckpointPaths, FeatureSource, StreamingSource, check_checkpoint,
-    classification_metrics, evaluate, fit, load_checkpoint, save_checkpoint,
+    classification_metrics, evaluate, fit, holdout_split, load_checkpoint, save_checkpoint,
 )
 
 
@@ -78,20 +78,43 @@ def _prepare_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes
     files.root.mkdir(parents=True, exist_ok=True)
 
 
-def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds: ImageDataset):
-    dev = cfg.device
+@dataclass
+class _Sources:
+    """Where training reads features: ``train`` (without the validation images), ``test``, and for
+    pruning ``importance`` (the un-augmented view of ``train``) and ``validation`` (when K is chosen)."""
+
+    train: FeatureSource
+    test: FeatureSource
+    importance: FeatureSource
+    validation: FeatureSource | None
+    caches: dict[str, FeatureCache]
+
+
+def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds: ImageDataset) -> _Sources:
+    dev, sp = cfg.device, cfg.sparse
+    fit_images = val_images = None
+    if sp is not None and sp.chosen:
+        fit_images, val_images = holdout_split(train_ds.labels, sp.validation, cfg.fit.seed)
     if not cfg.use_cache:
-        mk = lambda ds: StreamingSource(backbone, ds, cfg.batch_size, cfg.fit.seed, cfg.num_workers, dev)  # noqa: E731
-        return mk(train_ds), mk(test_ds), {}
+        def mk(ds, images=None, batch_size=cfg.batch_size):
+            return StreamingSource(backbone, ds, batch_size, cfg.fit.seed, cfg.num_workers, dev, images)
+        train = mk(train_ds, fit_images)
+        val = mk(train_ds, val_images) if val_images is not None else None
+        return _Sources(train, mk(test_ds), train, val, {})
     caches: dict[str, FeatureCache] = {}
     for ds, views in ((train_ds, cfg.views), (test_ds, 1)):
         caches[ds.split] = extract_features(
             backbone, ds, cfg.cache_dir, views=views, seed=cfg.fit.seed, batch_size=cfg.batch_size,
             num_workers=cfg.num_workers, strict=cfg.strict, progress=cfg.progress, device=dev,
         )
-    train = CachedSource(caches["train"], cfg.batch_size, cfg.fit.seed, dev)
-    test = CachedSource(caches["test"], max(cfg.batch_size, 256), cfg.fit.seed, dev, view=0)
-    return train, test, caches
+    plain = lambda images: CachedSource(caches["train"], 256, cfg.fit.seed, dev, view=0, images=images)  # noqa: E731
+    return _Sources(
+        train=CachedSource(caches["train"], cfg.batch_size, cfg.fit.seed, dev, images=fit_images),
+        test=CachedSource(caches["test"], max(cfg.batch_size, 256), cfg.fit.seed, dev, view=0),
+        importance=plain(fit_images),
+        validation=plain(val_images) if val_images is not None else None,
+        caches=caches,
+    )
 
 
 def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_classes: int):
@@ -122,7 +145,8 @@ def train_run(cfg: RunConfig) -> RunResult:
     ckpt = load_checkpoint(files.checkpoint) if cfg.resume else None
 
     t0 = time.perf_counter()
-    train_src, test_src, caches = _sources(cfg, backbone, train_ds, test_ds)
+    src = _sources(cfg, backbone, train_ds, test_ds)
+    train_src, test_src, caches = src.train, src.test, src.caches
     t_features = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -131,11 +155,11 @@ def train_run(cfg: RunConfig) -> RunResult:
     t_probe = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    dense = None
+    dense = selection = None
     if ckpt is not None and ckpt.get("phase") == "pruned":  # a finished pruning: nothing left to train
         check_checkpoint(ckpt, head_cfg, files.checkpoint)
         recorded = ckpt.get("sparse")
-        if cfg.sparse is None or recorded != asdict(cfg.sparse):
+        if cfg.sparse is None or _with_defaults(recorded) != _recorded_sparse(cfg.sparse):
             raise CheckpointMismatchError(
                 f"{files.checkpoint} holds a head pruned with {recorded}; this run asks for "
                 f"{asdict(cfg.sparse) if cfg.sparse else 'no pruning'} (train with --overwrite to start again)")
@@ -144,13 +168,18 @@ def train_run(cfg: RunConfig) -> RunResult:
         model = InfoDisent(backbone, head.to(cfg.device), train_ds.classes)
         history = pd.read_csv(files.history)
         dense = Accuracy(**ckpt["dense"]) if "dense" in ckpt else None
+        selection = from_dict(KSelection, ckpt["selection"]) if ckpt.get("selection") else None
     else:
         history = fit(model.head, train_src, test_src, cfg.fit, ckpt_paths, cfg.resume, cfg.progress, cfg.device)
         if cfg.sparse is not None:
             dense = evaluate(model.head, test_src, cfg.fit.amp)
-            model, more = _prune_and_finetune(cfg, model, caches, train_src, test_src)
+            head, more, selection = sparsify(
+                model.head, cfg.sparse, cfg.fit, train_src, src.importance, validation=src.validation,
+                test=test_src, first_epoch=cfg.fit.epochs, progress=cfg.progress, device=cfg.device,
+            )
+            model = InfoDisent(model.backbone, head, model.class_names)
             history = pd.concat([history.assign(phase="train"), more.assign(phase="prune")], ignore_index=True)
-            _save_pruned(ckpt_paths, model.head, history, dense, cfg.sparse)
+            _save_pruned(ckpt_paths, model.head, history, dense, cfg.sparse, selection)
     t_train = time.perf_counter() - t0
     model.head.eval()
 
@@ -165,9 +194,8 @@ def train_run(cfg: RunConfig) -> RunResult:
         feature_cache={split: CacheUse(str(c.path), not c.extracted, c.manifest.get("seconds"))
                        for split, c in caches.items()},
         seconds={"features": round(t_features, 2), "linear_probe": round(t_probe, 2), "train": round(t_train, 2)},
-        sparse=SparseSummary(cfg.sparse.channels_per_class, cfg.sparse.schedule(backbone.num_features),
-                             cfg.sparse.finetune_epochs, cfg.sparse.round_epochs, dense)
-        if cfg.sparse is not None and dense is not None else None,
+        sparse=_sparse_summary(cfg.sparse, history, dense, selection) if cfg.sparse is not None and dense is not None
+        else None,
     )
     atomic_write_json(files.metrics, to_dict(metrics))
     save_head(model.head, files.head)
@@ -175,32 +203,30 @@ def train_run(cfg: RunConfig) -> RunResult:
     return RunResult(files.root, model, metrics, history)
 
 
+def _recorded_sparse(sparse: SparseOptions) -> dict:
+    return {**asdict(sparse), "candidates": list(sparse.candidates)}
+
+
+def _with_defaults(recorded: dict | None) -> dict | None:
+    """Pruning settings of a checkpoint, options added since it was written taking their defaults."""
+    return None if recorded is None else {**_recorded_sparse(SparseOptions()), **recorded}
+
+
+def _sparse_summary(sparse: SparseOptions, history: pd.DataFrame, dense: Accuracy,
+                    selection: KSelection | None) -> SparseSummary:
+    rounds = [int(k) for k in dict.fromkeys(history[history["phase"] == "prune"]["channels_per_class"])]
+    k = selection.channels_per_class if selection is not None else sparse.channels_per_class
+    return SparseSummary(k, rounds, sparse.finetune_epochs, sparse.round_epochs, dense, selection,
+                         sparse.channels_total)
+
+
 def _save_pruned(paths: CheckpointPaths, head: InfoDisentHead, history: pd.DataFrame, dense: Accuracy,
-                 sparse: SparseOptions) -> None:
-    """The checkpoint of a pruned run holds the pruned head (with the dense head's accuracy and the
-    pruning settings), not the dense one."""
+                 sparse: SparseOptions, selection: KSelection | None) -> None:
+    """The checkpoint of a pruned run holds the pruned head (with the dense head's accuracy, the
+    pruning settings and how K was chosen), not the dense one."""
     save_checkpoint(paths, head, history, epoch=int(history["epoch"].max()), step=0, phase="pruned",
-                    extra={"dense": {"top1": dense.top1, "top5": dense.top5, "loss": dense.loss},
-                           "sparse": asdict(sparse)})
-
-
-def _prune_and_finetune(cfg: RunConfig, model: InfoDisent, caches, train_src, test_src) -> tuple[InfoDisent, pd.DataFrame]:
-    """SIDE's second stage: prune to ``channels_per_class`` in rounds, fine-tuning after each."""
-    sp = cfg.sparse
-    importance_src = CachedSource(caches["train"], 256, device=cfg.device, view=0) if caches else train_src
-    head, rows, epoch = model.head, [], cfg.fit.epochs
-    schedule = sp.schedule(head.config.num_features)
-    for i, k in enumerate(schedule):
-        head = prune_head(head, importance_src, k)
-        last = i == len(schedule) - 1
-        ft = replace(cfg.fit, epochs=sp.finetune_epochs if last else sp.round_epochs, lr=sp.finetune_lr or cfg.fit.lr,
-                     train_rotation=sp.finetune_rotation, warmup_epochs=0)
-        more = fit(head, train_src, test_src, ft, None, False, cfg.progress, cfg.device)
-        more["epoch"] += epoch
-        more["channels_per_class"] = k
-        epoch += ft.epochs
-        rows.append(more)
-    return InfoDisent(model.backbone, head, model.class_names), pd.concat(rows, ignore_index=True)
+                    extra={"dense": to_dict(dense), "sparse": _recorded_sparse(sparse),
+                           "selection": to_dict(selection) if selection is not None else None})
 
 
 def mine_run(

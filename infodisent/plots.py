@@ -118,7 +118,8 @@ def evidence_image(expl: Explanation, renderer: Renderer, n: int = 4, size: int 
                                                     f"(W={e.weight:.3f} x v={e.value:+.3f})"))
     truth = f", true class {expl.class_names[expl.label]}" if expl.label is not None else ""
     title = f"{expl.target_name}: logit {expl.logit:.3f}{truth}" + (" (negative evidence)" if negative else "")
-    return caption(stack([_header(expl, size), *rows]), title)
+    cover = expl.coverage([e.channel for e in chosen]).sentence() if chosen else "no channel on this side"
+    return caption(caption(stack([_header(expl, size), *rows]), cover), title)
 
 
 def _header(expl: Explanation, size: int) -> Image.Image:
@@ -140,8 +141,10 @@ def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
     pos, neg = t[t["contribution"] > 0].head(n), t[t["contribution"] < 0].tail(n)
     shown = set(pos["channel"]) | set(neg["channel"])
     rest = float(t.loc[~t["channel"].isin(shown), "contribution"].sum())
-    labels = [f"ch {c}" for c in pos["channel"]] + [f"other {len(t) - len(shown)}"] + [f"ch {c}" for c in neg["channel"]]
-    values = list(pos["contribution"]) + [rest] + list(neg["contribution"])
+    others = int((t.loc[~t["channel"].isin(shown), "contribution"] != 0).sum())
+    labels = [f"ch {c}" for c in pos["channel"]] + ([f"{others} others"] if others else []) \
+        + [f"ch {c}" for c in neg["channel"]]
+    values = list(pos["contribution"]) + ([rest] if others else []) + list(neg["contribution"])
     if expl.bias is not None:
         labels.append("bias")
         values.append(expl.target_bias)
@@ -150,10 +153,14 @@ def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
         marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in values],
         hovertemplate="%{y}: %{x:.4f}<extra></extra>",
     ))
+    cover = expl.coverage(sorted(shown))
     fig.update_layout(
-        title=f"{expl.target_name}: logit {expl.logit:.3f} = sum of channel contributions",
+        title={"text": f"{expl.target_name}: logit {expl.logit:.3f}"
+                       f"<br><sup>the sum of the bars; the {len(shown)} channels shown carry {100 * cover.share:.1f}% "
+                       f"of the evidence" + (f"; {cover.others} others: {cover.rest:+.3f}" if cover.others
+                                             else "; no other channel") + "</sup>"},
         yaxis={"autorange": "reversed"}, xaxis_title="contribution W[c,d]·v_d", height=max(300, 22 * len(values) + 120),
-        margin={"l": 90, "r": 20, "t": 50, "b": 40},
+        margin={"l": 90, "r": 20, "t": 75, "b": 40},
     )
     return fig
 
@@ -161,14 +168,19 @@ def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
 def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
     """Why the explained class and not ``other``: the largest channel-wise differences both ways."""
     t = expl.versus(other)
-    top = t.head(n)
-    bottom = t.tail(n)[::-1]
+    top = t[t["difference"] > 0].head(n)  # channels that favour the explained class
+    bottom = t[t["difference"] < 0].tail(n)[::-1]  # channels that favour the other
     d = np.concatenate([top["difference"].to_numpy(), bottom["difference"].to_numpy()])
     labels = [f"ch {c}" for c in top["channel"]] + [f"ch {c} " for c in bottom["channel"]]
     fig = go.Figure(go.Bar(x=d, y=labels, orientation="h", marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in d]))
+    shown = set(top["channel"]) | set(bottom["channel"])
+    mass = t["difference"].abs()
+    share = float(mass[t["channel"].isin(shown)].sum() / mass.sum()) if mass.sum() > 0 else 1.0
     fig.update_layout(
-        title=f"{expl.target_name} vs {expl.class_names[other]}: per-channel difference of contributions",
-        yaxis={"autorange": "reversed"}, height=max(300, 22 * len(d) + 120), margin={"l": 90, "r": 20, "t": 50, "b": 40},
+        title={"text": f"{expl.target_name} vs {expl.class_names[other]}: per-channel difference of contributions"
+                       f"<br><sup>the {len(shown)} channels shown carry {100 * share:.1f}% of the difference "
+                       f"({int((mass > 0).sum())} channels differ)</sup>"},
+        yaxis={"autorange": "reversed"}, height=max(300, 22 * len(d) + 120), margin={"l": 90, "r": 20, "t": 75, "b": 40},
     )
     return fig
 

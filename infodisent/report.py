@@ -87,15 +87,18 @@ def _class_section(run: Run, classes: list[int], channels: int, prototypes: int)
     for c in classes:
         ce = explain_class(run.model, c, run.index("train"))
         rows = []
-        for _, r in ce.channels.head(channels).iterrows():
+        shown = ce.channels.head(channels)
+        for _, r in shown.iterrows():
             d = int(r["channel"])
             patches = renderer.prototypes(d, "pos", prototypes)
             pics = plots.strip([plots.patch_image(p, "box", 112) for p in patches]) if patches else None
             rows.append(f"<div><b>channel {d}</b> <span class='muted'>W={r['weight']:.3f}, "
                         f"{100 * r['share']:.1f}% of the class's weight</span><br>"
                         + (_img(pics, f"prototypes of channel {d}") if pics else "") + "</div>")
+        summary = (f"{len(ce.channels)} channels with W &gt; 1e-3; the {len(shown)} shown carry "
+                   f"{100 * shown['share'].sum():.1f}% of the class's weight")
         parts.append(f"<div class='card'><h3>{html.escape(ce.name)}</h3>"
-                     f"<p class='muted'>{len(ce.channels)} channels with W &gt; 1e-3</p>{''.join(rows)}</div>")
+                     f"<p class='muted'>{summary}</p>{''.join(rows)}</div>")
     return "\n".join(parts)
 
 
@@ -107,13 +110,16 @@ def _samples_section(run: Run, n: int, fig: _Figures, seed: int) -> str:
              "contributions; the strongest channels with their heatmap on the image and their prototypes.</p>"]
     renderer = run.renderer("train")
     explained = run.explain(chosen)
+    rows = min(5, run.model.channels_per_class or 3)  # a compact head's whole decision, when it fits
     for j, i in enumerate(chosen):
         e = explained[j]
         truth = ds.classes[int(ds.labels[i])]
         verdict = "correct" if e.predicted == int(ds.labels[i]) else f"wrong (true class: {html.escape(truth)})"
+        shown = [d.channel for d in e.evidence(rows) if d.contribution > 0]  # the rows of the evidence image
         parts.append(
             f"<div class='card'><h3>test image {i}: predicted {html.escape(e.predicted_name)} — {verdict}</h3>"
-            f"<div class='row'><div>{_img(plots.evidence_image(e, renderer, n=3, size=128, prototypes=4), 'evidence')}"
+            f"<p><b>{html.escape(e.coverage(shown).sentence())}</b></p>"
+            f"<div class='row'><div>{_img(plots.evidence_image(e, renderer, n=rows, size=128, prototypes=4), 'evidence')}"
             f"</div><div style='flex:1;min-width:380px'>{fig(plots.contributions_figure(e))}</div></div></div>"
         )
     return "\n".join(parts)

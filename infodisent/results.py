@@ -206,7 +206,8 @@ class CubPartScores(_DataMixin):
     consistency_channels: int
     stability: float | None = None
     stability_images: int | None = None
-    stability_sigma: float | None = None
+    stability_sigma: float | None = None  # Huang et al.'s noise, in ImageNet-normalised units
+    stability_clip: float | None = None
 
 
 @dataclass(frozen=True)
@@ -238,14 +239,39 @@ class ProbeInfo(_DataMixin):
 
 
 @dataclass(frozen=True)
+class KSelection(_DataMixin):
+    """How the channels per class were chosen: validation top-1 of each candidate tried (largest first,
+    stopping at the first that lost more than ``tolerance`` against the dense head)."""
+
+    channels_per_class: int  # the chosen K: the smallest candidate within tolerance
+    images: int  # held-out training images
+    dense_top1: float  # the dense head on them
+    tolerance: float  # the top-1 a candidate could lose: the asked-for tolerance, at least one image
+    top1: dict[str, float]  # K -> validation top-1 after its pruning round
+    within_tolerance: bool  # False: even the largest candidate lost more (it is kept)
+
+
+@dataclass(frozen=True)
 class SparseSummary(_DataMixin):
     """What SIDE-style pruning did: channels per class after each round, and the dense head's accuracy."""
 
     channels_per_class: int
-    schedule: list[int]
+    schedule: list[int]  # channels per class of each round run (with K chosen: the candidates tried)
     finetune_epochs: int
     round_epochs: int
     dense: Accuracy  # the head before pruning, on the same test split
+    selection: KSelection | None = None  # when K was chosen on validation images
+    channels_total: int | None = None  # a channel budget shared by all classes
+
+    def describe(self) -> str:
+        """One line: K, how it was chosen, and what compactness cost on the test split."""
+        k, sel = self.channels_per_class, self.selection
+        how = "given"
+        if sel is not None:
+            tried = ", ".join(f"K={a}: {b:.3f}" for a, b in sorted(sel.top1.items(), key=lambda kv: -int(kv[0])))
+            how = (f"chosen on {sel.images} held-out training images (dense {sel.dense_top1:.3f}; {tried}"
+                   + ("" if sel.within_tolerance else f"; none within {sel.tolerance:.3f}, the largest kept") + ")")
+        return f"compact head: {k} channels per class, {how}; the dense head before pruning: {self.dense.top1:.4f} test top-1"
 
 
 @dataclass(frozen=True)
@@ -307,6 +333,6 @@ class Evaluation(_DataMixin):
 
 
 __all__ = [
-    "Accuracy", "CacheUse", "CubPartScores", "Evaluation", "ExplanationMetrics", "Faithfulness", "PartScores",
-    "ProbeInfo", "RunMetrics", "Sizes", "SparseSummary", "from_dict", "to_dict",
+    "Accuracy", "CacheUse", "CubPartScores", "Evaluation", "ExplanationMetrics", "Faithfulness", "KSelection",
+    "PartScores", "ProbeInfo", "RunMetrics", "Sizes", "SparseSummary", "from_dict", "to_dict",
 ]

@@ -1,5 +1,10 @@
 """SIDE-style sparse heads (Dubovik et al., arXiv 2507.19321): prune each class to K channels.
 
+This is the default run (:class:`SparseOptions` in ``RunConfig.sparse``): a dense head spreads a
+decision over ~900 channels, a pruned one over K, which a person can check. K is chosen by the data
+(:func:`sparsify`): the smallest of a short list whose accuracy on held-out training images stays
+within half a point (at least one image) of the dense head's.
+
 The recipe: train a dense head, then prune in rounds: each round keeps for
 each class the channels that matter most to it (4x fewer per round, down to
 ``K``: 1280 -> 320 -> 80 -> 20 -> 5) and fine-tunes the pruned head, ``W`` on
@@ -17,39 +22,84 @@ loss each phase used.
 Example:
     >>> sparse = prune_head(head, CachedSource(train_cache, view=0), channels_per_class=5)
     >>> fit(sparse, train, test, FitConfig(epochs=10))
+    >>> head, history, choice = sparsify(dense, SparseOptions(), fit_config, train, importance, validation=held_out)
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
+import pandas as pd
 import torch
 
 from .head import InfoDisentHead
-from .training import FeatureSource
+from .results import KSelection
+from .training import FeatureSource, FitConfig, evaluate, fit
 
 
 @dataclass(frozen=True)
 class SparseOptions:
-    """Pruning settings: ``channels_per_class`` after the last round, then ``finetune_epochs`` of fine-tuning."""
+    """Pruning settings: ``channels_per_class`` after the last round, then ``finetune_epochs`` of fine-tuning.
 
-    channels_per_class: int = 5
+    ``channels_per_class=None`` (the default) lets the data choose K: a ``validation`` share of each
+    class's training images is held out, the rounds go on through the ``candidates`` from the largest
+    down, each candidate fine-tuned for ``finetune_epochs`` as the final head would be, and K is the
+    smallest candidate whose validation top-1 stays within ``tolerance`` of the dense head's (the
+    descent stops at the first that does not; the head of the chosen K is the result). A loss below one held-out image
+    cannot be measured, so the tolerance is at least one image (1.1 points with 90 images). With
+    ``channels_total``, all classes choose their channels from one shared budget of that many.
+    """
+
+    channels_per_class: int | None = None
     finetune_epochs: int = 10  # after the last round
     finetune_lr: float | None = None  # default: the run's learning rate
     finetune_rotation: bool = True  # also fine-tune U (False: W alone, prototypes unchanged)
     ratio: int = 4  # each round keeps 1/ratio of the channels per class (1: prune to k at once)
     round_epochs: int = 3  # fine-tuning after each intermediate round
+    candidates: tuple[int, ...] = (1, 2, 3, 5, 8)  # the short list K is chosen from
+    tolerance: float = 0.005  # top-1 a smaller K may lose against the dense head, on validation images
+    validation: float = 0.1  # share of each class's training images held out to choose K
+    channels_total: int | None = None  # one budget of channels shared by all classes
 
     def __post_init__(self) -> None:
-        if self.channels_per_class < 1 or self.ratio < 1 or self.finetune_epochs < 0 or self.round_epochs < 0:
+        object.__setattr__(self, "candidates", tuple(sorted(set(int(c) for c in self.candidates))))
+        k = self.channels_per_class
+        if (k is not None and k < 1) or self.ratio < 1 or self.finetune_epochs < 0 or self.round_epochs < 0:
             raise ValueError(f"SparseOptions needs channels_per_class >= 1, ratio >= 1 and epochs >= 0; got {self}")
+        if k is None and (not self.candidates or self.candidates[0] < 1):
+            raise ValueError(f"SparseOptions.candidates must be channel counts >= 1, got {self.candidates}")
+        if not 0 <= self.tolerance < 1 or not 0 < self.validation < 1:
+            raise ValueError(f"SparseOptions needs 0 <= tolerance < 1 and 0 < validation < 1; got {self}")
+        if self.channels_total is not None and self.channels_total < (k or self.candidates[-1]):
+            raise ValueError(f"SparseOptions.channels_total ({self.channels_total}) is below the channels per class")
+
+    @property
+    def chosen(self) -> bool:
+        """Whether K is chosen on validation images (rather than given)."""
+        return self.channels_per_class is None
 
     def schedule(self, num_features: int) -> list[int]:
-        """Channels per class kept after each round, ending at ``channels_per_class``."""
-        ks = [self.channels_per_class]
+        """Channels per class after each round: 1/ratio per round down to K (or the largest candidate),
+        then, when K is chosen, each smaller candidate."""
+        top = self.channels_per_class or self.candidates[-1]
+        ks = [top]
         while self.ratio > 1 and ks[-1] * self.ratio < num_features:
             ks.append(ks[-1] * self.ratio)
-        return ks[::-1]
+        return ks[::-1] + ([c for c in reversed(self.candidates) if c < top] if self.chosen else [])
+
+    def budgets(self, num_features: int, num_classes: int) -> list[int | None]:
+        """The shared channel budget of each round of :meth:`schedule` (None: no shared budget yet): the
+        final ``channels_total``, ``ratio`` times more per earlier round, as long as that is a real limit."""
+        ks = self.schedule(num_features)
+        if self.channels_total is None:
+            return [None] * len(ks)
+        top = ks.index(self.channels_per_class or self.candidates[-1])
+        out: list[int | None] = []
+        for i, k in enumerate(ks):
+            total = self.channels_total * self.ratio ** max(0, top - i)
+            out.append(max(total, k) if total < min(k * num_classes, num_features) else None)
+        return out
 
 
 @torch.no_grad()
@@ -68,16 +118,37 @@ def class_importance(head: InfoDisentHead, source: FeatureSource) -> torch.Tenso
     return W * sums / counts.clamp_min(1)[:, None]
 
 
-def prune_head(head: InfoDisentHead, source: FeatureSource, channels_per_class: int) -> InfoDisentHead:
-    """A copy of ``head`` whose class ``c`` keeps only its ``channels_per_class`` most important channels."""
+def shared_channels(importance: torch.Tensor, total: int) -> torch.Tensor:
+    """The ``total`` channels that matter most to all classes together: each class's positive importance,
+    normalised to sum 1 (so that classes with large logits do not dominate), summed over classes."""
+    imp = importance.clamp_min(0)
+    imp = torch.where(torch.isfinite(imp), imp, torch.zeros_like(imp))
+    score = (imp / imp.sum(1, keepdim=True).clamp_min(1e-12)).sum(0)
+    return score.topk(total).indices
+
+
+def prune_head(head: InfoDisentHead, source: FeatureSource, channels_per_class: int,
+               channels_total: int | None = None) -> InfoDisentHead:
+    """A copy of ``head`` whose class ``c`` keeps only its ``channels_per_class`` most important channels.
+
+    With ``channels_total``, all classes choose from one shared budget: the ``channels_total`` channels
+    of :func:`shared_channels`, so that similar classes reuse a channel instead of each holding its own.
+    """
     k = channels_per_class
     if not 1 <= k <= head.config.num_features:
         raise ValueError(f"channels_per_class must be in 1..{head.config.num_features}, got {k}")
+    if channels_total is not None and not k <= channels_total <= head.config.num_features:
+        raise ValueError(f"channels_total must be in {k}..{head.config.num_features}, got {channels_total}")
     imp = class_importance(head, source)
     if head.config.pruned:  # a later round: never revive a channel an earlier round removed
         imp[head.weight_mask.cpu() == 0] = float("-inf")
-    keep = imp.topk(k, dim=1).indices
-    mask = torch.zeros_like(imp, dtype=torch.float32).scatter_(1, keep, 1.0)
+    if channels_total is not None:
+        outside = torch.ones(imp.shape[1], dtype=torch.bool)
+        outside[shared_channels(imp, channels_total)] = False
+        imp[:, outside] = float("-inf")
+    top = imp.topk(k, dim=1)
+    # never keep a channel ruled out above (a class with fewer than k channels left keeps fewer)
+    mask = torch.zeros_like(imp, dtype=torch.float32).scatter_(1, top.indices, torch.isfinite(top.values).float())
     pruned = InfoDisentHead(replace(head.config, pruned=True)).to(head.W.device)
     state = {k_: v for k_, v in head.state_dict().items() if k_ != "weight_mask"}
     pruned.load_state_dict(state, strict=False)
@@ -85,4 +156,69 @@ def prune_head(head: InfoDisentHead, source: FeatureSource, channels_per_class: 
     return pruned
 
 
-__all__ = ["SparseOptions", "class_importance", "prune_head"]
+def sparsify(
+    head: InfoDisentHead,
+    options: SparseOptions,
+    fit_config: FitConfig,
+    train: FeatureSource,
+    importance: FeatureSource,
+    *,
+    validation: FeatureSource | None = None,
+    test: FeatureSource | None = None,
+    first_epoch: int = 0,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[InfoDisentHead, pd.DataFrame, KSelection | None]:
+    """SIDE's second stage: prune ``head`` in rounds, fine-tuning after each; returns the pruned head,
+    the history of its epochs (numbered on from ``first_epoch``) and, when K is chosen, the choice.
+
+    ``importance``: the images that rank the channels (the un-augmented training view); ``validation``
+    (needed when K is chosen): the held-out images K is chosen on; ``test``: evaluated each epoch for the history.
+    """
+    if options.chosen and validation is None:
+        raise ValueError("choosing K needs validation images")
+    d, c = head.config.num_features, head.config.num_classes
+    ks, budgets = options.schedule(d), options.budgets(d, c)
+    top = options.channels_per_class or options.candidates[-1]
+    dense_val = evaluate(head, validation, fit_config.amp).top1 if options.chosen else None
+    # a loss smaller than one held-out image cannot be measured: allow at least that
+    allowed = max(options.tolerance, 1.0 / len(validation)) if options.chosen else 0.0
+    rows, epoch = [], first_epoch
+    tried: dict[int, float] = {}  # K -> validation top-1
+    best: tuple[int, InfoDisentHead] | None = None  # the smallest K so far within the tolerance
+
+    def tune(h: InfoDisentHead, epochs: int, k: int) -> None:
+        nonlocal epoch
+        ft = replace(fit_config, epochs=epochs, lr=options.finetune_lr or fit_config.lr,
+                     train_rotation=options.finetune_rotation, warmup_epochs=0)
+        more = fit(h, train, test, ft, None, False, progress, device)
+        more["epoch"] += epoch
+        more["channels_per_class"] = k
+        epoch += epochs
+        rows.append(more)
+
+    for k, budget in zip(ks, budgets):
+        head = prune_head(head, importance, k, budget)
+        # from K (or the largest candidate) on, a round is the full fine-tuning: a candidate is judged
+        # as the head it would give
+        tune(head, options.finetune_epochs if k <= top else options.round_epochs, k)
+        if options.chosen and k <= top:
+            tried[k] = evaluate(head, validation, fit_config.amp).top1
+            rows[-1].loc[rows[-1].index[-1], "validation_top1"] = tried[k]
+            lost = tried[k] < dense_val - allowed - 1e-9
+            if lost and best is not None:
+                break
+            best = (k, copy.deepcopy(head))
+            if lost:  # even the largest candidate loses too much: keep it
+                break
+    selection = None
+    if options.chosen:
+        k, head = best
+        within = tried[k] >= dense_val - allowed - 1e-9
+        selection = KSelection(channels_per_class=k, images=len(validation), dense_top1=dense_val,
+                               tolerance=allowed, top1={str(a): b for a, b in sorted(tried.items())},
+                               within_tolerance=within)
+    return head, pd.concat(rows, ignore_index=True), selection
+
+
+__all__ = ["SparseOptions", "class_importance", "prune_head", "shared_channels", "sparsify"]

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -53,14 +54,19 @@ class CachedSource:
     seed: int = 0
     device: str | torch.device = "cpu"
     view: int | None = None  # restrict to one view (0: the un-augmented one)
+    images: np.ndarray | None = None  # restrict to these dataset indices (a training or validation part)
+
+    def rows(self) -> np.ndarray:
+        rows = self.cache.rows(self.view)
+        return rows if self.images is None else rows[np.isin(self.cache.indices[rows], self.images)]
 
     def __len__(self) -> int:
-        return len(self.cache.rows(self.view))
+        return len(self.rows())
 
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shuffle = epoch is not None
         seed = self.seed * 100_003 + (epoch or 0)
-        return self.cache.batches(self.batch_size, shuffle, seed, self.cache.rows(self.view), self.device)
+        return self.cache.batches(self.batch_size, shuffle, seed, self.rows(), self.device)
 
 
 @dataclass
@@ -73,12 +79,15 @@ class StreamingSource:
     seed: int = 0
     num_workers: int = 0
     device: str | torch.device = "cpu"
+    images: np.ndarray | None = None  # restrict to these dataset indices (a training or validation part)
 
     def __post_init__(self) -> None:
         self._transformed = _Transformed(self.dataset, self.backbone.transform)
+        if self.images is not None:
+            self._transformed = torch.utils.data.Subset(self._transformed, [int(i) for i in self.images])
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self._transformed)
 
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + (epoch or 0))
@@ -88,6 +97,22 @@ class StreamingSource:
         )
         for x, y in loader:
             yield self.backbone(x.to(self.device)), y.to(self.device)
+
+
+def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices ``(fit, validation)``: a seeded ``fraction`` of each class's images held out
+    (at least one of each class with two or more images), the rest for fitting."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        held.append(rng.permutation(idx)[:n])
+    val = np.sort(np.concatenate(held)) if held else np.zeros(0, int)
+    return np.setdiff1d(np.arange(len(labels)), val), val
 
 
 class _Transformed(torch.utils.data.Dataset):

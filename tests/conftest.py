@@ -43,7 +43,8 @@ def write_image(path: Path, seed: int, size=(40, 32), mode: str = "RGB") -> Path
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A trained run on a tiny parts dataset (test_resnet, 64 px, 2x2 maps), its cache and a mined train index."""
+    """A trained dense run (the paper's head) on a tiny parts dataset (test_resnet, 64 px, 2x2 maps), its cache
+    and a mined train index."""
     from infodisent.config import RunConfig
     from infodisent.datasets import PartsConfig
     from infodisent.pipeline import mine_run, train_run
@@ -53,7 +54,7 @@ def tiny_run(tmp_path_factory):
     cfg = RunConfig(
         out=str(tmp / "run"), backbone="test_resnet", weights="random", image_size=64, max_classes=6,
         parts=PartsConfig(image_size=64, train_per_class=6, test_per_class=3, scale=(0.3, 0.5)),
-        cache_dir=str(tmp / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=4),
+        cache_dir=str(tmp / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=4), sparse=None,
     )
     result = train_run(cfg)
     index = mine_run(cfg.out, "train", k=4, num_workers=0, progress=False, batch_size=8)

@@ -7,6 +7,8 @@ import torch
 import infodisent
 from infodisent.explain import explain, explain_channel, explain_class
 from infodisent.geometry import cell_box
+from infodisent.head import HeadConfig, InfoDisentHead
+from infodisent.model import InfoDisent
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,35 @@ def test_contributions_reproduce_the_logit(model_and_data):
         assert pos["contribution"].sum() + neg["contribution"].sum() == pytest.approx(e.logit, rel=1e-4, abs=1e-6)
         assert pos["share"].sum() == pytest.approx(1.0) and neg["share"].sum() == pytest.approx(1.0)
         assert (neg["share"] > 0).all() and neg["share"].is_monotonic_decreasing
+
+
+def test_coverage_says_how_much_of_the_decision_is_shown(model_and_data):
+    model, _, ds = model_and_data
+    e = explain(model, ds.load_image(3))
+    contrib = e.contributions[0]
+    cov = e.coverage(3)  # the three largest contributions by size
+    assert set(cov.channels) == set(np.argsort(-np.abs(contrib))[:3].tolist())
+    assert cov.shown + cov.rest + cov.bias == pytest.approx(e.logit, rel=1e-4, abs=1e-5)
+    assert cov.share == pytest.approx(np.abs(contrib[list(cov.channels)]).sum() / np.abs(contrib).sum())
+    assert 0 < cov.share < 1 and cov.others == np.count_nonzero(contrib) - 3  # a dense head: the rest is not zero
+    assert f"these 3 channels carry {100 * cov.share:.1f}% of the evidence" in cov.sentence()
+    assert e.coverage(range(contrib.size)).share == pytest.approx(1.0)
+    default = e.coverage()  # what evidence() shows: 5 strongest each side
+    assert set(default.channels) == {ev.channel for ev in e.evidence()}
+    # a head whose class keeps 2 channels: those 2 carry all of it, and the sentence says nothing else contributes
+    head = model.head
+    pruned = InfoDisentHead(HeadConfig(**{**head.config.to_dict(), "pruned": True}))
+    pruned.load_state_dict({k: v for k, v in head.state_dict().items()}, strict=False)
+    mask = torch.zeros_like(pruned.weight_mask)
+    mask[:, :2] = 1
+    pruned.set_mask(mask)
+    sparse_model = InfoDisent(model.backbone, pruned.eval(), model.class_names)
+    s = explain(sparse_model, ds.load_image(3))
+    cov = s.coverage(2)
+    assert cov.share == pytest.approx(1.0) and cov.others == 0 and cov.rest == 0.0
+    assert "no other channel contributes" in cov.sentence() and sparse_model.channels_per_class == 2
+    with pytest.raises(ValueError, match="holds 2 images"):
+        explain(model, [ds.load_image(0), ds.load_image(1)]).coverage()
 
 
 def test_logits_match_the_model_and_a_tensor_input(model_and_data):

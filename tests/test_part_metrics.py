@@ -88,6 +88,21 @@ def test_pointing_game_follows_the_negative_side_when_v_is_negative():
     assert (pg["x"][0], pg["y"][0]) == (16.0, 16.0) and pg["hit"][0]
 
 
+def test_stability_noise_is_huang_et_al_s():
+    """EvalProtoPNet's perturb_img: N(0, 0.2) clipped to +-0.25 on the ImageNet-normalised input."""
+    import torch
+
+    from infodisent.part_metrics import IMAGENET_STD, perturb
+
+    pixels = torch.full((4, 3, 64, 64), 0.5)
+    noise = (perturb(pixels, generator=torch.Generator().manual_seed(0)) - pixels) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    assert noise.abs().max() <= 0.25 + 1e-6 and (noise.abs() > 0.2499).float().mean() == pytest.approx(0.2113, abs=0.01)
+    assert noise.std() == pytest.approx(0.163, abs=0.004)  # the std of N(0, 0.2) clipped at 1.25 sigma
+    assert noise.mean().abs() < 0.005
+    again = perturb(pixels, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, pixels + noise * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+
 def test_part_groups_merge_left_and_right():
     groups, ids = part_groups(["back", "left eye", "right eye", "left wing", "tail"])
     assert groups == ["back", "eye", "wing", "tail"] and list(ids) == [0, 1, 1, 2, 3]
@@ -181,7 +196,7 @@ def test_cub_metrics_on_real_birds(tmp_path):
     model = infodisent.InfoDisent(bb, head, ds.classes)
     index = mine_prototypes(model, ds, None, k=5, progress=False)
     out = cub_part_metrics(index, ds, model.W.numpy(), bb.transform, model=model, stability_images=12)
-    assert out.window_px == pytest.approx(64.0) and len(out.part_groups) == 12
+    assert out.window_px == pytest.approx(72.0) and len(out.part_groups) == 12
     assert out.channels_scored == 1280 and out.stability_images == 12
     for key in ("purity", "consistency", "stability"):
         assert 0.0 <= getattr(out, key) <= 1.0, key

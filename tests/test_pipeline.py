@@ -23,9 +23,10 @@ SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0
 
 
 def tiny_cfg(tmp_path, **kw):
+    """A dense run (the pipeline's mechanics; the compact default is tested in test_sparse_ablations)."""
     base = dict(
         out=str(tmp_path / "run"), backbone="test_resnet", weights="random", image_size=64, parts=SMALL,
-        cache_dir=str(tmp_path / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=3),
+        cache_dir=str(tmp_path / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=3), sparse=None,
     )
     return RunConfig(**{**base, **kw})
 

@@ -41,9 +41,12 @@ def test_contribution_bars_add_up_to_the_logit(run_copy):
     fig = plots.contributions_figure(e, n=5)
     bars = fig.data[0]
     assert sum(bars.x) == pytest.approx(e.logit, rel=1e-6, abs=1e-9)
-    assert len(bars.x) <= 11 and bars.y[5].startswith("other")
+    assert len(bars.x) <= 11 and bars.y[5].endswith(" others")
+    shown = [int(y.split()[1]) for y in bars.y if y.startswith("ch ")]
+    assert f"the {len(shown)} channels shown carry {100 * e.coverage(shown).share:.1f}% of the evidence" \
+        in fig.layout.title.text
     vs = plots.versus_figure(e, (e.target + 1) % 6, n=4)
-    assert len(vs.data[0].x) == 8
+    assert len(vs.data[0].x) == 8 and "of the difference" in vs.layout.title.text
 
 
 def test_report_is_self_contained(run_copy):

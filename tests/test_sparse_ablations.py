@@ -18,8 +18,8 @@ from infodisent.features import FeatureCache
 from infodisent.head import HeadConfig, InfoDisentHead
 from infodisent.config import RunConfig
 from infodisent.pipeline import train_run
-from infodisent.sparse import SparseOptions, class_importance, prune_head
-from infodisent.training import CachedSource, FitConfig, loss_fn
+from infodisent.sparse import SparseOptions, class_importance, prune_head, shared_channels
+from infodisent.training import CachedSource, FitConfig, holdout_split, loss_fn
 
 SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
 
@@ -75,8 +75,91 @@ def test_prune_schedule():
     assert SparseOptions(5).schedule(1280) == [320, 80, 20, 5]
     assert SparseOptions(5, ratio=1).schedule(1280) == [5]
     assert SparseOptions(10, ratio=2).schedule(50) == [40, 20, 10]
+    # K chosen: rounds down to the largest candidate, then every smaller candidate in turn
+    assert SparseOptions().schedule(1280) == [512, 128, 32, 8, 5, 3, 2, 1]
+    assert SparseOptions(candidates=(5, 2, 3, 2)).candidates == (2, 3, 5)
+    # 4x more per earlier round, while that is below all the channels
+    assert SparseOptions(5, channels_total=12).budgets(1280, 15) == [768, 192, 48, 12]
+    assert SparseOptions(channels_total=10, candidates=(2, 3)).budgets(1280, 15) == [None, 640, 160, 40, 10, 10]
+    assert SparseOptions(5, channels_total=12).budgets(1280, 2) == [None] * 4  # 2 classes never use more than 12
     with pytest.raises(ValueError, match="channels_per_class >= 1"):
         SparseOptions(0)
+    with pytest.raises(ValueError, match="validation"):
+        SparseOptions(validation=0.0)
+    with pytest.raises(ValueError, match="channels_total"):
+        SparseOptions(5, channels_total=4)
+
+
+def test_holdout_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(4), [10, 20, 3, 1])
+    fit_idx, val_idx = holdout_split(labels, 0.2, seed=3)
+    assert np.intersect1d(fit_idx, val_idx).size == 0 and np.union1d(fit_idx, val_idx).tolist() == list(range(34))
+    assert np.bincount(labels[val_idx], minlength=4).tolist() == [2, 4, 1, 0]  # >= 1 per class, never a whole class
+    again = holdout_split(labels, 0.2, seed=3)
+    assert np.array_equal(again[1], val_idx) and not np.array_equal(holdout_split(labels, 0.2, seed=4)[1], val_idx)
+    with pytest.raises(ValueError, match="validation fraction"):
+        holdout_split(labels, 1.0)
+
+
+def test_sources_hold_out_images(tiny_run, tiny_backbone):
+    from infodisent.datasets import PartsDataset
+    from infodisent.training import StreamingSource
+
+    _, _, cfg = tiny_run
+    run = infodisent.open_run(cfg.out)
+    cache = run.cache("train")
+    fit_idx, val_idx = holdout_split(cache.labels[cache.rows(view=0)], 0.25, seed=0)
+    cached = CachedSource(cache, 8, view=0, images=val_idx)
+    assert len(cached) == len(val_idx)
+    labels = torch.cat([y for _, y in cached.batches(None)])
+    assert labels.tolist() == cache.labels[cache.rows(view=0)][val_idx].tolist()
+    ds = PartsDataset("train", config=SMALL)
+    streamed = StreamingSource(tiny_backbone, ds, 4, images=fit_idx[fit_idx < len(ds)])
+    assert len(streamed) == int((fit_idx < len(ds)).sum())
+    assert sum(len(y) for _, y in streamed.batches(None)) == len(streamed)
+
+
+def test_shared_budget_limits_the_channels_all_classes_use(tiny_run):
+    _, _, cfg = tiny_run
+    model = infodisent.load(cfg.out)
+    run = infodisent.open_run(cfg.out)
+    src = CachedSource(run.cache("train"), 16, view=0)
+    imp = class_importance(model.head, src)
+    pruned = prune_head(model.head, src, 2, channels_total=3)
+    used = torch.nonzero(pruned.weight_mask.sum(0)).flatten()
+    assert len(used) <= 3 and (pruned.weight_mask.sum(1) == 2).all()
+    assert set(used.tolist()) <= set(shared_channels(imp, 3).tolist())
+    norm = imp.clamp_min(0) / imp.clamp_min(0).sum(1, keepdim=True)
+    assert set(shared_channels(imp, 3).tolist()) == set(norm.sum(0).topk(3).indices.tolist())
+    with pytest.raises(ValueError, match="channels_total"):
+        prune_head(model.head, src, 2, channels_total=1)
+
+
+def test_default_run_chooses_k_on_held_out_images(tmp_path):
+    cfg = tiny_cfg(tmp_path, sparse=SparseOptions(finetune_epochs=1, round_epochs=1, candidates=(1, 2, 4), validation=0.25))
+    assert RunConfig(out="x").sparse == SparseOptions()  # compact by default
+    result = train_run(cfg)
+    sel = result.metrics.sparse.selection
+    k = result.metrics.sparse.channels_per_class
+    assert sel is not None and sel.channels_per_class == k and sel.images == 5  # one of 4 images per class, 5 classes
+    assert sel.tolerance == pytest.approx(1 / 5)  # 0.5 points is below one of 5 images: one image it is
+    tried = {int(a): b for a, b in sel.top1.items()}
+    ok = {a for a, b in tried.items() if b >= sel.dense_top1 - sel.tolerance - 1e-9}
+    # tried from the largest down, stopping at the first that lost too much; K is the smallest that did not
+    assert max(tried) == 4 and k == (min(ok) if ok else 4) and sel.within_tolerance == bool(ok)
+    assert all(a in ok for a in tried if a > min(tried)) or not ok
+    W = load_file(str(result.run_dir / "head.safetensors"))["W"]
+    assert int((W > 0).sum(1).max()) <= k
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["channels_per_class"] == infodisent.open_run(result.run_dir).model.channels_per_class == k
+    assert config["run"]["sparse"]["channels_per_class"] is None  # the choice, as asked for, is recorded too
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["sparse"]["selection"]["top1"] == {str(a): b for a, b in sorted(tried.items())}
+    assert metrics["sparse"]["dense"]["top1"] == pytest.approx(result.metrics.sparse.dense.top1)
+    hist = pd.read_csv(result.run_dir / "history.csv")
+    assert hist["validation_top1"].dropna().tolist() == pytest.approx([tried[a] for a in sorted(tried, reverse=True)])
+    resumed = train_run(replace(cfg, resume=True))  # finished: the choice is read back, nothing retrained
+    assert resumed.metrics.sparse == result.metrics.sparse
 
 
 def test_sparse_run_end_to_end(tmp_path):
@@ -120,20 +203,24 @@ def test_ablation_flags_reach_the_head(tmp_path, capsys):
     out = tmp_path / "abl"
     args = ["train", "--backbone", "test_resnet", "--weights", "random", "--image-size", "64", "--max-classes", "3",
             "--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--num-workers", "0", "--quiet"]
-    assert main([*args, "--out", str(out), "--no-rotation", "--pooling", "avg", "--unconstrained"]) == 0
+    assert main([*args, "--out", str(out), "--no-rotation", "--pooling", "avg", "--unconstrained", "--dense"]) == 0
     head = json.loads((out / "config.json").read_text())["head"]
+    assert not head["pruned"] and json.loads((out / "config.json").read_text())["channels_per_class"] is None
     assert (head["rotation"], head["pooling"], head["nonnegative"]) == (False, "avg", False)
     model = infodisent.load(out)
     torch.testing.assert_close(model.U, torch.eye(model.U.shape[0]))
     assert main([*args, "--out", str(tmp_path / "p"), "--prune-k", "0"]) == 2
     assert "channels_per_class >= 1" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "p"), "--prune-k", "2", "--dense"]) == 2
+    assert "--dense and --prune-k exclude each other" in capsys.readouterr().err
 
 
 def test_ablation_grid_writes_one_table(tmp_path):
     cfg = tiny_cfg(tmp_path, out=str(tmp_path / "grid"), max_classes=3, fit=FitConfig(epochs=2))
     table = ablation_grid(cfg, channels_per_class=2, stability=False, finetune_epochs=1)
     assert list(table["variant"]) == ["infodisent", "no_rotation", "avg_pooling", "unconstrained_w", "gumbel", "side_sparse",
-                                      "sparse_softmax", "sparse_no_rotation"]
+                                      "sparse_softmax", "sparse_no_rotation", "compact"]
+    assert table["channels_per_class"].isna().tolist() == [True] * 5 + [False] * 4  # dense rows are dense
     disk = pd.read_csv(tmp_path / "grid" / "ablations.csv")
     assert disk.shape == table.shape and disk["variant"].tolist() == table["variant"].tolist()
     row = table.set_index("variant")
@@ -149,5 +236,13 @@ def test_ablation_grid_writes_one_table(tmp_path):
     again = ablation_grid(cfg, channels_per_class=2, names=["avg_pooling"], stability=False)  # one row rerun, the rest kept
     assert list(again["variant"]) == list(table["variant"])
     pd.testing.assert_frame_equal(again.drop(index=2), table.drop(index=2), check_dtype=False)
+    hist = pd.read_csv(tmp_path / "grid" / "sparse_softmax" / "history.csv")
+    W = load_file(str(tmp_path / "grid" / "sparse_softmax" / "head.safetensors"))["W"]
+    before = pd.read_csv(tmp_path / "grid" / "ablations.csv")
+    ablation_grid(cfg, channels_per_class=2, names=["sparse_softmax"], stability=False, finetune_epochs=1,
+                           resume=True)  # finished: evaluated again, not trained again
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "grid" / "sparse_softmax" / "history.csv"), hist)
+    torch.testing.assert_close(load_file(str(tmp_path / "grid" / "sparse_softmax" / "head.safetensors"))["W"], W)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "grid" / "ablations.csv"), before)  # the same numbers
     with pytest.raises(ValueError, match="unknown ablation"):
         ablation_grid(cfg, names=["nope"])
