@@ -57,7 +57,7 @@ class SparseOptions:
     finetune_rotation: bool = True  # also fine-tune U (False: W alone, prototypes unchanged)
     ratio: int = 4  # each round keeps 1/ratio of the channels per class (1: prune to k at once)
     round_epochs: int = 3  # fine-tuning after each intermediate round
-    candidates: tuple[int, ...] = (1, 2, 3, 5, 8)  # the short list K is chosen from
+    candidates: tuple[int, ...] = (3, 5, 8)  # the short list K is chosen from ("a handful")
     tolerance: float = 0.005  # top-1 a smaller K may lose against the dense head, on validation images
     validation: float = 0.1  # share of each class's training images held out to choose K
     channels_total: int | None = None  # one budget of channels shared by all classes

@@ -44,8 +44,8 @@ def test_offline_backbone_imagenet_top1_on_real_photos():
 @pytest.mark.slow
 def test_cub_subset_end_to_end(tmp_path):
     """Real CUB (first 10 classes), offline backbone, the default compact head: train (InfoDisent >= 0.95 x
-    probe, at most 1.5 points below its own dense head), mine, explain, evaluate the explanations (sizes,
-    faithfulness, part metrics), report."""
+    probe, at most 5 points below its own dense head: 30 held-out images resolve no finer than 3.3 points),
+    mine, explain, evaluate the explanations (sizes, faithfulness, part metrics), report."""
     root = require(CUB50)
     cfg = RunConfig(out=str(tmp_path / "cub"), dataset="cub", root=str(root), max_classes=10,
                     cache_dir=str(tmp_path / "cache"), progress=False, fit=FitConfig(epochs=15))
@@ -54,7 +54,8 @@ def test_cub_subset_end_to_end(tmp_path):
     assert m.num_test_images == 243
     assert m.linear_probe.top1 > 0.7
     assert m.infodisent.top1 >= 0.95 * m.linear_probe.top1
-    assert m.sparse.selection is not None and m.infodisent.top1 >= m.sparse.dense.top1 - 0.015
+    assert m.sparse.selection is not None and m.sparse.selection.images == 30
+    assert m.sparse.channels_per_class in (3, 5, 8) and m.infodisent.top1 >= m.sparse.dense.top1 - 0.05
 
     run = infodisent.open_run(cfg.out)
     index = mine_run(run, "train", progress=False)

@@ -76,7 +76,7 @@ def test_prune_schedule():
     assert SparseOptions(5, ratio=1).schedule(1280) == [5]
     assert SparseOptions(10, ratio=2).schedule(50) == [40, 20, 10]
     # K chosen: rounds down to the largest candidate, then every smaller candidate in turn
-    assert SparseOptions().schedule(1280) == [512, 128, 32, 8, 5, 3, 2, 1]
+    assert SparseOptions().schedule(1280) == [512, 128, 32, 8, 5, 3]
     assert SparseOptions(candidates=(5, 2, 3, 2)).candidates == (2, 3, 5)
     # 4x more per earlier round, while that is below all the channels
     assert SparseOptions(5, channels_total=12).budgets(1280, 15) == [768, 192, 48, 12]
