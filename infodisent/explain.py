@@ -77,7 +77,7 @@ class Coverage:
     others: int  # channels outside ``channels`` with a non-zero contribution
 
     def sentence(self) -> str:
-        """"these 3 channels carry 97.1% of the evidence for 'cat': 18.90 of logit 19.40 (...)"."""
+        """E.g. "these 3 channels carry 97.1% of the evidence for 'cat': +18.90 of logit 19.40; 12 other channels: +0.50"."""
         n = len(self.channels)
         what = "this channel carries" if n == 1 else f"these {n} channels carry"
         tail = f"; {self.others} other channels: {self.rest:+.2f}" if self.others else "; no other channel contributes"

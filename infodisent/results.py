@@ -247,7 +247,7 @@ class KSelection(_DataMixin):
     images: int  # held-out training images
     dense_top1: float  # the dense head on them
     tolerance: float  # the top-1 a candidate could lose: the asked-for tolerance, at least one image
-    top1: dict[str, float]  # K -> validation top-1 after its pruning round
+    top1: dict[str, float]  # K -> validation top-1 of its head, fine-tuned as the final one would be
     within_tolerance: bool  # False: even the largest candidate lost more (it is kept)
 
 
