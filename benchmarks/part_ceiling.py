@@ -30,7 +30,7 @@ import torch
 
 import infodisent
 from infodisent.datasets import PartsDataset
-from infodisent.part_metrics import MIN_COVERAGE, KeypointRegions, _view_masks, cell_coverage, perturb
+from infodisent.part_metrics import KeypointRegions, cell_parts, noisy_positions
 
 
 def features(run, split: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -69,12 +69,9 @@ def parts_ceiling(run, k: int) -> None:
     for split in ("train", "test"):
         feats, idx = features(run, split)
         ds = run.dataset(split)
-        n, hw = feats.shape[:2]
+        hw = feats.shape[1]
         h = w = int(round(hw ** 0.5))
-        part = np.full((n, hw), -1)
-        for j, i in enumerate(idx):
-            cov = cell_coverage(_view_masks(ds, transform, int(i)), (h, w)).reshape(len(ds.part_names), -1)
-            part[j] = np.where(cov.max(0) >= MIN_COVERAGE, cov.argmax(0), -1)
+        part = np.stack([cell_parts(ds, transform, int(i), (h, w)).reshape(-1) for i in idx])
         dominant[split] = (feats, torch.from_numpy(part), ds.part_names)
     tr_f, tr_p, names = dominant["train"]
     te_f, te_p, _ = dominant["test"]
@@ -120,26 +117,14 @@ def cub_ceiling(run, stability_images: int) -> None:
         rng = np.random.default_rng(0)
         subset = np.sort(rng.choice(len(te_idx), min(stability_images, len(te_idx)), replace=False))
         images = te_idx[subset]
-        with torch.no_grad():
-            clean, noisy = _direction_positions(run.model, te_ds, images, torch.stack(dirs))
+        U, backbone = torch.stack(dirs), run.model.backbone
+        # the directions' strongest cells, on the metric's clean and noisy images
+        clean, noisy = noisy_positions(run.model, te_ds, images, positions=lambda x: torch.einsum(
+            "gd,bdhw->bghw", U, backbone(x)).flatten(2).argmax(2))
         same = [np.array_equal(te_regions.present(int(i), int(c)), te_regions.present(int(i), int(nn)))
                 for row, i in enumerate(images) for c, nn in zip(clean[row], noisy[row])]
         print(f"stability of the supervised directions under Huang et al.'s noise, {len(images)} test images: "
               f"{np.mean(same):.3f}")
-
-
-def _direction_positions(model, dataset, images, U: torch.Tensor):
-    """Argmax cells (n, G) of the directions ``U`` on clean and perturbed images (the metric's noise)."""
-    mean, std = model.backbone.normalization()
-    g = torch.Generator().manual_seed(0)
-    clean, noisy = [], []
-    for s in range(0, len(images), 32):
-        x = torch.stack([model.transform(dataset.load_image(int(i))) for i in images[s : s + 32]])
-        xn = (perturb(x * std + mean, generator=g) - mean) / std
-        for batch, acc in ((x, clean), (xn, noisy)):
-            f = model.backbone(batch)
-            acc.append(torch.einsum("gd,bdhw->bghw", U, f).flatten(2).argmax(2).numpy())
-    return np.concatenate(clean), np.concatenate(noisy)
 
 
 def main() -> None:

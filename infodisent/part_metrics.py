@@ -85,6 +85,13 @@ def _view_masks(dataset, transform, i: int) -> np.ndarray:
     return geo.view_mask(masks)
 
 
+def cell_parts(dataset, transform, i: int, grid: tuple[int, int], min_coverage: float = MIN_COVERAGE) -> np.ndarray:
+    """``(H, W)``: the part type covering most of each grid cell of image ``i``'s view (at least
+    ``min_coverage`` of it), else -1 (background)."""
+    cov = cell_coverage(_view_masks(dataset, transform, i), grid)
+    return np.where(cov.max(0) >= min_coverage, cov.argmax(0), -1)
+
+
 def parts_purity(
     index: PrototypeIndex, dataset, transform, *, min_coverage: float = MIN_COVERAGE, channels=None
 ) -> pd.DataFrame:
@@ -92,10 +99,8 @@ def parts_purity(
     table = index.table[index.table["side"] == "pos"]
     if channels is not None:
         table = table[table["channel"].isin(np.asarray(channels))]
-    coverage = {int(i): cell_coverage(_view_masks(dataset, transform, int(i)), index.grid) for i in table["image"].unique()}
-    cov = np.stack([coverage[int(i)][:, r, c] for i, r, c in zip(table["image"], table["row"], table["col"])]) if len(
-        table) else np.zeros((0, len(dataset.part_names)))
-    part = np.where(cov.max(1) >= min_coverage, cov.argmax(1), -1) if len(cov) else np.zeros(0, int)
+    parts = {int(i): cell_parts(dataset, transform, int(i), index.grid, min_coverage) for i in table["image"].unique()}
+    part = np.array([parts[int(i)][r, c] for i, r, c in zip(table["image"], table["row"], table["col"])], dtype=int)
     t = pd.DataFrame({"channel": table["channel"].to_numpy(), "part": part})
     rows = []
     for d, g in t.groupby("channel"):
@@ -227,18 +232,21 @@ def perturb(pixels: torch.Tensor, sigma: float = 0.2, clip: float = 0.25, genera
 
 @torch.no_grad()
 def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed: int = 0, batch_size: int = 32,
-                    clip: float = 0.25):
-    """Positive-side argmax positions (n, D) of every channel for clean and :func:`perturb`-ed images."""
+                    clip: float = 0.25, positions=None):
+    """Positive-side argmax positions (n, D) of every channel for clean and :func:`perturb`-ed images
+    (``positions``: another map from an input batch to (B, n) positions, e.g. of chosen directions)."""
     mean, std = model.backbone.normalization()
     g = torch.Generator().manual_seed(seed)
     device = model.device
+    if positions is None:
+        positions = lambda x: model.outputs(x).pool.pos_index  # noqa: E731
     clean, noisy = [], []
     for s in range(0, len(images), batch_size):
         x = torch.stack([model.transform(dataset.load_image(int(i))) for i in images[s : s + batch_size]])
         pixels = x * std + mean
         xn = (perturb(pixels, sigma, clip, g) - mean) / std
         for batch, out in ((x, clean), (xn, noisy)):
-            out.append(model.outputs(batch.to(device)).pool.pos_index.cpu().numpy())
+            out.append(positions(batch.to(device)).cpu().numpy())
     return np.concatenate(clean), np.concatenate(noisy)
 
 
@@ -310,6 +318,6 @@ def cub_part_metrics(
 
 
 __all__ = [
-    "KeypointRegions", "cell_coverage", "channel_classes", "cub_part_metrics", "noisy_positions",
+    "KeypointRegions", "cell_coverage", "cell_parts", "channel_classes", "cub_part_metrics", "noisy_positions",
     "part_groups", "perturb", "parts_purity", "pointing_game",
 ]

@@ -96,8 +96,8 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
     if sp is not None and sp.chosen:
         fit_images, val_images = holdout_split(train_ds.labels, sp.validation, cfg.fit.seed)
     if not cfg.use_cache:
-        def mk(ds, images=None, batch_size=cfg.batch_size):
-            return StreamingSource(backbone, ds, batch_size, cfg.fit.seed, cfg.num_workers, dev, images)
+        def mk(ds, images=None):
+            return StreamingSource(backbone, ds, cfg.batch_size, cfg.fit.seed, cfg.num_workers, dev, images)
         train = mk(train_ds, fit_images)
         val = mk(train_ds, val_images) if val_images is not None else None
         return _Sources(train, mk(test_ds), train, val, {})
