@@ -19,6 +19,7 @@ from .features import FeatureCache, extract_features
 from .head import HeadConfig, InfoDisentHead, two_sided_max
 from .io import CorruptFileError
 from .model import InfoDisent, Outputs, RunMismatchError, load
+from .monitor import Monitor, Progress, TrainingStopped
 from .pipeline import RunExistsError, evaluate_run, mine_run, train_run
 from .prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
 from .render import Patch, Renderer
@@ -35,9 +36,9 @@ __all__ = [
     "Accuracy", "CubPartScores", "PartScores", "Backbone", "BackboneError", "CachedSource", "ChannelEvidence", "ConfigVersionError",
     "CorruptFileError", "DATASETS", "DEFAULT_BACKBONE", "DatasetSpec", "Evaluation", "Explanation",
     "ExplanationMetrics", "Faithfulness", "FeatureCache", "FitConfig", "HeadConfig", "InfoDisent", "InfoDisentHead",
-    "ModelConfig", "NotARunError", "Outputs", "Patch", "PrototypeIndex", "Renderer", "Run", "RunConfig",
+    "ModelConfig", "Monitor", "NotARunError", "Outputs", "Patch", "Progress", "PrototypeIndex", "Renderer", "Run", "RunConfig",
     "RunExistsError", "RunFiles", "RunMetrics", "RunMismatchError", "Sizes", "SparseOptions", "StaleIndexError",
-    "StreamingSource", "build_dataset", "demo_config", "evaluate", "evaluate_run", "explain", "explain_channel",
+    "StreamingSource", "TrainingStopped", "build_dataset", "demo_config", "evaluate", "evaluate_run", "explain", "explain_channel",
     "explain_class", "explanation_metrics", "extract_features", "feature_map", "fit", "load", "load_backbone",
     "mine_prototypes", "mine_run", "open_run", "prune_head", "train_run", "two_sided_max",
 ]

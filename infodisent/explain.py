@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from .datasets.base import read_image, to_rgb
-from .geometry import Box, ViewGeometry, cell_box
+from .geometry import Box, ViewGeometry, cell_at, cell_box
 from .model import InfoDisent
 from .prototypes import PrototypeIndex, Side
 
@@ -309,6 +309,23 @@ class Explanation:
             int(np.count_nonzero(contrib[~chosen])),
         )
 
+    def at(self, x: float, y: float) -> pd.DataFrame:
+        """Point and ask: the channels whose winning response (the side ``v_d`` took) lies in the grid cell
+        under view point ``(x, y)``, with their contribution to the explained class, largest in size first.
+
+        Columns ``channel, side, value, weight, contribution, position``; channels the class does not
+        weigh are listed too, with contribution 0 (after the others)."""
+        self._one()
+        position = cell_at(x, y, self.grid, self.views[0].size)
+        v = self.v[0]
+        winning = np.where(v >= 0, self.positions[0, 0], self.positions[0, 1])
+        here = np.flatnonzero(winning == position)
+        w = self.W[self.target, here]
+        df = pd.DataFrame({"channel": here, "side": np.where(v[here] >= 0, "pos", "neg"), "value": v[here],
+                           "weight": w, "contribution": w * v[here], "position": position})
+        order = np.lexsort((df["channel"].to_numpy(), -np.abs(df["contribution"].to_numpy())))
+        return df.iloc[order].reset_index(drop=True)
+
     def evidence(self, n: int = 5) -> tuple[ChannelEvidence, ...]:
         """The ``n`` strongest positive, then the ``n`` strongest negative channels."""
         t = self.table()
@@ -474,7 +491,27 @@ def explain_channel(model: InfoDisent, channel: int, index: PrototypeIndex | Non
     return ChannelExplanation(int(channel), df, table)
 
 
+def channel_overview(model: InfoDisent, index: PrototypeIndex | None = None, *,
+                     threshold: float = 1e-3) -> pd.DataFrame:
+    """One row per channel, to rank and pick channels by: ``classes`` (how many weigh it above ``threshold``),
+    ``top_class`` (-1 if none), ``top_weight``, ``total_weight``; with an index also ``class_purity`` (the
+    share of its top-k positive patches that come from their most common class; NaN where it never fires)
+    and ``fires`` (the share of the split's images whose pooled value ``v_d`` is > 0)."""
+    W = model.W.double().cpu().numpy()
+    used = W > threshold
+    df = pd.DataFrame({"channel": np.arange(W.shape[1]), "classes": used.sum(0),
+                       "top_class": np.where(used.any(0), W.argmax(0), -1), "top_weight": W.max(0),
+                       "total_weight": W.sum(0)})
+    if index is not None:
+        pos = index.table[index.table["side"] == "pos"]
+        purity = pos.groupby("channel")["label"].agg(lambda s: s.value_counts().iloc[0] / len(s))
+        df["class_purity"] = purity.reindex(df["channel"]).to_numpy()
+        v = np.asarray(index.v)[index.valid]
+        df["fires"] = (v > 0).mean(0) if len(v) else np.nan
+    return df
+
+
 __all__ = [
-    "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Coverage", "Explanation", "class_index",
-    "explain", "explain_channel", "explain_class", "explain_views", "prepare_inputs",
+    "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Coverage", "Explanation", "channel_overview",
+    "class_index", "explain", "explain_channel", "explain_class", "explain_views", "prepare_inputs",
 ]

@@ -144,6 +144,14 @@ def cell_box(position: int, grid: tuple[int, int], view: tuple[int, int], window
     return box if window is None else around(box, view, window)
 
 
+def cell_at(x: float, y: float, grid: tuple[int, int], view: tuple[int, int]) -> int:
+    """The flat map position whose cell (as :func:`cell_box` draws it) holds view point ``(x, y)``."""
+    gh, gw = grid
+    if not (0 <= x < view[0] and 0 <= y < view[1]):
+        raise ValueError(f"point ({x:.1f}, {y:.1f}) is outside the {view[0]}x{view[1]} view")
+    return min(int(y * gh / view[1]), gh - 1) * gw + min(int(x * gw / view[0]), gw - 1)
+
+
 def around(box: Box, view: tuple[int, int], side: float) -> Box:
     """A square of ``side`` pixels centred on ``box``, clipped to the view ``(width, height)``."""
     cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, side / 2

@@ -250,6 +250,61 @@ def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed
     return np.concatenate(clean), np.concatenate(noisy)
 
 
+def _cub_purity(index: PrototypeIndex, regions: KeypointRegions, channels) -> dict[int, float]:
+    """Channel -> share of its top-k positive patches that contain its most frequent part group."""
+    table = index.table[(index.table["side"] == "pos") & index.table["channel"].isin(np.asarray(channels))]
+    purity = {}
+    for d, g in table.groupby("channel"):
+        pres = np.stack([regions.present(int(i), int(p)) for i, p in zip(g["image"], g["position"])])
+        purity[int(d)] = float(pres.sum(0).max() / len(pres))
+    return purity
+
+
+def has_parts(dataset) -> bool:
+    """Whether ``dataset`` knows where object parts are (the ``parts`` masks or CUB's keypoints)."""
+    return hasattr(dataset, "masks") or getattr(dataset, "part_locs", None) is not None
+
+
+def prototype_parts(index: PrototypeIndex, dataset, transform, channel: int, side: str = "pos", *,
+                    cache: dict | None = None) -> pd.DataFrame:
+    """Which parts a channel's prototype patches show: one row per patch (``rank, image, label, parts``), where
+    ``parts`` is a tuple of part names: on ``parts``, the part covering most of the patch's grid cell (empty
+    for background); on CUB, the part groups with a visible keypoint in the 2.25-cell region around it.
+    ``cache``: a dict kept between calls (e.g. by a widget) so that no image's parts are worked out twice."""
+    rows = index.prototypes(channel, side)  # type: ignore[arg-type]
+    cache = {} if cache is None else cache
+    if hasattr(dataset, "masks"):
+        names = list(dataset.part_names)
+
+        def of(i: int) -> np.ndarray:
+            if ("cells", i) not in cache:
+                cache[("cells", i)] = cell_parts(dataset, transform, i, index.grid)
+            return cache[("cells", i)]
+
+        found = [of(int(i))[r, c] for i, r, c in zip(rows["image"], rows["row"], rows["col"])]
+        parts = [(names[p],) if p >= 0 else () for p in found]
+    elif getattr(dataset, "part_locs", None) is not None:
+        if "regions" not in cache:
+            cache["regions"] = KeypointRegions(dataset, transform, index.grid)
+        regions = cache["regions"]
+        parts = [tuple(g for g, hit in zip(regions.groups, regions.present(int(i), int(p))) if hit)
+                 for i, p in zip(rows["image"], rows["position"])]
+    else:
+        raise ValueError(f"the {getattr(dataset, 'name', 'given')} dataset has no part annotations")
+    return pd.DataFrame({"rank": rows["rank"], "image": rows["image"], "label": rows["label"], "parts": parts})
+
+
+def channel_purity(index: PrototypeIndex, dataset, transform, channels) -> pd.Series:
+    """Part purity of ``channels`` (as the metrics define it for the dataset), indexed by channel."""
+    channels = np.asarray(channels, dtype=int)
+    if hasattr(dataset, "masks"):
+        df = parts_purity(index, dataset, transform, channels=channels)
+        got = dict(zip(df["channel"].astype(int), df["purity"]))
+    else:
+        got = _cub_purity(index, KeypointRegions(dataset, transform, index.grid), channels)
+    return pd.Series([got.get(int(d), np.nan) for d in channels], index=channels, name="purity", dtype=float)
+
+
 def cub_part_metrics(
     index: PrototypeIndex,
     dataset,
@@ -269,11 +324,7 @@ def cub_part_metrics(
     """Purity, consistency and (with ``model``) stability on CUB keypoints; see the module docstring."""
     regions = KeypointRegions(dataset, transform, index.grid, window_cells)
     used = np.flatnonzero(np.asarray(W).max(0) > threshold)
-    table = index.table[(index.table["side"] == "pos") & index.table["channel"].isin(used)]
-    purity = {}
-    for d, g in table.groupby("channel"):
-        pres = np.stack([regions.present(int(i), int(p)) for i, p in zip(g["image"], g["position"])])
-        purity[int(d)] = float(pres.sum(0).max() / len(pres))
+    purity = _cub_purity(index, regions, used)
     classes_of = channel_classes(W, top_classes, threshold)
     valid = index.valid
     consistent = {}
@@ -318,6 +369,6 @@ def cub_part_metrics(
 
 
 __all__ = [
-    "KeypointRegions", "cell_coverage", "cell_parts", "channel_classes", "cub_part_metrics", "noisy_positions",
-    "part_groups", "perturb", "parts_purity", "pointing_game",
+    "KeypointRegions", "cell_coverage", "cell_parts", "channel_classes", "channel_purity", "cub_part_metrics",
+    "has_parts", "noisy_positions", "part_groups", "prototype_parts", "perturb", "parts_purity", "pointing_game",
 ]

@@ -27,6 +27,7 @@ from .features import FeatureCache, extract_features
 from .head import InfoDisentHead
 from .io import atomic_path, atomic_write_json
 from .model import InfoDisent, check_compatible, save_head
+from .monitor import Monitor
 from .probe import fit_linear_probe
 from .prototypes import PrototypeIndex, mine_prototypes
 from .results import Accuracy, CacheUse, Evaluation, KSelection, ProbeInfo, RunMetrics, SparseSummary, from_dict, to_dict
@@ -90,7 +91,8 @@ class _Sources:
     caches: dict[str, FeatureCache]
 
 
-def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds: ImageDataset) -> _Sources:
+def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds: ImageDataset,
+             monitor: Monitor | None = None) -> _Sources:
     dev, sp = cfg.device, cfg.sparse
     fit_images = val_images = None
     if sp is not None and sp.chosen:
@@ -103,10 +105,14 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
         return _Sources(train, mk(test_ds), train, val, {})
     caches: dict[str, FeatureCache] = {}
     for ds, views in ((train_ds, cfg.views), (test_ds, 1)):
+        stage, total = f"features {ds.split}", len(ds) * views
+        on_batch = (lambda done, s=stage, t=total: monitor.progress(s, done, t)) if monitor is not None else None
         caches[ds.split] = extract_features(
             backbone, ds, cfg.cache_dir, views=views, seed=cfg.fit.seed, batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers, strict=cfg.strict, progress=cfg.progress, device=dev,
+            num_workers=cfg.num_workers, strict=cfg.strict, progress=cfg.progress, device=dev, on_batch=on_batch,
         )
+        if monitor is not None:
+            monitor.progress(stage, total, total)  # also when the cache was there already
     plain = lambda images: CachedSource(caches["train"], 256, cfg.fit.seed, dev, view=0, images=images)  # noqa: E731
     return _Sources(
         train=CachedSource(caches["train"], cfg.batch_size, cfg.fit.seed, dev, images=fit_images),
@@ -130,8 +136,12 @@ def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_cla
     return acc, info
 
 
-def train_run(cfg: RunConfig) -> RunResult:
-    """Run the whole pipeline and write the run directory (``config.json`` and the head last)."""
+def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
+    """Run the whole pipeline and write the run directory (``config.json`` and the head last).
+
+    ``monitor`` (:class:`~infodisent.monitor.Monitor`) hears of feature extraction and of every epoch,
+    and may stop the training after an epoch (:class:`~infodisent.monitor.TrainingStopped`; the run
+    resumes with ``resume=True``)."""
     torch.manual_seed(cfg.fit.seed)
     files = RunFiles(Path(cfg.out))
     backbone = load_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size, model_kwargs=cfg.model_kwargs,
@@ -145,7 +155,7 @@ def train_run(cfg: RunConfig) -> RunResult:
     ckpt = load_checkpoint(files.checkpoint) if cfg.resume else None
 
     t0 = time.perf_counter()
-    src = _sources(cfg, backbone, train_ds, test_ds)
+    src = _sources(cfg, backbone, train_ds, test_ds, monitor)
     train_src, test_src, caches = src.train, src.test, src.caches
     t_features = time.perf_counter() - t0
 
@@ -170,12 +180,14 @@ def train_run(cfg: RunConfig) -> RunResult:
         dense = Accuracy(**ckpt["dense"]) if "dense" in ckpt else None
         selection = from_dict(KSelection, ckpt["selection"]) if ckpt.get("selection") else None
     else:
-        history = fit(model.head, train_src, test_src, cfg.fit, ckpt_paths, cfg.resume, cfg.progress, cfg.device)
+        history = fit(model.head, train_src, test_src, cfg.fit, ckpt_paths, cfg.resume, cfg.progress, cfg.device,
+                      monitor)
         if cfg.sparse is not None:
             dense = evaluate(model.head, test_src, cfg.fit.amp)
             head, more, selection = sparsify(
                 model.head, cfg.sparse, cfg.fit, train_src, src.importance, validation=src.validation,
                 test=test_src, first_epoch=cfg.fit.epochs, progress=cfg.progress, device=cfg.device,
+                monitor=monitor,
             )
             model = InfoDisent(model.backbone, head, model.class_names)
             history = pd.concat([history.assign(phase="train"), more.assign(phase="prune")], ignore_index=True)
@@ -200,6 +212,8 @@ def train_run(cfg: RunConfig) -> RunResult:
     atomic_write_json(files.metrics, to_dict(metrics))
     save_head(model.head, files.head)
     atomic_write_json(files.config, model.config(cfg).to_dict())  # last: now the directory holds a run
+    if monitor is not None:
+        monitor.progress("done", 1, 1)
     return RunResult(files.root, model, metrics, history)
 
 

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale, unlabel_rgb
 from PIL import Image, ImageDraw
@@ -166,22 +167,132 @@ def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
 
 
 def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
-    """Why the explained class and not ``other``: the largest channel-wise differences both ways."""
+    """Why the explained class and not ``other``: the largest channel-wise differences both ways, each bar
+    labelled with the channel's contribution to either class."""
     t = expl.versus(other)
     top = t[t["difference"] > 0].head(n)  # channels that favour the explained class
     bottom = t[t["difference"] < 0].tail(n)[::-1]  # channels that favour the other
-    d = np.concatenate([top["difference"].to_numpy(), bottom["difference"].to_numpy()])
+    rows = pd.concat([top, bottom])
+    d = rows["difference"].to_numpy()
     labels = [f"ch {c}" for c in top["channel"]] + [f"ch {c} " for c in bottom["channel"]]
-    fig = go.Figure(go.Bar(x=d, y=labels, orientation="h", marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in d]))
+    a, b = expl.target_name, expl.class_names[other]
+    text = [f"{x:+.2f} vs {y:+.2f}" for x, y in zip(rows["contribution_target"], rows["contribution_other"])]
+    fig = go.Figure(go.Bar(
+        x=d, y=labels, orientation="h", marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in d],
+        text=text, textposition="auto", customdata=np.stack([rows["channel"], rows["contribution_target"],
+                                                             rows["contribution_other"]], 1) if len(rows) else None,
+        hovertemplate=f"channel %{{customdata[0]}}: %{{customdata[1]:+.3f}} for {a}, %{{customdata[2]:+.3f}} "
+                      f"for {b}<extra></extra>",
+    ))
     shown = set(top["channel"]) | set(bottom["channel"])
     mass = t["difference"].abs()
     share = float(mass[t["channel"].isin(shown)].sum() / mass.sum()) if mass.sum() > 0 else 1.0
+    gap = float(expl.logits[0, expl.target] - expl.logits[0, other])
     fig.update_layout(
-        title={"text": f"{expl.target_name} vs {expl.class_names[other]}: per-channel difference of contributions"
-                       f"<br><sup>the {len(shown)} channels shown carry {100 * share:.1f}% of the difference "
-                       f"({int((mass > 0).sum())} channels differ)</sup>"},
+        title={"text": f"{a} vs {b}: logit gap {gap:+.3f}, channel by channel"
+                       f"<br><sup>bars: contribution to {a} minus to {b} (labels: to {a} vs to {b}); the "
+                       f"{len(shown)} shown carry {100 * share:.1f}% of the difference ({int((mass > 0).sum())} "
+                       f"channels differ)</sup>"},
         yaxis={"autorange": "reversed"}, height=max(300, 22 * len(d) + 120), margin={"l": 90, "r": 20, "t": 75, "b": 40},
+        xaxis_title=f"contribution to {a} - contribution to {b}",
     )
+    return fig
+
+
+def waterfall_figure(expl: Explanation, n: int = 8) -> go.Figure:
+    """The explained class's logit built up channel by channel: the ``n`` strongest positive contributions,
+    the rest in one step, the ``n`` strongest negative ones and the bias, ending on the logit itself.
+    Each channel's step carries its number in ``customdata`` (for clicks)."""
+    t = expl.table()
+    pos = t[t["contribution"] > 0].head(n)
+    neg = t[t["contribution"] < 0].tail(n)[::-1]  # the strongest first
+    shown = set(pos["channel"]) | set(neg["channel"])
+    rest_rows = t[~t["channel"].isin(shown)]
+    others = int((rest_rows["contribution"] != 0).sum())
+    labels = [f"ch {c}" for c in pos["channel"]] + ([f"{others} others"] if others else []) \
+        + [f"ch {c}" for c in neg["channel"]]
+    values = list(pos["contribution"]) + ([float(rest_rows["contribution"].sum())] if others else []) \
+        + list(neg["contribution"])
+    channels = list(pos["channel"]) + ([-1] if others else []) + list(neg["channel"])
+    if expl.bias is not None:
+        labels.append("bias")
+        values.append(expl.target_bias)
+        channels.append(-1)
+    labels.append("logit")
+    values.append(expl.logit)
+    channels.append(-1)
+    cover = expl.coverage(sorted(shown))
+    fig = go.Figure(go.Waterfall(
+        orientation="h", y=labels, x=values, measure=["relative"] * (len(values) - 1) + ["total"],
+        customdata=channels, increasing={"marker": {"color": POSITIVE}}, decreasing={"marker": {"color": NEGATIVE}},
+        totals={"marker": {"color": "#455a64"}}, connector={"line": {"color": "#b0bec5", "width": 1}},
+        hovertemplate="%{y}: %{x:+.4f}<extra></extra>",
+    ))
+    fig.update_layout(
+        title={"text": f"why {expl.target_name}: logit {expl.logit:.3f}"
+                       f"<br><sup>{len(shown)} channels carry {100 * cover.share:.1f}% of the evidence"
+                       + (f"; {cover.others} others: {cover.rest:+.3f}" if cover.others else "; no other channel")
+                       + "</sup>"},
+        yaxis={"autorange": "reversed"}, xaxis_title="logit, built up from W[c,d]·v_d",
+        height=max(300, 22 * len(values) + 110), margin={"l": 90, "r": 20, "t": 70, "b": 40}, showlegend=False,
+    )
+    return fig
+
+
+def classes_figure(classes: pd.DataFrame, channel: int, n: int = 10) -> go.Figure:
+    """The classes that weigh a channel (``explain_channel(...).classes``), heaviest first."""
+    top = classes.head(n)
+    fig = go.Figure(go.Bar(x=top["weight"], y=[str(x) for x in top["name"]], orientation="h",
+                           marker_color=POSITIVE, customdata=top["class"],
+                           hovertemplate="%{y} (class %{customdata}): W=%{x:.4f}<extra></extra>"))
+    more = f"; {len(classes) - len(top)} more" if len(classes) > len(top) else ""
+    fig.update_layout(
+        title={"text": f"classes that weigh channel {channel}<br><sup>{len(classes)} use it{more}</sup>"},
+        yaxis={"autorange": "reversed"}, xaxis_title="weight W[c,d]",
+        height=max(260, 24 * len(top) + 110), margin={"l": 120, "r": 20, "t": 60, "b": 40},
+    )
+    return fig
+
+
+def value_histogram(values: np.ndarray, channel: int, marks: dict[str, np.ndarray] | None = None,
+                    bins: int = 40) -> go.Figure:
+    """The distribution of a channel's pooled value ``v_d`` over a split, with ``marks`` (e.g. the images
+    of the shown prototypes: ``{"positive prototypes": values, "negative prototypes": values}``)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    fig = go.Figure(go.Histogram(x=values, nbinsx=bins, marker_color="#90a4ae", name="all images",
+                                 hovertemplate="v in %{x}: %{y} images<extra></extra>"))
+    colors = {0: POSITIVE, 1: NEGATIVE}
+    for j, (name, xs) in enumerate((marks or {}).items()):
+        xs = np.asarray(xs, np.float64)
+        fig.add_trace(go.Scatter(x=xs, y=np.zeros(len(xs)), mode="markers", name=name,
+                                 marker={"symbol": "triangle-up", "size": 11, "color": colors.get(j, "#1565c0")},
+                                 hovertemplate="v=%{x:.3f}<extra>" + name + "</extra>"))
+    fig.update_layout(
+        title={"text": f"channel {channel}'s pooled value over {len(values)} images"},
+        xaxis_title="v_d (its strongest response; negative where the negative side won)", yaxis_title="images",
+        height=260, margin={"l": 50, "r": 20, "t": 40, "b": 45}, bargap=0.05,
+        legend={"orientation": "h", "y": -0.35},
+    )
+    return fig
+
+
+def history_figure(history: pd.DataFrame) -> go.Figure:
+    """Loss and top-1 per epoch of a training (``history.csv`` or a monitor's rows)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "top-1"))
+    for col, (metric, train_color, test_color) in enumerate((("loss", "#1565c0", "#ef6c00"),
+                                                              ("top1", "#1565c0", "#ef6c00")), 1):
+        for split, color in (("train", train_color), ("test", test_color)):
+            name = f"{split}_{metric}"
+            x = history["epoch"].tolist() if name in history else []
+            y = history[name].tolist() if name in history else []
+            keep = [(a, b) for a, b in zip(x, y) if b == b]  # no NaN (test is evaluated every few epochs)
+            fig.add_trace(go.Scatter(x=[a for a, _ in keep], y=[b for _, b in keep], name=split,
+                                     mode="lines+markers", line_color=color, showlegend=col == 1), 1, col)
+        fig.update_xaxes(title_text="epoch", row=1, col=col)
+    fig.update_layout(height=300, margin={"l": 50, "r": 20, "t": 40, "b": 45})
     return fig
 
 
@@ -210,6 +321,7 @@ def to_data_uri(img: Image.Image, fmt: str = "JPEG", quality: int = 88) -> str:
 
 
 __all__ = [
-    "caption", "colormap", "contributions_figure", "draw_box", "evidence_image", "faithfulness_figure",
-    "overlay", "patch_image", "stack", "strip", "to_data_uri", "versus_figure",
+    "caption", "classes_figure", "colormap", "contributions_figure", "draw_box", "evidence_image",
+    "faithfulness_figure", "history_figure", "overlay", "patch_image", "stack", "strip", "to_data_uri",
+    "value_histogram", "versus_figure", "waterfall_figure",
 ]

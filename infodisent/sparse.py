@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from .head import InfoDisentHead
+from .monitor import Monitor
 from .results import KSelection
 from .training import FeatureSource, FitConfig, evaluate, fit
 
@@ -168,6 +169,7 @@ def sparsify(
     first_epoch: int = 0,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    monitor: Monitor | None = None,
 ) -> tuple[InfoDisentHead, pd.DataFrame, KSelection | None]:
     """SIDE's second stage: prune ``head`` in rounds, fine-tuning after each; returns the pruned head,
     the history of its epochs (numbered on from ``first_epoch``) and, when K is chosen, the choice.
@@ -191,7 +193,9 @@ def sparsify(
         nonlocal epoch
         ft = replace(fit_config, epochs=epochs, lr=options.finetune_lr or fit_config.lr,
                      train_rotation=options.finetune_rotation, warmup_epochs=0)
-        more = fit(h, train, test, ft, None, False, progress, device)
+        if monitor is not None:
+            monitor.phase = f"prune K={k}"
+        more = fit(h, train, test, ft, None, False, progress, device, monitor)
         more["epoch"] += epoch
         more["channels_per_class"] = k
         epoch += epochs

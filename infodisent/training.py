@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from .features import FeatureCache
 from .head import HeadConfig, InfoDisentHead, check_choices
 from .io import atomic_path, atomic_write_text
 from .results import Accuracy
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
 
 Loss = Literal["softmax", "sigmoid"]
 
@@ -331,8 +334,12 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    monitor: "Monitor | None" = None,
 ) -> pd.DataFrame:
     """Train ``head`` for ``config.epochs``; returns the history (one row per epoch).
+
+    ``monitor`` (:class:`~infodisent.monitor.Monitor`) hears of every epoch; a stop it requests
+    ends the loop after that epoch's checkpoint, with :class:`~infodisent.monitor.TrainingStopped`.
 
     With ``paths``, a checkpoint and the history are written atomically after
     each epoch; ``resume=True`` continues from the last finished epoch there, and
@@ -366,6 +373,13 @@ def fit(
         rows.append(row)
         if paths is not None:
             save_checkpoint(paths, head, pd.DataFrame(rows), epoch=epoch + 1, step=step, optimizer=optimizer)
+        if monitor is not None:
+            monitor.epoch(row)
+            monitor.progress(monitor.phase, epoch + 1, config.epochs)
+            if monitor.stop_requested and not last:
+                bar.close()
+                monitor.check_stop(f"after epoch {epoch + 1} of {config.epochs}"
+                                   + ("; the checkpoint resumes it" if paths is not None else ""))
     bar.close()
     return pd.DataFrame(rows)
 

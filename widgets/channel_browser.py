@@ -1,0 +1,344 @@
+"""ChannelBrowser: one channel at a time, as a prototype: its patches, its classes, its values, its parts.
+
+Example:
+    >>> from infodisent.widgets import ChannelBrowser
+    >>> ChannelBrowser(infodisent.open_run("runs/demo"))            # in a notebook cell
+    >>> ChannelBrowser(run).static(channel=5)                        # pictures and figures, no widget manager
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ipywidgets as W
+import numpy as np
+import pandas as pd
+
+from infodisent.explain import channel_overview, explain_channel, explain_class
+from infodisent.part_metrics import channel_purity, has_parts, prototype_parts
+from infodisent.plots import classes_figure, patch_image, strip, value_histogram
+from infodisent.prototypes import PrototypeIndex, StaleIndexError
+from infodisent.run import Run
+
+from .common import CSS, Messages, StaticView, encode, esc, figure_widget, guarded, image, refresh
+
+if TYPE_CHECKING:
+    from .decision_explorer import DecisionExplorer
+
+PATCH = 112  # px of a prototype patch
+LIST_SIZE = 30  # channels a picking list offers
+
+
+class ChannelBrowser(W.VBox):
+    """Browse a run's channels through its prototype index (see the module docstring).
+
+    Args:
+        run: an open :class:`~infodisent.run.Run` (or its directory).
+        channel: the first channel shown (default: the heaviest channel of class 0).
+        split: whose prototype index to read (``train``: the patches the model learnt from).
+        n: prototypes shown per side.
+    """
+
+    def __init__(self, run: Run | str, channel: int | None = None, *, split: str = "train", n: int = 6):
+        super().__init__()
+        self.run = run if isinstance(run, Run) else Run.open(run)
+        self.split, self.n = split, n
+        self.model = self.run.model
+        self.num_channels = self.model.head.config.num_features
+        self.messages = Messages()
+        self.last_traceback: str | None = None
+        self.index: PrototypeIndex | None = None
+        self.explorer: DecisionExplorer | None = None
+        self.shown_images: dict[str, list[int]] = {"pos": [], "neg": []}
+        self._purity: pd.Series | None = None
+        self._parts_cache: dict = {}  # parts of the images seen so far (prototype_parts' cache)
+        d_max = self.num_channels - 1
+
+        # choose a channel
+        self.channel = W.BoundedIntText(value=0, min=0, max=d_max, description="channel",
+                                        layout=W.Layout(width="170px"))
+        self.slider = W.IntSlider(value=0, min=0, max=d_max, continuous_update=False, readout=False,
+                                  layout=W.Layout(width="300px"))
+        W.link((self.channel, "value"), (self.slider, "value"))
+        self.prev = W.Button(description="◀ previous", layout=W.Layout(width="100px"))
+        self.next = W.Button(description="next ▶", layout=W.Layout(width="100px"))
+        compact = self.model.channels_per_class is not None
+        self.used_only = W.Checkbox(value=compact, description="step through used channels only", indent=False,
+                                    layout=W.Layout(width="230px"))
+        self.prev.on_click(lambda _: self.step(-1))
+        self.next.on_click(lambda _: self.step(+1))
+
+        # or pick one from a list
+        self.pick_by = W.ToggleButtons(options=[("a class relies on", "class"), ("fire on an image", "image"),
+                                                ("ranked by", "ranking")], value="class",
+                                       style={"button_width": "130px"})
+        self.pick_class = W.Dropdown(options=[(f"{i}: {n}", i) for i, n in enumerate(self.run.class_names)],
+                                     value=0, layout=W.Layout(width="260px"))
+        self.pick_image = W.BoundedIntText(value=0, min=0, max=0, description=f"{split} image",
+                                           layout=W.Layout(width="200px"))
+        metrics = [("weight (sum over classes)", "total_weight"), ("classes that use it", "classes"),
+                   ("class purity of its patches", "class_purity"), ("fires on (share of images)", "fires")]
+        self._dataset = None
+        try:
+            if has_parts(self.run.dataset(split)):
+                metrics.insert(2, ("part purity", "purity"))
+        except Exception:  # noqa: BLE001 - no dataset on this machine: no part metrics
+            pass
+        self.pick_metric = W.Dropdown(options=metrics, value="total_weight", layout=W.Layout(width="260px"))
+        self.choices = W.Select(options=[], rows=9, layout=W.Layout(width="330px"))
+        self.pick_box = W.HBox()
+
+        # what is shown
+        self.header = W.HTML()
+        self.mode = W.ToggleButtons(options=[("crops", "crop"), ("heatmaps", "heatmap"), ("whole image", "box")],
+                                    value="crop", style={"button_width": "100px"})
+        self.cards = {side: [self._card(side, r) for r in range(n)] for side in ("pos", "neg")}
+        self.side_titles = {side: W.HTML() for side in ("pos", "neg")}
+        self.classes_fig = figure_widget(280)
+        self.hist_fig = figure_widget(260)
+        self.parts = W.HTML()
+        self.mine_button = W.Button(description="mine the prototype index", button_style="warning",
+                                    layout=W.Layout(display="none", width="240px"))
+        self.mine_button.on_click(lambda _: self.mine())
+        self.explorer_box = W.VBox()
+
+        pick_panel = W.VBox([W.HTML("<div class='idw-note'>or pick a channel from the channels that…</div>"),
+                             self.pick_by, self.pick_box, self.choices], layout=W.Layout(width="360px"))
+        patches = W.VBox([self.mode,
+                          self.side_titles["pos"], W.HBox([c for c, *_ in self.cards["pos"]]),
+                          self.side_titles["neg"], W.HBox([c for c, *_ in self.cards["neg"]])])
+        self.children = [
+            W.HTML(CSS + f"<div class='idw-title'>Channel browser: {esc(self.run.path.name)} "
+                   f"({self.num_channels} channels, {len(self.run.class_names)} classes)</div>"),
+            W.HBox([self.channel, self.slider, self.prev, self.next, self.used_only]),
+            self.messages, self.mine_button,
+            W.HBox([W.VBox([self.header, patches], layout=W.Layout(width="820px")), pick_panel]),
+            W.HBox([W.VBox([self.classes_fig], layout=W.Layout(width="450px")),
+                    W.VBox([self.hist_fig], layout=W.Layout(width="450px")),
+                    W.VBox([self.parts], layout=W.Layout(width="300px"))]),
+            self.explorer_box,
+        ]
+        self.channel.observe(lambda ch: self.show(ch["new"]), names="value")
+        for control in (self.pick_by, self.pick_class, self.pick_image, self.pick_metric):
+            control.observe(lambda _: self.update_choices(), names="value")
+        self.used_only.observe(lambda _: self.update_choices(), names="value")
+        self.choices.observe(self._chosen, names="value")
+        self.mode.observe(lambda _: self.show(self.channel.value), names="value")
+        if self._load_index():
+            first = channel if channel is not None else self._first_channel()
+            self.update_choices()
+            if first == self.channel.value:
+                self.show(first)
+            else:
+                self.channel.value = first  # shows it
+
+    # ------------------------------------------------------------------ the index
+
+    @guarded
+    def _load_index(self) -> bool:
+        try:
+            self.index = self.run.index(self.split)
+        except (FileNotFoundError, StaleIndexError) as e:
+            self.index = None
+            stale = isinstance(e, StaleIndexError)
+            self.messages.error(f"{'stale prototype index' if stale else 'no prototype index'} for the "
+                                f"{self.split} split: {e} (or press the button: one pass over the split's features)")
+            self.mine_button.layout.display = None
+            return False
+        self.pick_image.max = self.index.meta.num_images - 1
+        self.mine_button.layout.display = "none"
+        return True
+
+    @guarded
+    def mine(self) -> None:
+        """Mine the split's prototype index (what the "mine" button does), then show the channel."""
+        from infodisent.pipeline import mine_run
+
+        self.messages.info(f"mining the {self.split} split's prototype index…")
+        mine_run(self.run, self.split, progress=False)
+        if self._load_index():
+            self.messages.info(f"mined the {self.split} index: {self.index}")
+            self.update_choices()
+            self.show(self.channel.value)
+
+    def _first_channel(self) -> int:
+        w = self.model.W[0].detach().cpu().numpy()
+        return int(w.argmax())
+
+    @property
+    def used_channels(self) -> np.ndarray:
+        """Channels some class weighs (above 1e-3)."""
+        return np.flatnonzero(self.model.W.detach().cpu().numpy().max(0) > 1e-3)
+
+    # ------------------------------------------------------------------ picking
+
+    def step(self, delta: int) -> None:
+        """The previous or next channel (of the used ones when "used only" is ticked)."""
+        d = self.channel.value
+        if self.used_only.value and len(self.used_channels):
+            used = self.used_channels
+            j = np.searchsorted(used, d, side="right" if delta > 0 else "left")
+            j = j if delta > 0 else j - 1
+            self.channel.value = int(used[j % len(used)])
+        else:
+            self.channel.value = (d + delta) % self.num_channels
+
+    @guarded
+    def update_choices(self) -> None:
+        """Fill the picking list from the chosen source (a class, an image, a ranking)."""
+        by = self.pick_by.value
+        self.pick_box.children = [{"class": self.pick_class, "image": self.pick_image,
+                                   "ranking": self.pick_metric}[by]]
+        if self.index is None:
+            return
+        if by == "class":
+            ce = explain_class(self.model, self.pick_class.value, self.index)
+            rows = ce.channels.head(LIST_SIZE)
+            options = [(f"ch {d}: W {w:.3f} ({100 * s:.0f}% of the class's weight)", int(d))
+                       for d, w, s in zip(rows["channel"], rows["weight"], rows["share"])]
+        elif by == "image":
+            i = self.pick_image.value
+            if not self.index.valid[i]:
+                raise ValueError(f"{self.split} image {i} could not be read when the index was mined")
+            v = np.asarray(self.index.v[i], np.float64)
+            order = np.argsort(-np.abs(v), kind="stable")
+            if self.used_only.value:
+                order = order[np.isin(order, self.used_channels)]
+            options = [(f"ch {d}: v {v[d]:+.3f}", int(d)) for d in order[:LIST_SIZE]]
+        else:
+            metric = self.pick_metric.value
+            overview = channel_overview(self.model, self.index)
+            if self.used_only.value or metric == "purity":
+                overview = overview[overview["channel"].isin(self.used_channels)]
+            if metric == "purity":
+                if self._purity is None:
+                    self._purity = channel_purity(self.index, self.run.dataset(self.split), self.model.transform,
+                                                  self.used_channels)
+                overview = overview.assign(purity=self._purity.reindex(overview["channel"]).to_numpy())
+            top = overview.sort_values(metric, ascending=False, kind="stable").head(LIST_SIZE)
+            options = [(f"ch {d}: {metric} {x:.3f}", int(d)) for d, x in zip(top["channel"], top[metric])]
+        self.choices.unobserve(self._chosen, names="value")
+        self.choices.options = options
+        self.choices.value = None
+        self.choices.observe(self._chosen, names="value")
+
+    def _chosen(self, change) -> None:
+        if change["new"] is not None:
+            self.channel.value = int(change["new"])
+
+    # ------------------------------------------------------------------ one channel
+
+    def _card(self, side: str, rank: int):
+        img = image(PATCH)
+        label = W.HTML(layout=W.Layout(width=f"{PATCH + 14}px"))
+        button = W.Button(description="explain image", layout=W.Layout(width=f"{PATCH}px"),
+                          tooltip="open this training image in the decision explorer")
+        button.on_click(lambda _: self.explain_patch(side, rank))
+        return W.VBox([img, label, button], layout=W.Layout(margin="0 6px 4px 0")), img, label, button
+
+    @guarded
+    def show(self, channel: int) -> None:
+        """Show ``channel``: header, patches of both sides, classes, value histogram, parts."""
+        if self.index is None:
+            return
+        d = int(channel)
+        if not 0 <= d < self.num_channels:
+            raise ValueError(f"channel {d} is outside 0..{self.num_channels - 1}")
+        self.messages.clear()
+        ce = explain_channel(self.model, d, self.index)
+        renderer = self.run.renderer(self.split)
+        marks = {}
+        for side, word in (("pos", "positive"), ("neg", "negative")):
+            patches = renderer.prototypes(d, side, self.n)
+            self.shown_images[side] = [p.image for p in patches]
+            for j, (_, img, label, button) in enumerate(self.cards[side]):
+                if j < len(patches):
+                    p = patches[j]
+                    img.value = encode(patch_image(p, self.mode.value, PATCH))
+                    name = self.run.class_names[p.label] if p.label is not None else "?"
+                    label.value = (f"<div class='idw-note'>#{p.image} {esc(name)}<br>"
+                                   f"response {p.value:.2f}</div>")
+                    button.layout.visibility = "visible"
+                    img.layout.visibility = "visible"
+                else:
+                    img.layout.visibility = button.layout.visibility = "hidden"
+                    label.value = ""
+            cls = "idw-pos" if side == "pos" else "idw-neg"
+            self.side_titles[side].value = (
+                f"<span class='{cls}'>top {word} responses</span> <span class='idw-note'>({len(patches)} of the "
+                f"index's {self.index.k}; the {self.split} images where the channel's {word} side peaks "
+                f"highest)</span>" if patches else
+                f"<span class='{cls}'>no {word} responses</span> <span class='idw-note'>(never fires on that "
+                f"side)</span>")
+            marks[f"{word} prototypes"] = np.asarray(self.index.v[self.shown_images[side], d]) \
+                if patches else np.zeros(0)
+        refresh(self.classes_fig, classes_figure(ce.classes, d))
+        values = np.asarray(self.index.v[:, d])[self.index.valid]
+        refresh(self.hist_fig, value_histogram(values, d, marks))
+        self.header.value = self._header(d, ce.classes, values)
+        self.parts.value = self._parts(d)
+
+    def _header(self, d: int, classes: pd.DataFrame, values: np.ndarray) -> str:
+        if len(classes):
+            top = ", ".join(f"{esc(n)} (W {w:.3f})" for n, w in zip(classes["name"][:3], classes["weight"][:3]))
+            used = f"used by {len(classes)} class{'es' if len(classes) > 1 else ''}: {top}" + \
+                   (", …" if len(classes) > 3 else "")
+        else:
+            used = "no class uses it (all its weights are 0)"
+        fires = float((values > 0).mean()) if len(values) else float("nan")
+        return (f"<div class='idw-title'>channel {d}</div><div class='idw-note'>{used}. Its pooled value is > 0 "
+                f"on {100 * fires:.0f}% of the {len(values)} {self.split} images.</div>")
+
+    def _parts(self, d: int) -> str:
+        ds = self.run.dataset(self.split)
+        if not has_parts(ds):
+            return ""
+        pp = prototype_parts(self.index, ds, self.model.transform, d, "pos", cache=self._parts_cache).head(self.n)
+        if pp.empty:
+            return "<div class='idw-note'>no positive patches: no parts to show</div>"
+        counts = pd.Series([p for parts in pp["parts"] for p in parts] or [None], dtype=object).value_counts()
+        rows = "".join(f"<tr><td>{esc(k)}</td><td>{v} of {len(pp)}</td></tr>" for k, v in counts.items())
+        bare = int((pp["parts"].map(len) == 0).sum())
+        return (f"<div class='idw-title'>parts in its top positive patches</div><table class='idw-table'>{rows}"
+                f"</table><div class='idw-note'>{bare} of {len(pp)} show no annotated part</div>")
+
+    # ------------------------------------------------------------------ to the decision explorer
+
+    @guarded
+    def explain_patch(self, side: str, rank: int) -> None:
+        """Open the image of a shown patch in the decision explorer (below the browser)."""
+        from .decision_explorer import DecisionExplorer
+
+        images = self.shown_images[side]
+        if rank >= len(images):
+            raise ValueError(f"no {side} patch of rank {rank} is shown")
+        i = int(images[rank])
+        if self.explorer is None:
+            self.explorer = DecisionExplorer(self.run, i, split=self.split)
+            self.explorer_box.children = [W.HTML(f"<div class='idw-title'>decision on {self.split} image {i}</div>"),
+                                          self.explorer]
+        else:
+            self.explorer.load(i, split=self.split)
+        self.explorer.select_channel(self.channel.value)
+
+    # ------------------------------------------------------------------ without a widget manager
+
+    def static(self, channel: int | None = None) -> StaticView:
+        """The browser's view of ``channel`` as pictures and plotly figures (no widgets)."""
+        d = self.channel.value if channel is None else int(channel)
+        if self.index is None:
+            self.index = self.run.index(self.split)  # raises the clear error
+        ce = explain_channel(self.model, d, self.index)
+        r = self.run.renderer(self.split)
+        images, marks = {}, {}
+        for side, word in (("pos", "positive"), ("neg", "negative")):
+            patches = r.prototypes(d, side, self.n)
+            if patches:
+                images[f"top {word} responses"] = strip([patch_image(p, "crop", PATCH) for p in patches])
+                marks[f"{word} prototypes"] = np.asarray(self.index.v[[p.image for p in patches], d])
+        values = np.asarray(self.index.v[:, d])[self.index.valid]
+        return StaticView(f"channel {d} of {self.run.path.name}", images,
+                          {"classes": classes_figure(ce.classes, d), "values": value_histogram(values, d, marks)})
+
+
+__all__ = ["ChannelBrowser"]

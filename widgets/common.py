@@ -1,0 +1,159 @@
+"""What the three widgets share: image encoding, a message line, guarded callbacks, figure refresh, static views.
+
+Nothing here computes or draws an explanation: numbers come from
+:mod:`infodisent.explain` (and friends), pictures from :mod:`infodisent.plots`.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import io
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ipywidgets as W
+import plotly.graph_objects as go
+from plotly.graph_objs import FigureWidget  # noqa: F401 - imported here, once, not when a widget opens
+from PIL import Image
+
+from infodisent.plots import NEGATIVE, POSITIVE
+
+# one style for every widget: readable at 1280x800, positive evidence green, negative red (as in plots/report)
+CSS = f"""
+<style>
+.idw-title {{ font-size: 15px; font-weight: 600; margin: 2px 0 4px 0; }}
+.idw-note {{ font-size: 12px; color: #455a64; line-height: 1.35; }}
+.idw-pos {{ color: {POSITIVE}; font-weight: 600; }}
+.idw-neg {{ color: {NEGATIVE}; font-weight: 600; }}
+.idw-msg-error {{ background: #ffebee; border-left: 4px solid {NEGATIVE}; padding: 4px 8px; font-size: 13px; }}
+.idw-msg-info {{ background: #e3f2fd; border-left: 4px solid #1565c0; padding: 4px 8px; font-size: 13px; }}
+.idw-table {{ border-collapse: collapse; font-size: 12px; }}
+.idw-table td, .idw-table th {{ padding: 1px 6px; text-align: right; border-bottom: 1px solid #eceff1; }}
+.idw-table th {{ color: #455a64; font-weight: 600; }}
+.idw-table td:first-child, .idw-table th:first-child {{ text-align: left; }}
+</style>
+"""
+
+
+def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
+    """A PIL image as bytes for an ``ipywidgets.Image`` (JPEG for photos: fast and small)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format=fmt, quality=90) if fmt == "JPEG" else img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def image(width: int, height: int | None = None) -> W.Image:
+    """An empty image widget of a fixed size (so nothing jumps while pictures load)."""
+    return W.Image(format="jpeg", layout=W.Layout(width=f"{width}px", height=f"{height or width}px",
+                                                   object_fit="contain"))
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def table_html(rows: list[list[Any]], header: list[str]) -> str:
+    """A small HTML table (values escaped)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='idw-table'><tr>{head}</tr>{body}</table>"
+
+
+def signed(x: float, digits: int = 3) -> str:
+    """A contribution, coloured by its sign."""
+    cls = "idw-pos" if x > 0 else "idw-neg" if x < 0 else ""
+    return f"<span class='{cls}'>{x:+.{digits}f}</span>"
+
+
+class Messages(W.HTML):
+    """One line under a widget for errors and notes; a new message replaces the old one."""
+
+    def __init__(self) -> None:
+        super().__init__(value="")
+        self.last: str = ""
+
+    def error(self, text: str) -> None:
+        self.last = text
+        self.value = f"<div class='idw-msg-error'>{esc(text)}</div>"
+
+    def info(self, text: str) -> None:
+        self.last = text
+        self.value = f"<div class='idw-msg-info'>{esc(text)}</div>"
+
+    def clear(self) -> None:
+        self.last, self.value = "", ""
+
+
+def guarded(method: Callable) -> Callable:
+    """Run a widget callback; an exception becomes a message in the widget (``self.messages``), which
+    stays usable, instead of a traceback in the log where nobody sees it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - shown to the user, the widget goes on
+            self.messages.error(f"{type(e).__name__}: {e}")
+            self.last_traceback = traceback.format_exc()
+            return None
+
+    return wrapper
+
+
+def refresh(fw: go.FigureWidget, fig: go.Figure) -> None:
+    """Show ``fig`` in the figure widget ``fw`` (one batched message; traces updated in place when they fit)."""
+    with fw.batch_update():
+        same = len(fw.data) == len(fig.data) and all(a.type == b.type for a, b in zip(fw.data, fig.data))
+        if same:
+            for a, b in zip(fw.data, fig.data):
+                props = b.to_plotly_json()
+                props.pop("type", None)
+                a.update(props, overwrite=True)
+        layout = fig.layout.to_plotly_json()
+        layout.pop("template", None)  # the default template: validating it again costs more than the rest
+        fw.layout.update(layout, overwrite=True)
+    if not same:
+        fw.data = ()
+        fw.add_traces(list(fig.data))
+
+
+def figure_widget(height: int = 300) -> go.FigureWidget:
+    fw = go.FigureWidget(layout={"height": height, "margin": {"l": 40, "r": 10, "t": 30, "b": 30}})
+    return fw
+
+
+@dataclass
+class StaticView:
+    """A widget's state as plain pictures (PIL images) and plotly figures, for places without a widget
+    manager (a static HTML export, GitHub, nbviewer): ``display(view)`` shows them one after another."""
+
+    title: str
+    images: dict[str, Image.Image] = field(default_factory=dict)
+    figures: dict[str, go.Figure] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display
+
+        display(HTML(f"<h4>{esc(self.title)}</h4>" + "".join(f"<p>{esc(n)}</p>" for n in self.notes)))
+        for name, img in self.images.items():
+            display(HTML(f"<b>{esc(name)}</b>"))
+            display(img)
+        for fig in self.figures.values():
+            display(fig)
+
+    def to_html(self) -> str:
+        """One self-contained HTML page (plotly.js loaded once, images inline)."""
+        from infodisent.plots import to_data_uri
+
+        parts = [f"<h3>{esc(self.title)}</h3>", *(f"<p>{esc(n)}</p>" for n in self.notes)]
+        parts += [f"<h4>{esc(k)}</h4><img src='{to_data_uri(v)}'>" for k, v in self.images.items()]
+        for j, fig in enumerate(self.figures.values()):
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=(j == 0)))
+        return "<html><body>" + "".join(parts) + "</body></html>"
+
+
+__all__ = ["CSS", "Messages", "StaticView", "encode", "esc", "figure_widget", "guarded", "image", "refresh",
+           "signed", "table_html"]

@@ -1,0 +1,356 @@
+"""DecisionExplorer: one decision, taken apart channel by channel, with a post-hoc reference beside it.
+
+Example:
+    >>> from infodisent.widgets import DecisionExplorer
+    >>> DecisionExplorer(infodisent.open_run("runs/demo"), 18)       # test image 18
+    >>> DecisionExplorer(run, 18).static(target=3, other=1)           # pictures and figures, no widget manager
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import ipywidgets as W
+import numpy as np
+from ipyevents import Event
+from PIL import Image
+
+from infodisent.explain import Explanation
+from infodisent.geometry import cell_at, cell_box
+from infodisent.plots import draw_box, overlay, patch_image, strip, versus_figure, waterfall_figure
+from infodisent.posthoc import PosthocCAM, backbone_maps
+from infodisent.prototypes import StaleIndexError
+from infodisent.render import Renderer
+from infodisent.run import Run
+
+from .common import CSS, Messages, StaticView, encode, esc, figure_widget, guarded, refresh, signed, table_html
+from .common import image as image_widget
+
+SIZE = 336  # px of the main image
+SMALL = 168  # px of the comparison images
+PROTO = 96  # px of a prototype patch
+CLICK = (33, 150, 243)  # the clicked cell's outline
+
+
+class DecisionExplorer(W.VBox):
+    """Take one decision of a run's model apart (see the module docstring).
+
+    Args:
+        run: an open :class:`~infodisent.run.Run` (or its directory).
+        image: a dataset index of ``split``, or an image (PIL image or path).
+        split: the split dataset indices refer to.
+        index_split: whose prototype index gives the channels' prototypes (``train``).
+        n: channels shown on each side of the waterfall.
+    """
+
+    def __init__(self, run: Run | str, image: Any = 0, *, split: str = "test", index_split: str = "train",
+                 n: int = 8):
+        super().__init__()
+        self.run = run if isinstance(run, Run) else Run.open(run)
+        self.model = self.run.model
+        self.split, self.index_split, self.n = split, index_split, n
+        self.messages = Messages()
+        self.last_traceback: str | None = None
+        self.expl: Explanation | None = None  # the decision, explained for the chosen class
+        self._features = None  # the image's backbone maps (for the CAMs)
+        self._cams = PosthocCAM(self.model)
+        self._renderer = Renderer(self.model)  # evidence pictures only: no dataset, no index
+        self._cam_maps: dict[str, np.ndarray] = {}
+        self.selected: int | None = None
+        self.point_table = None
+        self.clicked: tuple[float, float] | None = None  # view coordinates of the last click
+        names = [(f"{i}: {n}", i) for i, n in enumerate(self.run.class_names)]
+
+        # where the image comes from
+        self.image_index = W.BoundedIntText(value=0, min=0, max=0, description=f"{split} image",
+                                            layout=W.Layout(width="190px"))
+        self.of_class = W.Dropdown(options=[("any class", -1)] + names, value=-1, description="of class",
+                                   layout=W.Layout(width="260px"))
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="your image",
+                                   layout=W.Layout(width="150px"))
+        self.source = W.HTML()
+
+        # the image, and what is drawn on it
+        self.picture = image_widget(SIZE)
+        self.clicks = Event(source=self.picture, watched_events=["click"])
+        self.clicks.on_dom_event(self._on_click)
+        self.opacity = W.FloatSlider(value=0.6, min=0.0, max=1.0, step=0.05, description="heatmap",
+                                     continuous_update=False, layout=W.Layout(width=f"{SIZE}px"))
+        self.prediction = W.HTML(layout=W.Layout(width=f"{SIZE}px"))
+
+        # the decision
+        self.target = W.Dropdown(options=names, description="explain", layout=W.Layout(width="330px"))
+        self.channel = W.Dropdown(options=[], description="channel", layout=W.Layout(width="330px"))
+        self.waterfall = figure_widget(420)
+        self.evidence = W.HTML()
+        self.prototypes = image_widget(4 * PROTO + 12, PROTO)
+        self.other = W.Dropdown(options=names, description="why not", layout=W.Layout(width="330px"))
+        self.versus = figure_widget(380)
+        self.point = W.HTML("<div class='idw-note'>click on the image: which channels' winning responses lie "
+                            "there?</div>")
+        self.cam_images = {name: image_widget(SMALL) for name in ("InfoDisent", *self._cams.methods)}
+        self.cam_labels = {name: W.HTML(layout=W.Layout(width=f"{SMALL + 8}px")) for name in self.cam_images}
+
+        left = W.VBox([self.picture, self.opacity, self.prediction, self.point], layout=W.Layout(width=f"{SIZE + 20}px"))
+        cams = W.HBox([W.VBox([self.cam_labels[k], self.cam_images[k]]) for k in self.cam_images])
+        right = W.VBox([
+            W.HBox([self.target, self.channel]), self.waterfall,
+            W.HTML("<div class='idw-title'>the selected channel</div>"), self.evidence, self.prototypes,
+            W.HTML("<div class='idw-title'>beside it, post-hoc maps of the same decision (torchcam, at the "
+                   "backbone's last map)</div>"), cams,
+        ], layout=W.Layout(width="860px"))
+        self.children = [
+            W.HTML(CSS + f"<div class='idw-title'>Decision explorer: {esc(self.run.path.name)}</div>"),
+            W.HBox([self.image_index, self.of_class, self.upload, self.source]),
+            self.messages,
+            W.HBox([left, right]),
+            W.HBox([self.other], layout=W.Layout(margin="8px 0 0 0")), self.versus,
+        ]
+        try:
+            n_images = len(self.run.dataset(split))
+            self.image_index.max = n_images - 1
+        except Exception as e:  # noqa: BLE001 - the dataset is not on this machine: uploads still work
+            self.image_index.disabled = self.of_class.disabled = True
+            self.messages.error(f"the run's {split} images cannot be read here ({e}); upload an image instead")
+        self.image_index.observe(lambda ch: self.load(ch["new"]), names="value")
+        self.of_class.observe(self._pick_class, names="value")
+        self.upload.observe(self._uploaded, names="value")
+        self.target.observe(lambda ch: self.explain_class(ch["new"]), names="value")
+        self.channel.observe(lambda ch: ch["new"] is not None and self.select_channel(ch["new"]), names="value")
+        self.opacity.observe(lambda _: self._draw(), names="value")
+        self.other.observe(lambda ch: self.compare(ch["new"]), names="value")
+        if isinstance(image, (int, np.integer)):
+            if image == self.image_index.value:
+                self.load(int(image))
+            else:
+                self.image_index.value = int(image)  # loads it
+        else:
+            self.load(image)
+
+    # ------------------------------------------------------------------ the image
+
+    @guarded
+    def load(self, image: Any, split: str | None = None) -> None:
+        """Explain a new image: a dataset index of ``split`` (default: the explorer's), a PIL image or a path."""
+        if split is not None and split != self.split:
+            self.split = split
+            self.image_index.description = f"{split} image"
+            self.image_index.max = len(self.run.dataset(split)) - 1
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            expl = self.run.explain(int(image), split=self.split)
+            label = expl.label
+            self.source.value = (f"<div class='idw-note'>{self.split} image {int(image)}, true class "
+                                 f"{esc(self.run.class_names[label]) if label is not None else '?'}</div>")
+            if self.image_index.value != int(image):
+                with self.image_index.hold_trait_notifications():
+                    self._silent(self.image_index, int(image))
+        else:
+            expl = self.run.explain(image)
+            self.source.value = f"<div class='idw-note'>{esc(expl.sources[0] or 'your image')}</div>"
+        self.messages.clear()
+        self.clicked = None
+        self._features = backbone_maps(self.model, expl)
+        self.expl = expl
+        self._silent(self.target, expl.predicted)
+        self._silent(self.other, int(np.argsort(-expl.logits[0])[1]) if expl.logits.shape[1] > 1 else expl.predicted)
+        self.prediction.value = self._prediction()
+        self.explain_class(expl.predicted)
+        self.compare(self.other.value)
+
+    def _silent(self, control: W.ValueWidget, value: Any) -> None:
+        """Set a control without running its callback."""
+        handlers = control._trait_notifiers.get("value", {}).get("change", [])
+        saved = list(handlers)
+        handlers.clear()
+        try:
+            control.value = value
+        finally:
+            handlers.extend(saved)
+
+    def _pick_class(self, change) -> None:
+        c = change["new"]
+        if c is None or c < 0:
+            return
+        labels = np.asarray(self.run.dataset(self.split).labels)
+        found = np.flatnonzero(labels == c)
+        if len(found) == 0:
+            self.messages.error(f"the {self.split} split has no image of class {self.run.class_names[c]}")
+            return
+        after = found[found > self.image_index.value]
+        self.image_index.value = int(after[0] if len(after) else found[0])  # the next one of that class
+
+    @guarded
+    def _uploaded(self, change) -> None:
+        files = change["new"]
+        if not files:
+            return
+        f = files[0]
+        try:
+            img = Image.open(io.BytesIO(bytes(f["content"])))
+            img.load()
+        except Exception as e:  # noqa: BLE001 - whatever PIL raises for a file that is not an image
+            raise ValueError(f"{f.get('name', 'the file')} is not an image PIL can read ({type(e).__name__})") from None
+        self.load(img.convert("RGB"))
+        self.source.value = f"<div class='idw-note'>uploaded: {esc(f.get('name', ''))}</div>"
+
+    def _prediction(self) -> str:
+        e = self.expl
+        top = e.top5
+        rows = [[esc(n), f"{p:.3f}", f"{l:.2f}"] for n, p, l in zip(top["name"], top["probability"], top["logit"])]
+        truth = ""
+        if e.label is not None:
+            ok = e.label == e.predicted
+            truth = (f" <span class='{'idw-pos' if ok else 'idw-neg'}'>({'right' if ok else 'wrong'}: true class "
+                     f"{esc(e.class_names[e.label])})</span>")
+        return (f"<div class='idw-title'>predicted {esc(e.predicted_name)}{truth}</div>"
+                + table_html(rows, ["top-5 class", "probability", "logit"]))
+
+    # ------------------------------------------------------------------ the decision
+
+    @guarded
+    def explain_class(self, target: int) -> None:
+        """Take the decision apart for class ``target``: waterfall, channel list, CAMs."""
+        if self.expl is None:
+            return
+        self.expl = self.expl.with_target(int(target))
+        if self.target.value != int(target):
+            self._silent(self.target, int(target))
+        fig = waterfall_figure(self.expl, self.n)
+        refresh(self.waterfall, fig)
+        for trace in self.waterfall.data:
+            trace.on_click(self._waterfall_click, append=False)
+        channels = [int(c) for c in fig.data[0].customdata if c >= 0]
+        t = self.expl.table().set_index("channel")
+        self._silent(self.channel, None)
+        self.channel.options = [(f"ch {c}: {t.at[c, 'contribution']:+.3f}", c) for c in channels]
+        self._cam_maps = self._cams(self.expl, features=self._features)
+        self.select_channel(channels[0] if channels else None)
+        if self.clicked is not None:
+            self.ask(*self.clicked)
+
+    def _waterfall_click(self, trace, points, state) -> None:
+        for i in points.point_inds:
+            c = int(trace.customdata[i])
+            if c >= 0:
+                self.channel.value = c
+
+    @guarded
+    def select_channel(self, channel: int | None) -> None:
+        """Show one channel: its heatmap and box on the image, its numbers, its prototypes."""
+        if self.expl is None:
+            return
+        self.selected = None if channel is None else int(channel)
+        if channel is not None and self.channel.value != self.selected:
+            if self.selected not in [v for _, v in self.channel.options]:
+                self.channel.options = list(self.channel.options) + [(f"ch {self.selected}", self.selected)]
+            self._silent(self.channel, self.selected)
+        self._draw()
+        if channel is None:
+            self.evidence.value = "<div class='idw-note'>no channel contributes to this class</div>"
+            self.prototypes.layout.visibility = "hidden"
+            return
+        ev = self.expl.channel(self.selected)
+        side = "positive" if ev.side == "pos" else "negative"
+        self.evidence.value = (
+            f"<div class='idw-note'>channel {ev.channel}: contribution {signed(ev.contribution)} to "
+            f"{esc(self.expl.target_name)} = W {ev.weight:.3f} × v {ev.value:+.3f} (its {side} side won, in the "
+            f"box drawn on the image). Its top {side} prototypes from the {self.index_split} split:</div>")
+        try:
+            patches = self.run.renderer(self.index_split).prototypes(ev.channel, ev.side, 4)
+        except (FileNotFoundError, StaleIndexError) as e:
+            self.prototypes.layout.visibility = "hidden"
+            self.evidence.value += f"<div class='idw-msg-info'>{esc(e)}</div>"
+            return
+        self.prototypes.layout.visibility = "visible"
+        self.prototypes.value = encode(strip([patch_image(p, "crop", PROTO) for p in patches]) if patches
+                                       else Image.new("RGB", (PROTO, PROTO), (255, 255, 255)))
+
+    def _draw(self) -> None:
+        """The main image (selected channel's heatmap, its box, the clicked cell) and the CAM row."""
+        e, d = self.expl, self.selected
+        view = e.view
+        if d is not None:
+            ev = self.renderer_evidence(d)
+            pic = draw_box(overlay(view, ev.heatmap, alpha=self.opacity.value), ev.box)
+        else:
+            pic = view.convert("RGB")
+        if self.clicked is not None:
+            box = cell_box(cell_at(*self.clicked, e.grid, view.size), e.grid, view.size)
+            pic = draw_box(pic, box, color=CLICK, width=2)
+        self.picture.value = encode(pic.resize((SIZE, SIZE), Image.BICUBIC))
+        if d is not None:
+            self.cam_images["InfoDisent"].value = encode(pic.resize((SMALL, SMALL), Image.BICUBIC))
+            self.cam_labels["InfoDisent"].value = f"<div class='idw-note'>InfoDisent: channel {d}</div>"
+        for name, m in self._cam_maps.items():
+            self.cam_images[name].value = encode(overlay(view, m, alpha=self.opacity.value).resize((SMALL, SMALL)))
+            self.cam_labels[name].value = (f"<div class='idw-note'>{esc(name)} for "
+                                           f"{esc(e.target_name)}</div>")
+
+    def renderer_evidence(self, channel: int, expl: Explanation | None = None):
+        """A channel's evidence (heatmap, box) on the explained image; reads nothing from disk."""
+        return self._renderer.evidence(self.expl if expl is None else expl, channel)
+
+    # ------------------------------------------------------------------ why A, not B
+
+    @guarded
+    def compare(self, other: int) -> None:
+        """Why the explained class and not ``other``: the channels that separate them."""
+        if self.expl is None or other is None:
+            return
+        if int(other) == self.expl.target:
+            self.messages.info("pick a second class different from the explained one to compare them")
+            return
+        refresh(self.versus, versus_figure(self.expl, int(other), self.n))
+
+    # ------------------------------------------------------------------ point and ask
+
+    def _on_click(self, event: dict) -> None:
+        x, y = event.get("dataX"), event.get("dataY")
+        if x is None or y is None:
+            return
+        scale = self.expl.view.size[0] / SIZE if self.expl is not None else 1.0
+        self.ask(float(x) * scale, float(y) * scale)
+
+    @guarded
+    def ask(self, x: float, y: float) -> None:
+        """The channels whose winning response lies in the cell under view point ``(x, y)``."""
+        if self.expl is None:
+            return
+        here = self.expl.at(x, y)
+        self.clicked = (x, y)
+        self._draw()
+        counted = here[here["contribution"] != 0]
+        pos = int(here["position"].iloc[0]) if len(here) else cell_at(x, y, self.expl.grid, self.expl.view.size)
+        r, c = divmod(pos, self.expl.grid[1])
+        rows = [[f"ch {int(d)}", s, f"{v:+.3f}", signed(k)] for d, s, v, k in
+                zip(counted["channel"][:8], counted["side"][:8], counted["value"][:8], counted["contribution"][:8])]
+        total = float(counted["contribution"].sum())
+        self.point.value = (
+            f"<div class='idw-note'>cell (row {r}, column {c}): {len(here)} channels peak here; "
+            f"{len(counted)} count for {esc(self.expl.target_name)}, together {signed(total)} of its logit "
+            f"{self.expl.logit:.3f}</div>" + (table_html(rows, ["channel", "side", "v", "contribution"]) if rows else ""))
+        self.point_table = here
+
+    # ------------------------------------------------------------------ without a widget manager
+
+    def static(self, target: int | None = None, other: int | None = None, channel: int | None = None) -> StaticView:
+        """The explorer's view as pictures and plotly figures (no widgets)."""
+        e = self.expl if target is None else self.expl.with_target(int(target))
+        figures = {"waterfall": waterfall_figure(e, self.n)}
+        if other is not None:
+            figures["versus"] = versus_figure(e, int(other), self.n)
+        d = channel if channel is not None else (int(e.positive.channel[0]) if len(e.positive) else None)
+        images = {}
+        cams = self._cams(e, features=self._features)
+        row = [e.view]
+        if d is not None:
+            ev = self.renderer_evidence(d, e)
+            row = [draw_box(overlay(e.view, ev.heatmap), ev.box)]
+        row += [overlay(e.view, m) for m in cams.values()]
+        images[f"channel {d} | " + " | ".join(cams)] = strip(row)
+        return StaticView(f"{e.target_name}: logit {e.logit:.3f} (predicted {e.predicted_name})", images, figures,
+                          [e.coverage().sentence()])
+
+
+__all__ = ["DecisionExplorer"]
