@@ -58,20 +58,21 @@ class ChannelBrowser(W.VBox):
         self.channel = W.BoundedIntText(value=0, min=0, max=d_max, description="channel",
                                         layout=W.Layout(width="170px"))
         self.slider = W.IntSlider(value=0, min=0, max=d_max, continuous_update=False, readout=False,
-                                  layout=W.Layout(width="300px"))
+                                  layout=W.Layout(width="280px"))
         W.link((self.channel, "value"), (self.slider, "value"))
         self.prev = W.Button(description="◀ previous", layout=W.Layout(width="100px"))
         self.next = W.Button(description="next ▶", layout=W.Layout(width="100px"))
         compact = self.model.channels_per_class is not None
-        self.used_only = W.Checkbox(value=compact, description="step through used channels only", indent=False,
-                                    layout=W.Layout(width="230px"))
+        self.used_only = W.Checkbox(value=compact, description="used channels only", indent=False,
+                                    layout=W.Layout(width="170px"),
+                                    tooltip="step and list only channels that some class weighs")
         self.prev.on_click(lambda _: self.step(-1))
         self.next.on_click(lambda _: self.step(+1))
 
         # or pick one from a list
-        self.pick_by = W.ToggleButtons(options=[("a class relies on", "class"), ("fire on an image", "image"),
-                                                ("ranked by", "ranking")], value="class",
-                                       style={"button_width": "130px"})
+        self.pick_by = W.Dropdown(options=[("that a class uses", "class"), ("that fire on an image", "image"),
+                                           ("ranked by a metric", "ranking")], value="class",
+                                  layout=W.Layout(width="260px"))
         self.pick_class = W.Dropdown(options=[(f"{i}: {n}", i) for i, n in enumerate(self.run.class_names)],
                                      value=0, layout=W.Layout(width="260px"))
         self.pick_image = W.BoundedIntText(value=0, min=0, max=0, description=f"{split} image",
@@ -91,7 +92,7 @@ class ChannelBrowser(W.VBox):
         # what is shown
         self.header = W.HTML()
         self.mode = W.ToggleButtons(options=[("crops", "crop"), ("heatmaps", "heatmap"), ("whole image", "box")],
-                                    value="crop", style={"button_width": "100px"})
+                                    value="crop", style={"button_width": "110px"})
         self.cards = {side: [self._card(side, r) for r in range(n)] for side in ("pos", "neg")}
         self.side_titles = {side: W.HTML() for side in ("pos", "neg")}
         self.classes_fig = figure_widget(280)
@@ -102,7 +103,7 @@ class ChannelBrowser(W.VBox):
         self.mine_button.on_click(lambda _: self.mine())
         self.explorer_box = W.VBox()
 
-        pick_panel = W.VBox([W.HTML("<div class='idw-note'>or pick a channel from the channels that…</div>"),
+        pick_panel = W.VBox([W.HTML("<div class='idw-note'>or pick one of the channels…</div>"),
                              self.pick_by, self.pick_box, self.choices], layout=W.Layout(width="360px"))
         patches = W.VBox([self.mode,
                           self.side_titles["pos"], W.HBox([c for c, *_ in self.cards["pos"]]),

@@ -113,13 +113,15 @@ class DecisionExplorer(W.VBox):
         except Exception as e:  # noqa: BLE001 - the dataset is not on this machine: uploads still work
             self.image_index.disabled = self.of_class.disabled = True
             self.messages.error(f"the run's {split} images cannot be read here ({e}); upload an image instead")
-        self.image_index.observe(lambda ch: self.load(ch["new"]), names="value")
-        self.of_class.observe(self._pick_class, names="value")
-        self.upload.observe(self._uploaded, names="value")
-        self.target.observe(lambda ch: self.explain_class(ch["new"]), names="value")
-        self.channel.observe(lambda ch: ch["new"] is not None and self.select_channel(ch["new"]), names="value")
-        self.opacity.observe(lambda _: self._draw(), names="value")
-        self.other.observe(lambda ch: self.compare(ch["new"]), names="value")
+        self._quiet = False
+        on = self._when
+        self.image_index.observe(on(lambda ch: self.load(ch["new"])), names="value")
+        self.of_class.observe(on(self._pick_class), names="value")
+        self.upload.observe(on(self._uploaded), names="value")
+        self.target.observe(on(lambda ch: self.explain_class(ch["new"])), names="value")
+        self.channel.observe(on(lambda ch: ch["new"] is not None and self.select_channel(ch["new"])), names="value")
+        self.opacity.observe(on(lambda _: self._draw()), names="value")
+        self.other.observe(on(lambda ch: self.compare(ch["new"])), names="value")
         if isinstance(image, (int, np.integer)):
             if image == self.image_index.value:
                 self.load(int(image))
@@ -143,8 +145,7 @@ class DecisionExplorer(W.VBox):
             self.source.value = (f"<div class='idw-note'>{self.split} image {int(image)}, true class "
                                  f"{esc(self.run.class_names[label]) if label is not None else '?'}</div>")
             if self.image_index.value != int(image):
-                with self.image_index.hold_trait_notifications():
-                    self._silent(self.image_index, int(image))
+                self._silent(self.image_index, int(image))
         else:
             expl = self.run.explain(image)
             self.source.value = f"<div class='idw-note'>{esc(expl.sources[0] or 'your image')}</div>"
@@ -159,14 +160,16 @@ class DecisionExplorer(W.VBox):
         self.compare(self.other.value)
 
     def _silent(self, control: W.ValueWidget, value: Any) -> None:
-        """Set a control without running its callback."""
-        handlers = control._trait_notifiers.get("value", {}).get("change", [])
-        saved = list(handlers)
-        handlers.clear()
+        """Set a control without running this widget's callback (the front end still hears of it)."""
+        self._quiet = True
         try:
             control.value = value
         finally:
-            handlers.extend(saved)
+            self._quiet = False
+
+    def _when(self, fn):
+        """``fn`` as a control's callback, skipped while :meth:`_silent` sets a control."""
+        return lambda change: None if self._quiet else fn(change)
 
     def _pick_class(self, change) -> None:
         c = change["new"]
