@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +21,22 @@ demo: $(STAMP)
 	$(BIN)/infodisent evaluate runs/demo --explanations --quiet > runs/demo/evaluation.json
 	$(BIN)/infodisent report runs/demo
 
-test: $(STAMP)
+# the browser test drives Debian's chromium through Playwright (Playwright's own download cannot work offline)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing and cannot be installed here (apt-get as root): tests/test_browser.py will skip"; fi; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_mining.py
 	@if [ -f runs/demo/config.json ]; then $(BIN)/python benchmarks/bench_api.py runs/demo; \
-	else echo "bench_api.py needs the demo run: make demo first"; fi
+	$(BIN)/python benchmarks/bench_widgets.py runs/demo; \
+	else echo "bench_api.py and bench_widgets.py need the demo run: make demo first"; fi
 
 clean:
 	rm -rf $(VENV) runs

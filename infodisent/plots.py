@@ -176,7 +176,8 @@ def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
     d = rows["difference"].to_numpy()
     labels = [f"ch {c}" for c in top["channel"]] + [f"ch {c} " for c in bottom["channel"]]
     a, b = expl.target_name, expl.class_names[other]
-    text = [f"{x:+.2f} vs {y:+.2f}" for x, y in zip(rows["contribution_target"], rows["contribution_other"])]
+    text = [f"{x + 0.0:+.2f} vs {y + 0.0:+.2f}"  # + 0.0: no "-0.00" for a zero weight times a negative v
+            for x, y in zip(rows["contribution_target"], rows["contribution_other"])]
     fig = go.Figure(go.Bar(
         x=d, y=labels, orientation="h", marker_color=[POSITIVE if v >= 0 else NEGATIVE for v in d],
         text=text, textposition="auto", customdata=np.stack([rows["channel"], rows["contribution_target"],
@@ -190,10 +191,10 @@ def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
     gap = float(expl.logits[0, expl.target] - expl.logits[0, other])
     fig.update_layout(
         title={"text": f"{a} vs {b}: logit gap {gap:+.3f}, channel by channel"
-                       f"<br><sup>bars: contribution to {a} minus to {b} (labels: to {a} vs to {b}); the "
-                       f"{len(shown)} shown carry {100 * share:.1f}% of the difference ({int((mass > 0).sum())} "
-                       f"channels differ)</sup>"},
-        yaxis={"autorange": "reversed"}, height=max(300, 22 * len(d) + 120), margin={"l": 90, "r": 20, "t": 75, "b": 40},
+                       f"<br><sup>bars: contribution to {a} minus to {b}; labels: to {a} vs to {b}"
+                       f"<br>the {len(shown)} shown carry {100 * share:.1f}% of the difference "
+                       f"({int((mass > 0).sum())} channels differ)</sup>"},
+        yaxis={"autorange": "reversed"}, height=max(300, 22 * len(d) + 135), margin={"l": 90, "r": 20, "t": 90, "b": 40},
         xaxis_title=f"contribution to {a} - contribution to {b}",
     )
     return fig
@@ -290,7 +291,8 @@ def history_figure(history: pd.DataFrame) -> go.Figure:
             y = history[name].tolist() if name in history else []
             keep = [(a, b) for a, b in zip(x, y) if b == b]  # no NaN (test is evaluated every few epochs)
             fig.add_trace(go.Scatter(x=[a for a, _ in keep], y=[b for _, b in keep], name=split,
-                                     mode="lines+markers", line_color=color, showlegend=col == 1), 1, col)
+                                     mode="lines+markers" if len(keep) <= 30 else "lines", line_color=color,
+                                     showlegend=col == 1), 1, col)
         fig.update_xaxes(title_text="epoch", row=1, col=col)
     fig.update_layout(height=300, margin={"l": 50, "r": 20, "t": 40, "b": 45})
     return fig

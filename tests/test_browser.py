@@ -61,7 +61,9 @@ def lab(tiny_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab")
     cfg = tiny_run[2]
     train_cfg = replace(cfg, out=str(tmp / "panel_run"), fit=replace(cfg.fit, epochs=3000), sparse=None).recorded()
-    (tmp / "widgets.ipynb").write_text(json.dumps(_notebook(cfg.out, train_cfg)))
+    # INFODISENT_BROWSER_RUN=runs/demo opens the explorers on another run (to look at real screenshots)
+    run_dir = os.environ.get("INFODISENT_BROWSER_RUN") or cfg.out
+    (tmp / "widgets.ipynb").write_text(json.dumps(_notebook(str(Path(run_dir).resolve()), train_cfg)))
     port = _free_port()
     settings = tmp / "settings"
     for name, value in (("notebook-extension/tracker", {"windowingMode": "none"}),  # render every cell
@@ -87,7 +89,7 @@ def lab(tiny_run, tmp_path_factory):
             if time.time() > deadline or server.poll() is not None:
                 raise RuntimeError(f"JupyterLab did not start: {(tmp / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield url, tmp
+        yield url, tmp, Path(run_dir).name
     finally:
         server.terminate()
         try:
@@ -104,12 +106,12 @@ def test_the_widgets_render_and_respond_in_jupyterlab(lab):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
-    url, tmp = lab
+    url, tmp, name = lab
     SHOTS.mkdir(exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.set_default_timeout(120_000)
         expect.set_options(timeout=120_000)
@@ -137,7 +139,7 @@ def test_the_widgets_render_and_respond_in_jupyterlab(lab):
             # ChannelBrowser: the next channel
             header = cb.locator(".idw-title", has_text=re.compile(r"^channel \d+$")).first
             first = header.inner_text()
-            cb.locator(".jp-OutputArea-output").first.screenshot(path=str(SHOTS / "channel_browser.png"))
+            cb.locator(".jp-OutputArea-output").first.screenshot(path=str(SHOTS / f"channel_browser_{name}.png"))
             cb.locator("button", has_text="next").click()
             expect(header).not_to_have_text(first)
             assert cb.locator("img").count() >= 8  # prototype patches
@@ -151,7 +153,7 @@ def test_the_widgets_render_and_respond_in_jupyterlab(lab):
 
             explain = dropdown("explain")
             options = explain.locator("option").evaluate_all("os => os.map(o => o.value)")  # "3: cat+cup"
-            assert len(options) == 6, options
+            assert len(options) >= 2, options
             chosen = next(o for o in options if o.split(": ", 1)[1] not in before)
             explain.select_option(value=chosen)
             expect(title).not_to_have_text(before)
@@ -169,7 +171,7 @@ def test_the_widgets_render_and_respond_in_jupyterlab(lab):
             picture.click(position={"x": 60, "y": 250})
             expect(de.locator("text=channels peak here")).to_be_visible()
             assert picture.get_attribute("src") != src  # the clicked cell is drawn
-            de.locator(".jp-OutputArea-output").first.screenshot(path=str(SHOTS / "decision_explorer.png"))
+            de.locator(".jp-OutputArea-output").first.screenshot(path=str(SHOTS / f"decision_explorer_{name}.png"))
 
             # TrainingPanel: Start, then Stop after a few epochs
             tp.scroll_into_view_if_needed()
@@ -178,10 +180,10 @@ def test_the_widgets_render_and_respond_in_jupyterlab(lab):
             tp.locator("button", has_text="Stop").click()
             expect(tp.locator("text=stopped on request")).to_be_visible()
             expect(tp.locator(".js-plotly-plot")).to_be_visible()
-            tp.locator(".jp-OutputArea-output").first.screenshot(path=str(SHOTS / "training_panel.png"))
+            tp.locator(".jp-OutputArea-output").first.screenshot(path=str(SHOTS / f"training_panel_{name}.png"))
             assert (tmp / "panel_run" / "checkpoint.pt").is_file()
 
-            page.screenshot(path=str(SHOTS / "notebook.png"), full_page=True)
+            page.screenshot(path=str(SHOTS / f"notebook_{name}.png"), full_page=True)
             stderr = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
             tracebacks = [t for t in stderr.all_inner_texts() if "Traceback" in t or "Error" in t]
             assert not tracebacks, tracebacks

@@ -95,8 +95,8 @@ class ChannelBrowser(W.VBox):
                                     value="crop", style={"button_width": "110px"})
         self.cards = {side: [self._card(side, r) for r in range(n)] for side in ("pos", "neg")}
         self.side_titles = {side: W.HTML() for side in ("pos", "neg")}
-        self.classes_fig = figure_widget(280)
-        self.hist_fig = figure_widget(260)
+        self.classes_fig = figure_widget(280, 440)
+        self.hist_fig = figure_widget(260, 440)
         self.parts = W.HTML()
         self.mine_button = W.Button(description="mine the prototype index", button_style="warning",
                                     layout=W.Layout(display="none", width="240px"))
@@ -231,7 +231,7 @@ class ChannelBrowser(W.VBox):
 
     def _card(self, side: str, rank: int):
         img = image(PATCH)
-        label = W.HTML(layout=W.Layout(width=f"{PATCH + 14}px"))
+        label = W.HTML(layout=W.Layout(width=f"{PATCH + 14}px", height="42px", overflow="hidden"))
         button = W.Button(description="explain image", layout=W.Layout(width=f"{PATCH}px"),
                           tooltip="open this training image in the decision explorer")
         button.on_click(lambda _: self.explain_patch(side, rank))

@@ -119,9 +119,12 @@ def refresh(fw: go.FigureWidget, fig: go.Figure) -> None:
         fw.add_traces(list(fig.data))
 
 
-def figure_widget(height: int = 300) -> go.FigureWidget:
-    fw = go.FigureWidget(layout={"height": height, "margin": {"l": 40, "r": 10, "t": 30, "b": 30}})
-    return fw
+def figure_widget(height: int = 300, width: int | None = None) -> go.FigureWidget:
+    """An empty figure widget; a fixed ``width`` keeps it inside a column (plotly does not shrink to one)."""
+    layout = {"height": height, "margin": {"l": 40, "r": 10, "t": 30, "b": 30}}
+    if width is not None:
+        layout["width"] = width
+    return go.FigureWidget(layout=layout)
 
 
 @dataclass

@@ -90,7 +90,8 @@ class DecisionExplorer(W.VBox):
         self.point = W.HTML("<div class='idw-note'>click on the image: which channels' winning responses lie "
                             "there?</div>")
         self.cam_images = {name: image_widget(SMALL) for name in ("InfoDisent", *self._cams.methods)}
-        self.cam_labels = {name: W.HTML(layout=W.Layout(width=f"{SMALL + 8}px")) for name in self.cam_images}
+        self.cam_labels = {name: W.HTML(layout=W.Layout(width=f"{SMALL + 8}px", height="36px"))
+                           for name in self.cam_images}
 
         left = W.VBox([self.picture, self.opacity, self.prediction, self.point], layout=W.Layout(width=f"{SIZE + 20}px"))
         cams = W.HBox([W.VBox([self.cam_labels[k], self.cam_images[k]]) for k in self.cam_images])

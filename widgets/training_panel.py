@@ -50,38 +50,44 @@ class TrainingPanel(W.VBox):
         self.monitor: Monitor | None = None
         self.result = None  # the RunResult of the last finished training
         self.error: BaseException | None = None
-        wide, narrow = W.Layout(width="420px"), W.Layout(width="210px")
-        style = {"description_width": "110px"}
+        def wide():  # one Layout per widget: a shared one would hide them all with the K field
+            return W.Layout(width="380px")
+
+        def narrow():
+            return W.Layout(width="190px")
+
+        style = {"description_width": "90px"}
 
         self.dataset = W.Dropdown(options=list(DATASETS), value=base.dataset, description="dataset",
-                                  layout=narrow, style=style)
+                                  layout=narrow(), style=style)
         self.root = W.Text(value=base.root or "", description="root", placeholder="folder (not for parts)",
-                           layout=wide, style=style)
+                           layout=wide(), style=style)
         self.backbone = W.Text(value=base.backbone, description="backbone", placeholder=DEFAULT_BACKBONE,
-                               layout=wide, style=style)
-        self.weights = W.Text(value=base.weights, description="weights", layout=wide, style=style,
+                               layout=wide(), style=style)
+        self.weights = W.Text(value=base.weights, description="weights", layout=wide(), style=style,
                               placeholder="offline, hub:…, a file, or random")
-        self.image_size = W.IntText(value=base.image_size or 0, description="image size", layout=narrow,
+        self.image_size = W.IntText(value=base.image_size or 0, description="image size", layout=narrow(),
                                     style=style, tooltip="0: the backbone's own")
-        self.max_classes = W.IntText(value=base.max_classes or 0, description="max classes", layout=narrow,
+        self.max_classes = W.IntText(value=base.max_classes or 0, description="max classes", layout=narrow(),
                                      style=style, tooltip="0: all classes")
         self.epochs = W.BoundedIntText(value=base.fit.epochs, min=1, max=10_000, description="epochs",
-                                       layout=narrow, style=style)
+                                       layout=narrow(), style=style)
         sp = base.sparse
         self.head = W.Dropdown(options=HEADS, value="dense" if sp is None else "chosen" if sp.chosen else "fixed",
-                               description="head", layout=wide, style=style)
+                               description="head", layout=wide(), style=style)
         self.prune_k = W.BoundedIntText(value=(sp.channels_per_class if sp and sp.channels_per_class else 5),
-                                        min=1, max=100_000, description="K (--prune-k)", layout=narrow, style=style)
-        self.out = W.Text(value=base.out, description="run folder", layout=wide, style=style)
-        self.resume = W.Checkbox(value=False, description="resume the run in that folder", indent=False)
-        self.overwrite = W.Checkbox(value=base.overwrite, description="overwrite it", indent=False)
+                                        min=1, max=100_000, description="K (--prune-k)", layout=narrow(), style=style)
+        self.out = W.Text(value=base.out, description="run folder", layout=wide(), style=style)
+        self.resume = W.Checkbox(value=False, description="resume it", indent=False, layout=W.Layout(width="120px"))
+        self.overwrite = W.Checkbox(value=base.overwrite, description="overwrite it", indent=False,
+                                    layout=W.Layout(width="120px"))
 
         self.start = W.Button(description="Start", button_style="success", icon="play")
         self.stop = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
                              tooltip="end after the current epoch, with a checkpoint that resumes")
         self.start.on_click(lambda _: self.start_training())
         self.stop.on_click(lambda _: self.request_stop())
-        self.bar = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="420px"))
+        self.bar = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="400px"))
         self.status = W.HTML("<div class='idw-note'>not started</div>")
         self.curves = figure_widget(300)
         refresh(self.curves, history_figure(pd.DataFrame({"epoch": []})))
@@ -97,9 +103,9 @@ class TrainingPanel(W.VBox):
 
         form = W.VBox([self.dataset, self.root, self.backbone, self.weights,
                        W.HBox([self.image_size, self.max_classes]), W.HBox([self.epochs, self.prune_k]),
-                       self.head, self.out, W.HBox([self.resume, self.overwrite])], layout=W.Layout(width="450px"))
+                       self.head, self.out, W.HBox([self.resume, self.overwrite])], layout=W.Layout(width="400px"))
         live = W.VBox([W.HBox([self.start, self.stop]), self.bar, self.status, self.curves,
-                       W.HBox([self.open_browser, self.open_explorer])], layout=W.Layout(width="760px"))
+                       W.HBox([self.open_browser, self.open_explorer])], layout=W.Layout(width="700px"))
         self.children = [W.HTML(CSS + "<div class='idw-title'>Train an InfoDisent head</div>"), self.messages,
                          W.HBox([form, live]), self.opened]
 
