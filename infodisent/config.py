@@ -76,6 +76,9 @@ class RunConfig:
             raise ValueError(f"RunConfig.num_workers must be >= 0, got {self.num_workers}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
+        if self.root is not None and not Path(self.root).is_absolute():
+            # recorded absolute: a notebook or server that opens the run from another folder still finds the data
+            object.__setattr__(self, "root", str(Path(self.root).resolve()))
         if self.max_classes is not None and self.max_classes < 1:
             raise ValueError(f"RunConfig.max_classes must be >= 1, got {self.max_classes}")
 

@@ -90,7 +90,8 @@ def test_a_run_without_or_with_a_stale_index_offers_to_mine_it(run, tmp_path):
     assert "no prototype index" in b.messages.last and b.mine_button.layout.display is None
     assert b.header.value == ""
     b.mine_button.click()
-    assert b.index is not None and b.mine_button.layout.display == "none"
+    assert b.index is not None and b.mine_button.layout.display == "none" and "mined" in b.messages.last
+    assert b.channel.value == int(run.model.W[0].argmax())
     assert f"channel {b.channel.value}" in b.header.value and _card_images(b, "pos")
 
     r = infodisent.open_run(copy)

@@ -158,9 +158,13 @@ class ChannelBrowser(W.VBox):
         self.messages.info(f"mining the {self.split} split's prototype index…")
         mine_run(self.run, self.split, progress=False)
         if self._load_index():
-            self.messages.info(f"mined the {self.split} index: {self.index}")
             self.update_choices()
-            self.show(self.channel.value)
+            first = self._first_channel()
+            if first == self.channel.value:
+                self.show(first)
+            else:
+                self.channel.value = first  # shows it
+            self.messages.info(f"mined: {self.index}")
 
     def _first_channel(self) -> int:
         w = self.model.W[0].detach().cpu().numpy()
@@ -231,7 +235,7 @@ class ChannelBrowser(W.VBox):
 
     def _card(self, side: str, rank: int):
         img = image(PATCH)
-        label = W.HTML(layout=W.Layout(width=f"{PATCH + 14}px", height="42px", overflow="hidden"))
+        label = W.HTML(layout=W.Layout(width=f"{PATCH + 14}px", height="40px", overflow="hidden"))
         button = W.Button(description="explain image", layout=W.Layout(width=f"{PATCH}px"),
                           tooltip="open this training image in the decision explorer")
         button.on_click(lambda _: self.explain_patch(side, rank))
@@ -257,7 +261,8 @@ class ChannelBrowser(W.VBox):
                     p = patches[j]
                     img.value = encode(patch_image(p, self.mode.value, PATCH))
                     name = self.run.class_names[p.label] if p.label is not None else "?"
-                    label.value = (f"<div class='idw-note'>#{p.image} {esc(name)}<br>"
+                    label.value = (f"<div class='idw-note' title='{esc(name)}' style='white-space: nowrap; "
+                                   f"overflow: hidden; text-overflow: ellipsis'>#{p.image} {esc(name)}<br>"
                                    f"response {p.value:.2f}</div>")
                     button.layout.visibility = "visible"
                     img.layout.visibility = "visible"
