@@ -54,7 +54,7 @@ def test_a_monitor_hears_pruning_rounds_by_phase(tiny_run, tmp_path):
 
 def test_point_and_ask_finds_the_channels_that_peak_under_a_point(run):
     e = run.explain(1)
-    (gh, gw), (sw, sh) = e.grid, e.view.size
+    (gh, gw), sw = e.grid, e.view.size[0]
     for pos in range(gh * gw):
         x0, y0, x1, y1 = cell_box(pos, e.grid, e.view.size)
         assert cell_at((x0 + x1) / 2, (y0 + y1) / 2, e.grid, e.view.size) == pos
@@ -64,9 +64,8 @@ def test_point_and_ask_finds_the_channels_that_peak_under_a_point(run):
         assert set(here["channel"]) == set(np.flatnonzero(winning == pos))
         np.testing.assert_allclose(here["contribution"], e.W[e.target, here["channel"]] * v[here["channel"]])
         assert (np.diff(np.abs(here["contribution"].to_numpy())) <= 1e-12).all()  # largest first
-    total = sum(e.at(*((a + b) / 2 for a, b in ((cell_box(p, e.grid, e.view.size)[0], cell_box(p, e.grid, e.view.size)[2]),
-                                                 (cell_box(p, e.grid, e.view.size)[1], cell_box(p, e.grid, e.view.size)[3]))))
-                ["contribution"].sum() for p in range(gh * gw))
+    centres = [cell_box(p, e.grid, e.view.size) for p in range(gh * gw)]
+    total = sum(e.at((x0 + x1) / 2, (y0 + y1) / 2)["contribution"].sum() for x0, y0, x1, y1 in centres)
     assert total == pytest.approx(e.logit - e.target_bias)  # every channel peaks in exactly one cell
     with pytest.raises(ValueError, match="outside"):
         e.at(sw + 1, 0)
