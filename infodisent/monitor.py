@@ -41,13 +41,15 @@ class Monitor:
     Args:
         on_progress: called with a :class:`Progress` as work advances.
         on_epoch: called with each finished epoch's row (``epoch``, ``train_loss``, ``train_top1``, ...,
-            ``phase``); ``epoch`` counts every epoch of the run, pruning rounds included.
+            ``phase``); ``epoch`` counts every epoch of the run, pruning rounds included (after a resume,
+            from where the run was).
     """
 
     def __init__(self, on_progress: Callable[[Progress], Any] | None = None,
                  on_epoch: Callable[[dict], Any] | None = None):
         self.on_progress, self.on_epoch = on_progress, on_epoch
         self.phase = "train"
+        self.offset = 0  # added to the epoch numbers ``fit`` reports (pruning rounds count on from the training)
         self.rows: list[dict] = []
         self._stop = threading.Event()
 
@@ -57,7 +59,7 @@ class Monitor:
 
     def epoch(self, row: dict) -> None:
         """Record a finished epoch (``row`` as in ``history.csv``) and pass it on."""
-        row = {**row, "phase": self.phase, "epoch": len(self.rows) + 1}
+        row = {**row, "phase": self.phase, "epoch": int(row["epoch"]) + self.offset}
         self.rows.append(row)
         if self.on_epoch is not None:
             self.on_epoch(row)

@@ -183,6 +183,8 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
         history = fit(model.head, train_src, test_src, cfg.fit, ckpt_paths, cfg.resume, cfg.progress, cfg.device,
                       monitor)
         if cfg.sparse is not None:
+            if monitor is not None:  # a stop asked for during the last dense epoch: before any pruning
+                monitor.check_stop(f"after epoch {cfg.fit.epochs}, before pruning; the checkpoint resumes it")
             dense = evaluate(model.head, test_src, cfg.fit.amp)
             head, more, selection = sparsify(
                 model.head, cfg.sparse, cfg.fit, train_src, src.importance, validation=src.validation,

@@ -194,7 +194,7 @@ def sparsify(
         ft = replace(fit_config, epochs=epochs, lr=options.finetune_lr or fit_config.lr,
                      train_rotation=options.finetune_rotation, warmup_epochs=0)
         if monitor is not None:
-            monitor.phase = f"prune K={k}"
+            monitor.phase, monitor.offset = f"prune K={k}", epoch
         more = fit(h, train, test, ft, None, False, progress, device, monitor)
         more["epoch"] += epoch
         more["channels_per_class"] = k

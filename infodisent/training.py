@@ -379,7 +379,8 @@ def fit(
             if monitor.stop_requested and not last:
                 bar.close()
                 monitor.check_stop(f"after epoch {epoch + 1} of {config.epochs}"
-                                   + ("; the checkpoint resumes it" if paths is not None else ""))
+                                   + ("; the checkpoint resumes it" if paths is not None else
+                                      f" of {monitor.phase}; a resume prunes again from the dense head"))
     bar.close()
     return pd.DataFrame(rows)
 

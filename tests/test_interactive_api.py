@@ -51,6 +51,15 @@ def test_a_monitor_hears_pruning_rounds_by_phase(tiny_run, tmp_path):
     assert phases[:2] == ["train", "train"] and phases[-1] == "prune K=3"
     assert [r["epoch"] for r in m.rows] == list(range(1, len(result.history) + 1))
 
+    # a stop asked for in the last dense epoch ends before any pruning, resumable
+    late = replace(cfg, out=str(tmp_path / "late"))
+    m = Monitor(on_epoch=lambda row: row["epoch"] == 2 and m.request_stop())
+    with pytest.raises(TrainingStopped, match="before pruning"):
+        infodisent.train_run(late, monitor=m)
+    assert [r["phase"] for r in m.rows] == ["train", "train"]
+    resumed = infodisent.train_run(replace(late, resume=True))
+    torch.testing.assert_close(resumed.model.W, result.model.W, rtol=0, atol=1e-6)
+
 
 def test_point_and_ask_finds_the_channels_that_peak_under_a_point(run):
     e = run.explain(1)

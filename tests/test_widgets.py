@@ -146,6 +146,11 @@ def test_the_explorer_takes_a_decision_apart(run):
 
     e.other.value = expl.predicted
     vs = t.versus(expl.predicted).set_index("channel")
+    e.target.value = (other_class + 1) % len(run.class_names)  # the comparison follows the explained class
+    assert e.versus.layout.title.text.startswith(run.class_names[e.target.value])
+    e.target.value = expl.predicted  # the same class twice: nothing to compare
+    assert "pick a second class" in e.versus.layout.title.text
+    e.target.value = other_class
     for c, a, b in e.versus.data[0].customdata:
         assert vs.at[int(c), "difference"] == pytest.approx(a - b)
 
@@ -167,6 +172,19 @@ def test_point_and_ask_and_a_click_on_the_image(run):
     here = e.expl.at(x, y)
     assert e.point_table["channel"].tolist() == here["channel"].tolist()
     assert f"{len(here)} channels peak here" in e.point.value
+    e._on_click({"type": "click", "dataX": 336, "dataY": 336})  # the last pixel: the last cell, no error
+    assert e.messages.last == "" and e.point_table["position"].iloc[0] == e.expl.grid[0] * e.expl.grid[1] - 1
+    e.image_index.value = 2
+    assert e.point_table is None and "click on the image" in e.point.value  # the old image's answer is gone
+
+
+def test_out_of_range_numbers_are_messages_not_clamped(run):
+    e = DecisionExplorer(run, 10_000)
+    assert "outside the test split" in e.messages.last
+    e.image_index.value = 3
+    assert e.messages.last == "" and e.expl.sources == (3,)
+    b = ChannelBrowser(run, channel=9999)
+    assert "outside" in b.messages.last and b.channel.value == int(run.model.W[0].argmax())
 
 
 def test_the_explorer_loads_images_by_index_class_and_upload(run, tmp_path):

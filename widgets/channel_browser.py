@@ -125,13 +125,17 @@ class ChannelBrowser(W.VBox):
         self.used_only.observe(lambda _: self.update_choices(), names="value")
         self.choices.observe(self._chosen, names="value")
         self.mode.observe(lambda _: self.show(self.channel.value), names="value")
+        bad = channel is not None and not 0 <= int(channel) < self.num_channels
         if self._load_index():
-            first = channel if channel is not None else self._first_channel()
+            first = channel if channel is not None and not bad else self._first_channel()
             self.update_choices()
             if first == self.channel.value:
                 self.show(first)
             else:
                 self.channel.value = first  # shows it
+        if bad:
+            self.messages.error(f"channel {channel} is outside 0..{self.num_channels - 1}; showing class 0's "
+                                f"heaviest channel instead")
 
     # ------------------------------------------------------------------ the index
 
@@ -157,6 +161,7 @@ class ChannelBrowser(W.VBox):
 
         self.messages.info(f"mining the {self.split} split's prototype index…")
         mine_run(self.run, self.split, progress=False)
+        self._purity, self._parts_cache = None, {}
         if self._load_index():
             self.update_choices()
             first = self._first_channel()
@@ -321,10 +326,11 @@ class ChannelBrowser(W.VBox):
         i = int(images[rank])
         if self.explorer is None:
             self.explorer = DecisionExplorer(self.run, i, split=self.split)
-            self.explorer_box.children = [W.HTML(f"<div class='idw-title'>decision on {self.split} image {i}</div>"),
-                                          self.explorer]
+            self.explorer_box.children = [W.HTML(), self.explorer]
         else:
             self.explorer.load(i, split=self.split)
+        self.explorer_box.children[0].value = (f"<div class='idw-title'>the decision on {self.split} image {i}, "
+                                               f"from channel {self.channel.value}'s patches</div>")
         self.explorer.select_channel(self.channel.value)
 
     # ------------------------------------------------------------------ without a widget manager

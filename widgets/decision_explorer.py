@@ -13,6 +13,7 @@ from typing import Any
 
 import ipywidgets as W
 import numpy as np
+import plotly.graph_objects as go
 from ipyevents import Event
 from PIL import Image
 
@@ -121,15 +122,9 @@ class DecisionExplorer(W.VBox):
         self.upload.observe(on(self._uploaded), names="value")
         self.target.observe(on(lambda ch: self.explain_class(ch["new"])), names="value")
         self.channel.observe(on(lambda ch: ch["new"] is not None and self.select_channel(ch["new"])), names="value")
-        self.opacity.observe(on(lambda _: self._draw()), names="value")
+        self.opacity.observe(on(lambda _: self.redraw()), names="value")
         self.other.observe(on(lambda ch: self.compare(ch["new"])), names="value")
-        if isinstance(image, (int, np.integer)):
-            if image == self.image_index.value:
-                self.load(int(image))
-            else:
-                self.image_index.value = int(image)  # loads it
-        else:
-            self.load(image)
+        self.load(int(image) if isinstance(image, (int, np.integer)) else image)  # an index out of range: a message
 
     # ------------------------------------------------------------------ the image
 
@@ -139,7 +134,11 @@ class DecisionExplorer(W.VBox):
         if split is not None and split != self.split:
             self.split = split
             self.image_index.description = f"{split} image"
-            self.image_index.max = len(self.run.dataset(split)) - 1
+            self._quiet = True  # a smaller max would clamp the value and load that image
+            try:
+                self.image_index.max = len(self.run.dataset(split)) - 1
+            finally:
+                self._quiet = False
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             expl = self.run.explain(int(image), split=self.split)
             label = expl.label
@@ -151,14 +150,14 @@ class DecisionExplorer(W.VBox):
             expl = self.run.explain(image)
             self.source.value = f"<div class='idw-note'>{esc(expl.sources[0] or 'your image')}</div>"
         self.messages.clear()
-        self.clicked = None
+        self.clicked, self.point_table = None, None
+        self.point.value = "<div class='idw-note'>click on the image: which channels' winning responses lie there?</div>"
         self._features = backbone_maps(self.model, expl)
         self.expl = expl
         self._silent(self.target, expl.predicted)
         self._silent(self.other, int(np.argsort(-expl.logits[0])[1]) if expl.logits.shape[1] > 1 else expl.predicted)
         self.prediction.value = self._prediction()
-        self.explain_class(expl.predicted)
-        self.compare(self.other.value)
+        self.explain_class(expl.predicted)  # and compares with the second class
 
     def _silent(self, control: W.ValueWidget, value: Any) -> None:
         """Set a control without running this widget's callback (the front end still hears of it)."""
@@ -172,6 +171,7 @@ class DecisionExplorer(W.VBox):
         """``fn`` as a control's callback, skipped while :meth:`_silent` sets a control."""
         return lambda change: None if self._quiet else fn(change)
 
+    @guarded
     def _pick_class(self, change) -> None:
         c = change["new"]
         if c is None or c < 0:
@@ -226,12 +226,16 @@ class DecisionExplorer(W.VBox):
             trace.on_click(self._waterfall_click, append=False)
         channels = [int(c) for c in fig.data[0].customdata if c >= 0]
         t = self.expl.table().set_index("channel")
-        self._silent(self.channel, None)
-        self.channel.options = [(f"ch {c}: {t.at[c, 'contribution']:+.3f}", c) for c in channels]
+        self._quiet = True  # new options reset the value: no callback for that
+        try:
+            self.channel.options = [(f"ch {c}: {t.at[c, 'contribution']:+.3f}", c) for c in channels]
+        finally:
+            self._quiet = False
         self._cam_maps = self._cams(self.expl, features=self._features)
         self.select_channel(channels[0] if channels else None)
         if self.clicked is not None:
             self.ask(*self.clicked)
+        self.compare(self.other.value)
 
     def _waterfall_click(self, trace, points, state) -> None:
         for i in points.point_inds:
@@ -244,11 +248,18 @@ class DecisionExplorer(W.VBox):
         """Show one channel: its heatmap and box on the image, its numbers, its prototypes."""
         if self.expl is None:
             return
-        self.selected = None if channel is None else int(channel)
-        if channel is not None and self.channel.value != self.selected:
-            if self.selected not in [v for _, v in self.channel.options]:
-                self.channel.options = list(self.channel.options) + [(f"ch {self.selected}", self.selected)]
-            self._silent(self.channel, self.selected)
+        if channel is not None:
+            self.expl.channel(int(channel))  # a clear error for a channel out of range, before any change
+        chosen = None if channel is None else int(channel)
+        self.selected = chosen
+        if chosen is not None and self.channel.value != chosen:
+            self._quiet = True
+            try:
+                if chosen not in [v for _, v in self.channel.options]:
+                    self.channel.options = list(self.channel.options) + [(f"ch {chosen}", chosen)]
+                self.channel.value = chosen
+            finally:
+                self._quiet = False
         self._draw()
         if channel is None:
             self.evidence.value = "<div class='idw-note'>no channel contributes to this class</div>"
@@ -291,6 +302,12 @@ class DecisionExplorer(W.VBox):
             self.cam_labels[name].value = (f"<div class='idw-note'>{esc(name)} for "
                                            f"{esc(e.target_name)}</div>")
 
+    @guarded
+    def redraw(self) -> None:
+        """Draw the image and the CAM row again (the opacity changed)."""
+        if self.expl is not None:
+            self._draw()
+
     def renderer_evidence(self, channel: int, expl: Explanation | None = None):
         """A channel's evidence (heatmap, box) on the explained image; reads nothing from disk."""
         return self._renderer.evidence(self.expl if expl is None else expl, channel)
@@ -303,7 +320,8 @@ class DecisionExplorer(W.VBox):
         if self.expl is None or other is None:
             return
         if int(other) == self.expl.target:
-            self.messages.info("pick a second class different from the explained one to compare them")
+            refresh(self.versus, go.Figure(layout={"title": {"text": "pick a second class, different from the "
+                                                                     "explained one, to compare them"}}))
             return
         refresh(self.versus, versus_figure(self.expl, int(other), self.n))
 
@@ -313,8 +331,10 @@ class DecisionExplorer(W.VBox):
         x, y = event.get("dataX"), event.get("dataY")
         if x is None or y is None:
             return
-        scale = self.expl.view.size[0] / SIZE if self.expl is not None else 1.0
-        self.ask(float(x) * scale, float(y) * scale)
+        if self.expl is None:
+            return
+        w, h = self.expl.view.size  # the picture shows the view scaled to SIZE x SIZE; its edge pixel maps inside
+        self.ask(min(float(x) * w / SIZE, w - 1e-3), min(float(y) * h / SIZE, h - 1e-3))
 
     @guarded
     def ask(self, x: float, y: float) -> None:

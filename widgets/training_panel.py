@@ -173,9 +173,8 @@ class TrainingPanel(W.VBox):
             self.result = train_run(cfg, monitor=self.monitor)
         except TrainingStopped as e:
             self.error = e
-            done = len(self.monitor.rows) if self.monitor else 0
-            self.status.value = (f"<div class='idw-msg-info'>{esc(e)} ({done} epochs done). Tick "
-                                 f"“resume” and press Start to continue from the checkpoint in {esc(cfg.out)}.</div>")
+            self.status.value = (f"<div class='idw-msg-info'>{esc(e)}. Tick “resume” and press Start to "
+                                 f"continue the run in {esc(cfg.out)}.</div>")
             self.resume.value = True
         except Exception as e:  # noqa: BLE001 - shown in the panel; the notebook goes on
             self.error = e
@@ -193,18 +192,27 @@ class TrainingPanel(W.VBox):
             self.start.disabled, self.stop.disabled = False, True
 
     def _progress(self, p: Progress) -> None:
+        try:  # a display problem must not end the training it shows
+            self._show_progress(p)
+        except Exception as e:  # noqa: BLE001
+            self.messages.error(f"progress display: {type(e).__name__}: {e}")
+
+    def _show_progress(self, p: Progress) -> None:
         if p.stage == "done":
             self.bar.max, self.bar.value = 1, 1
             return
         self.bar.max = max(p.total, 1)
         self.bar.value = min(p.done, self.bar.max)
-        unit = "images" if p.stage.startswith("features") else "epochs"
+        unit = "feature maps" if p.stage.startswith("features") else "epochs"
         self.bar.description = p.stage.split()[0]
         if not (self.monitor and self.monitor.stop_requested):
             self.status.value = f"<div class='idw-note'>{esc(p.stage)}: {p.done} of {p.total} {unit}</div>"
 
     def _epoch(self, row: dict) -> None:
-        refresh(self.curves, history_figure(pd.DataFrame(self.monitor.rows)))
+        try:
+            refresh(self.curves, history_figure(pd.DataFrame(self.monitor.rows)))
+        except Exception as e:  # noqa: BLE001 - as in _progress
+            self.messages.error(f"curves: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ the result
 
