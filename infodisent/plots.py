@@ -136,13 +136,19 @@ def _header(expl: Explanation, size: int) -> Image.Image:
     return out
 
 
-def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
-    """The logit of the explained class as bars: top positive and negative channels, the rest, the bias."""
+def _strongest(expl: Explanation, n: int) -> tuple[pd.DataFrame, pd.DataFrame, set[int], float, int]:
+    """The ``n`` strongest positive rows of ``expl.table()`` (strongest first) and ``n`` strongest negative ones
+    (weakest first), the channels they hold, and the sum and count of the other non-zero contributions."""
     t = expl.table()
     pos, neg = t[t["contribution"] > 0].head(n), t[t["contribution"] < 0].tail(n)
     shown = set(pos["channel"]) | set(neg["channel"])
-    rest = float(t.loc[~t["channel"].isin(shown), "contribution"].sum())
-    others = int((t.loc[~t["channel"].isin(shown), "contribution"] != 0).sum())
+    rest = t.loc[~t["channel"].isin(shown), "contribution"]
+    return pos, neg, shown, float(rest.sum()), int((rest != 0).sum())
+
+
+def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
+    """The logit of the explained class as bars: top positive and negative channels, the rest, the bias."""
+    pos, neg, shown, rest, others = _strongest(expl, n)
     labels = [f"ch {c}" for c in pos["channel"]] + ([f"{others} others"] if others else []) \
         + [f"ch {c}" for c in neg["channel"]]
     values = list(pos["contribution"]) + ([rest] if others else []) + list(neg["contribution"])
@@ -204,16 +210,11 @@ def waterfall_figure(expl: Explanation, n: int = 8) -> go.Figure:
     """The explained class's logit built up channel by channel: the ``n`` strongest positive contributions,
     the rest in one step, the ``n`` strongest negative ones and the bias, ending on the logit itself.
     Each channel's step carries its number in ``customdata`` (for clicks)."""
-    t = expl.table()
-    pos = t[t["contribution"] > 0].head(n)
-    neg = t[t["contribution"] < 0].tail(n)[::-1]  # the strongest first
-    shown = set(pos["channel"]) | set(neg["channel"])
-    rest_rows = t[~t["channel"].isin(shown)]
-    others = int((rest_rows["contribution"] != 0).sum())
+    pos, neg, shown, rest, others = _strongest(expl, n)
+    neg = neg[::-1]  # the strongest first
     labels = [f"ch {c}" for c in pos["channel"]] + ([f"{others} others"] if others else []) \
         + [f"ch {c}" for c in neg["channel"]]
-    values = list(pos["contribution"]) + ([float(rest_rows["contribution"].sum())] if others else []) \
-        + list(neg["contribution"])
+    values = list(pos["contribution"]) + ([rest] if others else []) + list(neg["contribution"])
     channels = list(pos["channel"]) + ([-1] if others else []) + list(neg["channel"])
     if expl.bias is not None:
         labels.append("bias")

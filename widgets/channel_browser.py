@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import ipywidgets as W
@@ -52,6 +53,7 @@ class ChannelBrowser(W.VBox):
         self.shown_images: dict[str, list[int]] = {"pos": [], "neg": []}
         self._purity: pd.Series | None = None
         self._parts_cache: dict = {}  # parts of the images seen so far (prototype_parts' cache)
+        self._overview_table: pd.DataFrame | None = None
         d_max = self.num_channels - 1
 
         # choose a channel
@@ -79,7 +81,6 @@ class ChannelBrowser(W.VBox):
                                            layout=W.Layout(width="200px"))
         metrics = [("weight (sum over classes)", "total_weight"), ("classes that use it", "classes"),
                    ("class purity of its patches", "class_purity"), ("fires on (share of images)", "fires")]
-        self._dataset = None
         try:
             if has_parts(self.run.dataset(split)):
                 metrics.insert(2, ("part purity", "purity"))
@@ -161,7 +162,7 @@ class ChannelBrowser(W.VBox):
 
         self.messages.info(f"mining the {self.split} split's prototype index…")
         mine_run(self.run, self.split, progress=False)
-        self._purity, self._parts_cache = None, {}
+        self._purity, self._parts_cache, self._overview_table = None, {}, None
         if self._load_index():
             self.update_choices()
             first = self._first_channel()
@@ -175,10 +176,16 @@ class ChannelBrowser(W.VBox):
         w = self.model.W[0].detach().cpu().numpy()
         return int(w.argmax())
 
-    @property
+    @cached_property
     def used_channels(self) -> np.ndarray:
-        """Channels some class weighs (above 1e-3)."""
+        """Channels some class weighs (above 1e-3); the head does not change while the browser is open."""
         return np.flatnonzero(self.model.W.detach().cpu().numpy().max(0) > 1e-3)
+
+    def _overview(self) -> pd.DataFrame:
+        """:func:`channel_overview` of the loaded index, computed once per index."""
+        if self._overview_table is None:
+            self._overview_table = channel_overview(self.model, self.index)
+        return self._overview_table
 
     # ------------------------------------------------------------------ picking
 
@@ -217,7 +224,7 @@ class ChannelBrowser(W.VBox):
             options = [(f"ch {d}: v {v[d]:+.3f}", int(d)) for d in order[:LIST_SIZE]]
         else:
             metric = self.pick_metric.value
-            overview = channel_overview(self.model, self.index)
+            overview = self._overview()
             if self.used_only.value or metric == "purity":
                 overview = overview[overview["channel"].isin(self.used_channels)]
             if metric == "purity":
@@ -255,11 +262,9 @@ class ChannelBrowser(W.VBox):
         if not 0 <= d < self.num_channels:
             raise ValueError(f"channel {d} is outside 0..{self.num_channels - 1}")
         self.messages.clear()
-        ce = explain_channel(self.model, d, self.index)
-        renderer = self.run.renderer(self.split)
-        marks = {}
+        classes, shown, marks, values = self._channel(d)
         for side, word in (("pos", "positive"), ("neg", "negative")):
-            patches = renderer.prototypes(d, side, self.n)
+            patches = shown[side]
             self.shown_images[side] = [p.image for p in patches]
             for j, (_, img, label, button) in enumerate(self.cards[side]):
                 if j < len(patches):
@@ -281,13 +286,20 @@ class ChannelBrowser(W.VBox):
                 f"highest)</span>" if patches else
                 f"<span class='{cls}'>no {word} responses</span> <span class='idw-note'>(never fires on that "
                 f"side)</span>")
-            marks[f"{word} prototypes"] = np.asarray(self.index.v[self.shown_images[side], d]) \
-                if patches else np.zeros(0)
-        refresh(self.classes_fig, classes_figure(ce.classes, d))
-        values = np.asarray(self.index.v[:, d])[self.index.valid]
+        refresh(self.classes_fig, classes_figure(classes, d))
         refresh(self.hist_fig, value_histogram(values, d, marks))
-        self.header.value = self._header(d, ce.classes, values)
+        self.header.value = self._header(d, classes, values)
         self.parts.value = self._parts(d)
+
+    def _channel(self, d: int) -> tuple[pd.DataFrame, dict[str, list], dict[str, np.ndarray], np.ndarray]:
+        """What both the widget and :meth:`static` show of channel ``d``: the classes that weigh it, its
+        shown patches per side, their images' pooled values (the histogram's marks) and every image's value."""
+        renderer = self.run.renderer(self.split)
+        shown = {side: renderer.prototypes(d, side, self.n) for side in ("pos", "neg")}
+        marks = {f"{word} prototypes": np.asarray(self.index.v[[p.image for p in shown[side]], d])
+                 for side, word in (("pos", "positive"), ("neg", "negative"))}
+        values = np.asarray(self.index.v[:, d])[self.index.valid]
+        return explain_channel(self.model, d, self.index).classes, shown, marks, values
 
     def _header(self, d: int, classes: pd.DataFrame, values: np.ndarray) -> str:
         if len(classes):
@@ -340,17 +352,12 @@ class ChannelBrowser(W.VBox):
         d = self.channel.value if channel is None else int(channel)
         if self.index is None:
             self.index = self.run.index(self.split)  # raises the clear error
-        ce = explain_channel(self.model, d, self.index)
-        r = self.run.renderer(self.split)
-        images, marks = {}, {}
-        for side, word in (("pos", "positive"), ("neg", "negative")):
-            patches = r.prototypes(d, side, self.n)
-            if patches:
-                images[f"top {word} responses"] = strip([patch_image(p, "crop", PATCH) for p in patches])
-                marks[f"{word} prototypes"] = np.asarray(self.index.v[[p.image for p in patches], d])
-        values = np.asarray(self.index.v[:, d])[self.index.valid]
+        classes, shown, marks, values = self._channel(d)
+        images = {f"top {word} responses": strip([patch_image(p, "crop", PATCH) for p in shown[side]])
+                  for side, word in (("pos", "positive"), ("neg", "negative")) if shown[side]}
+        marks = {name: xs for name, xs in marks.items() if len(xs)}
         return StaticView(f"channel {d} of {self.run.path.name}", images,
-                          {"classes": classes_figure(ce.classes, d), "values": value_histogram(values, d, marks)})
+                          {"classes": classes_figure(classes, d), "values": value_histogram(values, d, marks)})
 
 
 __all__ = ["ChannelBrowser"]

@@ -9,7 +9,8 @@ Example:
 from __future__ import annotations
 
 import io
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import ipywidgets as W
 import numpy as np
@@ -134,11 +135,8 @@ class DecisionExplorer(W.VBox):
         if split is not None and split != self.split:
             self.split = split
             self.image_index.description = f"{split} image"
-            self._quiet = True  # a smaller max would clamp the value and load that image
-            try:
+            with self._quietly():  # a smaller max would clamp the value and load that image
                 self.image_index.max = len(self.run.dataset(split)) - 1
-            finally:
-                self._quiet = False
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             expl = self.run.explain(int(image), split=self.split)
             label = expl.label
@@ -159,13 +157,19 @@ class DecisionExplorer(W.VBox):
         self.prediction.value = self._prediction()
         self.explain_class(expl.predicted)  # and compares with the second class
 
-    def _silent(self, control: W.ValueWidget, value: Any) -> None:
-        """Set a control without running this widget's callback (the front end still hears of it)."""
+    @contextmanager
+    def _quietly(self) -> Iterator[None]:
+        """Change controls inside without running this widget's callbacks (the front end still hears of it)."""
         self._quiet = True
         try:
-            control.value = value
+            yield
         finally:
             self._quiet = False
+
+    def _silent(self, control: W.ValueWidget, value: Any) -> None:
+        """Set one control's value quietly."""
+        with self._quietly():
+            control.value = value
 
     def _when(self, fn):
         """``fn`` as a control's callback, skipped while :meth:`_silent` sets a control."""
@@ -195,7 +199,7 @@ class DecisionExplorer(W.VBox):
             img.load()
         except Exception as e:  # noqa: BLE001 - whatever PIL raises for a file that is not an image
             raise ValueError(f"{f.get('name', 'the file')} is not an image PIL can read ({type(e).__name__})") from None
-        self.load(img.convert("RGB"))
+        self.load(img)  # explain brings it to RGB (datasets.base.to_rgb) like any image
         self.source.value = f"<div class='idw-note'>uploaded: {esc(f.get('name', ''))}</div>"
 
     def _prediction(self) -> str:
@@ -226,11 +230,8 @@ class DecisionExplorer(W.VBox):
             trace.on_click(self._waterfall_click, append=False)
         channels = [int(c) for c in fig.data[0].customdata if c >= 0]
         t = self.expl.table().set_index("channel")
-        self._quiet = True  # new options reset the value: no callback for that
-        try:
+        with self._quietly():  # new options reset the value: no callback for that
             self.channel.options = [(f"ch {c}: {t.at[c, 'contribution']:+.3f}", c) for c in channels]
-        finally:
-            self._quiet = False
         self._cam_maps = self._cams(self.expl, features=self._features)
         self.select_channel(channels[0] if channels else None)
         if self.clicked is not None:
@@ -253,13 +254,10 @@ class DecisionExplorer(W.VBox):
         chosen = None if channel is None else int(channel)
         self.selected = chosen
         if chosen is not None and self.channel.value != chosen:
-            self._quiet = True
-            try:
+            with self._quietly():
                 if chosen not in [v for _, v in self.channel.options]:
                     self.channel.options = list(self.channel.options) + [(f"ch {chosen}", chosen)]
                 self.channel.value = chosen
-            finally:
-                self._quiet = False
         self._draw()
         if channel is None:
             self.evidence.value = "<div class='idw-note'>no channel contributes to this class</div>"
