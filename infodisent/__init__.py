@@ -11,7 +11,7 @@ Example:
 """
 
 from .backbone import DEFAULT_BACKBONE, Backbone, BackboneError, feature_map, load_backbone
-from .config import ConfigVersionError, ModelConfig, RunConfig, demo_config
+from .config import ConfigVersionError, ModelConfig, RunConfig, demo_config, tutorial_config
 from .datasets import DATASETS, DatasetSpec, build_dataset
 from .evaluation import explanation_metrics
 from .explain import ChannelEvidence, Explanation, explain, explain_channel, explain_class
@@ -20,7 +20,7 @@ from .head import HeadConfig, InfoDisentHead, two_sided_max
 from .io import CorruptFileError
 from .model import InfoDisent, Outputs, RunMismatchError, load
 from .monitor import Monitor, Progress, TrainingStopped
-from .pipeline import RunExistsError, evaluate_run, mine_run, train_run
+from .pipeline import RunExistsError, evaluate_run, mine_run, open_or_train, train_run
 from .prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
 from .render import Patch, Renderer
 from .results import (
@@ -40,5 +40,6 @@ __all__ = [
     "RunExistsError", "RunFiles", "RunMetrics", "RunMismatchError", "Sizes", "SparseOptions", "StaleIndexError",
     "StreamingSource", "TrainingStopped", "build_dataset", "demo_config", "evaluate", "evaluate_run", "explain", "explain_channel",
     "explain_class", "explanation_metrics", "extract_features", "feature_map", "fit", "load", "load_backbone",
-    "mine_prototypes", "mine_run", "open_run", "prune_head", "train_run", "two_sided_max",
+    "mine_prototypes", "mine_run", "open_or_train", "open_run", "prune_head", "train_run", "tutorial_config",
+    "two_sided_max",
 ]

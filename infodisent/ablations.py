@@ -65,7 +65,8 @@ def variants(base: RunConfig, channels_per_class: int = 5, finetune_epochs: int 
     return {name: replace(cfg, out=str(Path(base.out) / name), overwrite=True) for name, cfg in grid.items()}
 
 
-def _row(name: str, cfg: RunConfig, metrics: RunMetrics, ev: Evaluation) -> dict[str, Any]:
+def table_row(name: str, cfg: RunConfig, metrics: RunMetrics, ev: Evaluation) -> dict[str, Any]:
+    """One row of the grid's table: the variant's settings, accuracy and explanation metrics."""
     e = ev.explanations
     size, faith = e.size, e.faithfulness
     row = {
@@ -110,7 +111,7 @@ def ablation_grid(
             Run.open(cfg.out, device=cfg.device), "test", batch_size=cfg.batch_size, num_workers=cfg.num_workers,
             progress=cfg.progress, explanations=True, stability=stability,
         )
-        rows.append(_row(name, cfg, result.metrics, ev))
+        rows.append(table_row(name, cfg, result.metrics, ev))
     table = pd.DataFrame(rows)
     path = Path(base.out) / ABLATIONS
     if names and path.is_file():
@@ -123,4 +124,4 @@ def ablation_grid(
     return table
 
 
-__all__ = ["ABLATIONS", "ablation_grid", "variants"]
+__all__ = ["ABLATIONS", "ablation_grid", "table_row", "variants"]

@@ -339,11 +339,10 @@ def load_backbone(
             missing, unexpected = _diff_keys(expected, state)
             mismatched = _shape_mismatch(expected, state)
             if missing or unexpected or mismatched:
-                raise BackboneError(
-                    f"{path} does not hold weights for timm model {name!r}: "
-                    f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                    f"(e.g. {unexpected[:3]}), {len(mismatched)} shape mismatches (e.g. {mismatched[:3]})"
-                )
+                found = [f"{len(keys)} {what} (e.g. {keys[:3]})" for what, keys in
+                         (("missing keys", missing), ("unexpected keys", unexpected),
+                          ("shape mismatches", mismatched)) if keys]
+                raise BackboneError(f"{path} does not hold weights for timm model {name!r}: {', '.join(found)}")
             model.load_state_dict(state)
             source = WeightsSource("file", str(path), file_sha256(path))
     data_config = timm.data.resolve_model_data_config(model)

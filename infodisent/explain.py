@@ -80,7 +80,8 @@ class Coverage:
         """E.g. "these 3 channels carry 97.1% of the evidence for 'cat': +18.90 of logit 19.40; 12 other channels: +0.50"."""
         n = len(self.channels)
         what = "this channel carries" if n == 1 else f"these {n} channels carry"
-        tail = f"; {self.others} other channels: {self.rest:+.2f}" if self.others else "; no other channel contributes"
+        others = "1 other channel" if self.others == 1 else f"{self.others} other channels"
+        tail = f"; {others}: {self.rest:+.2f}" if self.others else "; no other channel contributes"
         bias = f", bias {self.bias:+.2f}" if self.bias else ""
         return (f"{what} {100 * self.share:.1f}% of the evidence for {self.target_name!r}: "
                 f"{self.shown:+.2f} of logit {self.logit:.2f}{tail}{bias}")
@@ -241,7 +242,7 @@ class Explanation:
         self._one()
         c = self.target if target is None else class_index(target, len(self.class_names))
         v = self.v[0]
-        contrib = self.W[c] * v
+        contrib = self.W[c] * v + 0.0  # + 0.0: no "-0.000" where W = 0 and v < 0
         pos_total, neg_total = contrib[contrib > 0].sum(), contrib[contrib < 0].sum()
         share = np.zeros_like(contrib)
         if pos_total > 0:
@@ -273,7 +274,7 @@ class Explanation:
         self._one()
         a, b = self.target, class_index(other, len(self.class_names), "other")
         v = self.v[0]
-        ca, cb = self.W[a] * v, self.W[b] * v
+        ca, cb = self.W[a] * v + 0.0, self.W[b] * v + 0.0
         df = pd.DataFrame({"channel": np.arange(len(v)), "value": v, "contribution_target": ca,
                            "contribution_other": cb, "difference": ca - cb})
         return df.sort_values("difference", ascending=False, kind="stable").reset_index(drop=True)
@@ -322,7 +323,7 @@ class Explanation:
         here = np.flatnonzero(winning == position)
         w = self.W[self.target, here]
         df = pd.DataFrame({"channel": here, "side": np.where(v[here] >= 0, "pos", "neg"), "value": v[here],
-                           "weight": w, "contribution": w * v[here], "position": position})
+                           "weight": w, "contribution": w * v[here] + 0.0, "position": position})
         order = np.lexsort((df["channel"].to_numpy(), -np.abs(df["contribution"].to_numpy())))
         return df.iloc[order].reset_index(drop=True)
 

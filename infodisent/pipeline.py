@@ -10,6 +10,7 @@ last, so a directory becomes a run only once there is one; until then
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -25,7 +26,7 @@ from .datasets import ImageDataset, check_split
 from .evaluation import explanation_metrics
 from .features import FeatureCache, extract_features
 from .head import InfoDisentHead
-from .io import atomic_path, atomic_write_json
+from .io import atomic_path, atomic_write_json, read_json
 from .model import InfoDisent, check_compatible, save_head
 from .monitor import Monitor
 from .probe import fit_linear_probe
@@ -219,6 +220,23 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
     return RunResult(files.root, model, metrics, history)
 
 
+def open_or_train(cfg: RunConfig, monitor: Monitor | None = None) -> Run:
+    """The finished run at ``cfg.out`` when it was trained with this very configuration, else train it.
+
+    A notebook that calls this opens its run in a second when run again. A finished run of another
+    configuration is replaced only with ``overwrite=True`` (else :class:`RunExistsError`); an
+    interrupted one (a checkpoint, no head yet) continues where it stopped."""
+    files = RunFiles(Path(cfg.out))
+    if files.is_run():
+        recorded = read_json(files.config).get("run")
+        if recorded == json.loads(json.dumps(cfg.recorded())):
+            return Run.open(cfg.out, device=cfg.device)
+    elif files.checkpoint.is_file() and not cfg.overwrite:
+        cfg = replace(cfg, resume=True)
+    train_run(cfg, monitor)
+    return Run.open(cfg.out, device=cfg.device)
+
+
 def _recorded_sparse(sparse: SparseOptions) -> dict:
     return {**asdict(sparse), "candidates": list(sparse.candidates)}
 
@@ -320,5 +338,5 @@ def evaluate_run(
 
 __all__ = [
     "RunConfig", "RunExistsError", "RunResult", "demo_config", "evaluate_run", "mine_run", "pooled_features",
-    "train_run",
+    "open_or_train", "train_run",
 ]

@@ -59,3 +59,14 @@ def tiny_run(tmp_path_factory):
     result = train_run(cfg)
     index = mine_run(cfg.out, "train", k=4, num_workers=0, progress=False, batch_size=8)
     return result, index, cfg
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tutorial 2 runs on CUB-200-2011 species 1-50 where it is beside the project, and its committed outputs are
+    those: without the data it falls back to a fabricated copy, whose outputs cannot match."""
+    if CUB50.exists():
+        return
+    skip = pytest.mark.skip(reason=f"real data not found at {CUB50}: tutorial 2's committed outputs were made on it")
+    for item in items:
+        if Path(str(item.fspath)).name == "02_own_data.ipynb":
+            item.add_marker(skip)
