@@ -139,6 +139,8 @@ def side_configs(profile: str, out: str | Path = "runs/reproduction/side", root:
     """SIDE's size-vs-accuracy sweep: the dense head, then SIDE's sigmoid training pruned to each ``K``
     channels per class, and at SIDE's K = 5 also the softmax head pruned the same way; one run each."""
     out = Path(out)
+    if isinstance(ks, (str, bytes)) or not all(isinstance(k, int) and k >= 1 for k in ks):
+        raise ValueError(f"ks must be channel counts (integers >= 1), got {ks!r} (papermill: -y 'KS: [5, 1]')")
     if check_profile(profile) == "smoke":
         base = RunConfig(out="", dataset="parts", num_workers=0, fit=FitConfig(epochs=8), max_classes=6,
                          parts=PartsConfig(image_size=160, train_per_class=12, test_per_class=6))
