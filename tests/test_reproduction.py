@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 
 import infodisent
@@ -63,6 +64,14 @@ def test_fabricate_keeps_a_complete_copy_and_rejects_bad_requests(tmp_path):
         fabricate("voc", tmp_path / "v")
     with pytest.raises(ValueError, match="15 classes"):
         fabricate("cub", tmp_path / "c", classes=16)
+    with pytest.raises(ValueError, match="at least 1 training"):
+        fabricate("folder", tmp_path / "z", test_per_class=0)
+    smaller = fabricate("folder", tmp_path / "f", classes=1, train_per_class=1, test_per_class=1, image_size=48)
+    assert len(list(smaller.rglob("*.jpg"))) == 2  # other settings: the old copy's files are gone
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(FileExistsError, match="not written by fabricate"):
+        fabricate("folder", tmp_path / "mine")
 
 
 def _tiny(out, **kw) -> RunConfig:
@@ -79,6 +88,8 @@ def test_open_or_train_opens_the_same_configuration_and_refuses_to_replace_anoth
     again = infodisent.open_or_train(cfg)
     assert again.files.head.stat().st_mtime_ns == mtime  # opened, not trained
     assert again.metrics.infodisent.top1 == run.metrics.infodisent.top1
+    elsewhere = infodisent.open_or_train(replace(cfg, num_workers=1, cache_dir=str(tmp_path / "other")))
+    assert elsewhere.files.head.stat().st_mtime_ns == mtime  # loader workers and cache folder: the same run
     longer = replace(cfg, fit=replace(cfg.fit, epochs=3))
     with pytest.raises(RunExistsError):
         infodisent.open_or_train(longer)
@@ -93,7 +104,7 @@ def test_open_or_train_continues_an_interrupted_run(tmp_path):
     monitor = Monitor(on_epoch=lambda row: monitor.request_stop() if row["epoch"] == 1 else None)
     with pytest.raises(TrainingStopped):
         infodisent.train_run(cfg, monitor)
-    run = infodisent.open_or_train(cfg)  # resumes: epochs 2 and 3
+    run = infodisent.open_or_train(replace(cfg, overwrite=True))  # resumes (overwrite replaces only other runs)
     whole = infodisent.train_run(replace(cfg, out=str(tmp_path / "whole")))
     assert run.history["epoch"].tolist() == [1, 2, 3]
     assert torch.equal(run.model.W, whole.model.W.to(run.model.W.device))
@@ -120,22 +131,24 @@ def test_black_box_accuracy_is_the_backbones_own_imagenet_classifier(tmp_path):
 
 
 def test_comparison_tables():
-    ours = pd.DataFrame([{"backbone": "resnet50", "dataset": "imagenet", "infodisent": 70.0, "black_box": 76.0,
+    ours = pd.DataFrame([{"backbone": "resnet50.tv_in1k", "dataset": "imagenet", "infodisent": 70.0, "black_box": 76.0,
                           "linear_probe": 72.0},
                          {"backbone": "tf_efficientnet_lite0", "dataset": "imagenet", "infodisent": 60.0,
                           "black_box": 75.0, "linear_probe": 65.0}])
     t = reproduction.compare_imagenet(ours).set_index("backbone")
     assert list(t.index) == [*reproduction.IMAGENET["backbone"], "tf_efficientnet_lite0"]  # published order, then ours
-    assert t.loc["resnet50", "difference"] == pytest.approx(70.0 - 67.8)
+    assert t.loc["resnet50.tv_in1k", "difference"] == pytest.approx(70.0 - 67.8)
     assert t.loc["tf_efficientnet_lite0", "kept (ours)"] == pytest.approx(0.8)
     assert np.isnan(t.loc["tf_efficientnet_lite0", "published InfoDisent"])
-    assert t.loc["convnext_large", "kept (published)"] == pytest.approx(round(82.8 / 84.4, 3))
+    assert t.loc["convnext_large.fb_in1k", "kept (published)"] == pytest.approx(round(82.8 / 84.4, 3))
 
-    fine = pd.DataFrame([{"dataset": "cub", "backbone": "a", "infodisent": 80.0},
-                         {"dataset": "cub", "backbone": "b", "infodisent": 85.0},
-                         {"dataset": "stanford_dogs", "backbone": "a", "infodisent": 70.0}])
+    fine = pd.DataFrame([{"dataset": "cub", "backbone": "a", "classes": 200, "infodisent": 80.0},
+                         {"dataset": "cub", "backbone": "b", "classes": 200, "infodisent": 85.0},
+                         {"dataset": "stanford_cars", "backbone": "a", "classes": 50, "infodisent": 95.0},
+                         {"dataset": "stanford_dogs", "backbone": "a", "classes": 120, "infodisent": 70.0}])
     f = reproduction.compare_fine_grained(fine).set_index("dataset")
     assert f.loc["cub", "backbone"] == "b" and f.loc["cub", "difference"] == pytest.approx(85.0 - 84.1)
+    assert not f.loc["stanford_cars", "same_task"] and np.isnan(f.loc["stanford_cars", "difference"])  # 50 of 196
     assert np.isnan(f.loc["stanford_dogs", "published"])
 
     side = reproduction.compare_side(pd.DataFrame({"head": ["dense", "side K=5"], "top1": [80.0, 79.0],
@@ -153,6 +166,8 @@ def test_profiles_are_checked_and_full_needs_its_data():
     full = reproduction.imagenet_configs("full", root="/data/imagenet", out="runs/x")
     assert list(full) == list(reproduction.IMAGENET["backbone"])
     assert all(c.sparse is None and not c.use_cache and c.weights == "timm" for c in full.values())
+    # the very black boxes of the paper: timm tags of pretrained ImageNet-1k weights
+    assert all(c.backbone in timm.list_pretrained() and c.backbone.endswith("in1k") for c in full.values())
     side = reproduction.side_configs("full", root="/data/imagenet", ks=(8, 5, 1))
     assert list(side) == ["dense", "side K=8", "side K=5", "softmax K=5", "side K=1"]
     assert side["side K=5"].fit.loss == "sigmoid" and side["side K=5"].sparse.channels_per_class == 5

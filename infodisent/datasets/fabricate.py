@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,15 @@ def fabricate(
     seed: int = 0,
 ) -> Path:
     """Write a miniature of ``layout`` (one of :data:`LAYOUTS`) under ``root``; return the folder to pass as
-    ``--root``. Deterministic for a seed; an existing complete copy with the same settings is kept as it is."""
+    ``--root``. Deterministic for a seed; an existing complete copy with the same settings is kept as it is,
+    one with other settings is replaced, and a non-empty folder that ``fabricate`` did not write is refused."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not 1 <= classes <= 15:
         raise ValueError(f"the parts generator has 15 classes; asked for {classes}")
+    if min(train_per_class, test_per_class) < 1 or image_size < 32:
+        raise ValueError("fabricate needs at least 1 training and 1 test image per class and image_size >= 32; "
+                         f"got {train_per_class}, {test_per_class} and {image_size}")
     root = Path(root)
     config = PartsConfig(image_size=image_size, train_per_class=train_per_class, test_per_class=test_per_class,
                          seed=seed)
@@ -58,6 +63,10 @@ def fabricate(
     out = root / "CUB_200_2011" if layout == "cub" else root
     if stamp.is_file() and stamp.read_text() == settings:
         return out
+    if stamp.is_file():  # another miniature: no file of it may survive into this one
+        shutil.rmtree(root)
+    elif root.is_dir() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty and was not written by fabricate(); choose an empty folder")
     splits = _splits(config, classes)
     writer = {"cub": _cub, "stanford_dogs": _dogs, "stanford_cars": _cars, "imagenet": _imagenet, "folder": _folder}
     writer[layout](out, splits)
