@@ -38,6 +38,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_mining.py
+	$(BIN)/python benchmarks/bench_distributed.py
 	@if [ -f runs/demo/config.json ]; then $(BIN)/python benchmarks/bench_api.py runs/demo; \
 	$(BIN)/python benchmarks/bench_widgets.py runs/demo; \
 	else echo "bench_api.py and bench_widgets.py need the demo run: make demo first"; fi

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import distributed
 from .config import RunConfig
 from .io import atomic_write_text
 from .pipeline import evaluate_run, train_run
@@ -119,8 +120,9 @@ def ablation_grid(
         table = pd.concat([old[~old["variant"].isin(table["variant"])], table], ignore_index=True)
         order = {name: i for i, name in enumerate(grid)}
         table = table.sort_values("variant", key=lambda s: s.map(order)).reset_index(drop=True)
-    Path(base.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(base.out) / ABLATIONS, table.to_csv(index=False))
+    if distributed.current().main:  # under torchrun: one writer
+        Path(base.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(base.out) / ABLATIONS, table.to_csv(index=False))
     return table
 
 

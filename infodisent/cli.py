@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import replace
 from typing import Sequence
 
+import torch
+
+from . import distributed
 from .backbone import DEFAULT_BACKBONE, BackboneError
 from .config import RunConfig, demo_config
 from .datasets import DATASETS, DatasetLayoutError, ImageReadError
@@ -74,6 +79,7 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     g.add_argument("--finetune-fixed-u", action="store_true", help="fine-tune only W after pruning (U as trained)")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
     p.add_argument("--no-cache", action="store_true", help="stream images through the backbone every epoch")
+    p.add_argument("--compile", action="store_true", help="streaming: run the backbone through torch.compile")
     p.add_argument("--out", default=defaults.out, help="run directory")
 
 
@@ -106,7 +112,7 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
         cache_dir=a.cache_dir, strict=a.strict, progress=not a.quiet, views=a.views,
-        use_cache=not a.no_cache, fit=fit, head=head, sparse=sparse,
+        use_cache=not a.no_cache, compile=a.compile, fit=fit, head=head, sparse=sparse,
     )
 
 
@@ -254,13 +260,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _one_voice():
         warnings.showwarning = _show_warning
         try:
+            if distributed.launched() and args.command in ("mine", "evaluate"):  # train joins in train_run
+                args.device = distributed.setup(args.device)
             return args.func(args)
         except USER_ERRORS as e:
             print(f"infodisent {args.command}: error: {e}", file=sys.stderr)
             return 2
+        finally:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def _one_voice():
+    """Under ``torchrun`` only rank 0 prints results (errors and warnings still come from every rank)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        yield
+        return
+    with open(os.devnull, "w") as quiet, redirect_stdout(quiet):
+        yield
 
 
 if __name__ == "__main__":

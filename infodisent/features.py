@@ -9,7 +9,8 @@ atomically: an entry without it is incomplete. An interrupted extraction
 and a SHA-256 of their bytes); an entry whose metadata does not match, whose
 ``features.npy`` has the wrong size or whose finished rows fail the checksum
 is rebuilt, as is a complete entry with a damaged file (with a warning). A
-lock file keeps two processes from writing one entry at once.
+lock file keeps two processes from writing one entry at once. Under ``torchrun``
+every process runs the backbone on its share of the rows and rank 0 writes them.
 
 Example:
     >>> cache = extract_features(backbone, dataset, "~/.cache/infodisent")
@@ -24,7 +25,7 @@ import json
 import os
 import random
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbone import Backbone
 from .datasets.base import ImageDataset, ImageReadError, SkippedImageWarning
 from .io import CorruptFileError, atomic_save_npy, atomic_write_json, read_json, warn
@@ -136,13 +138,17 @@ class FeatureCache:
         x = torch.from_numpy(np.ascontiguousarray(self.features[rows])).to(device=device, dtype=torch.float32)
         return x, torch.from_numpy(self.labels[rows]).to(device)
 
-    def map_batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator["MapBatch"]:
+    def map_batches(self, batch_size: int, device: torch.device | str = "cpu",
+                    shard: "distributed.Shard | None" = None) -> Iterator["MapBatch"]:
         """The plain maps (view 0) of every valid image with their dataset indices, in row order:
-        what :func:`stream_feature_maps` yields, read from the cache instead of the backbone."""
+        what :func:`stream_feature_maps` yields, read from the cache instead of the backbone
+        (with ``shard``: that process's part of every block of ``world x batch_size`` rows)."""
         rows = self.rows(view=0)
-        for s in range(0, len(rows), batch_size):
-            r = rows[s : s + batch_size]
-            yield MapBatch(self.load(r, device)[0], self.indices[r])
+        world, rank = (shard.world, shard.rank) if shard is not None else (1, 0)
+        for s in range(0, len(rows), batch_size * world):
+            r = rows[s : s + batch_size * world][rank::world]
+            if len(r):
+                yield MapBatch(self.load(r, device)[0], self.indices[r])
 
     def batches(
         self,
@@ -266,14 +272,23 @@ def stream_feature_maps(
     strict: bool = False,
     device: str | torch.device = "cpu",
     skipped: list[str] | None = None,
+    shard: distributed.Shard | None = None,
 ) -> Iterator[MapBatch]:
-    """Backbone maps of ``dataset`` (evaluation transform) batch by batch, without caching them.
+    """Backbone maps of ``dataset`` (evaluation transform) batch by batch, without caching them
+    (with ``shard``: only that process's rows).
 
     Unreadable images are skipped with a :class:`SkippedImageWarning` and appended
     to ``skipped`` as ``"path: reason"`` (``strict=True`` raises :class:`ImageReadError`).
     """
     views = _Views(dataset, 1, backbone.transform, None, 0)
-    loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    if shard is not None and shard.active:  # this rank's part g[rank::world] of every block g of world x batch_size
+        block = batch_size * shard.world
+        parts = [list(range(s, min(s + block, len(dataset))))[shard.rank :: shard.world]
+                 for s in range(0, len(dataset), block)]
+        loader = torch.utils.data.DataLoader(views, batch_sampler=parts, num_workers=num_workers, collate_fn=_collate)
+    else:
+        loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=num_workers,
+                                             collate_fn=_collate)
     for x, rows, failed in loader:
         for _, failure in failed:
             _skip_or_raise(failure, strict)
@@ -319,6 +334,10 @@ def extract_features(
     """
     if views < 1:
         raise ValueError(f"views must be >= 1, got {views}")
+    shard = distributed.current()
+    if shard.active:
+        return _extract_sharded(backbone, dataset, cache_root, views, seed, batch_size, num_workers, strict, progress,
+                                device, on_batch, shard)
     key, path = _entry(backbone, dataset, cache_root, views, seed)
     with _locked(path.parent / f"{path.name}.lock"):
         cache = _open_complete(path, "rebuilding it")
@@ -420,56 +439,135 @@ def _check_partial(file: Path, shape: tuple[int, ...], done: int, recorded: str 
 
 
 def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers, strict, progress, device, on_batch):
-    d, h, w = backbone.feature_shape()
-    n_rows = len(dataset) * views
-    meta = {"key": key, "shape": [n_rows, d, h, w], "dtype": "float16"}
+    meta = _meta(backbone, dataset, key, views)
     path.mkdir(parents=True, exist_ok=True)
-    feats, valid, done, bad, digest = _resume(path, meta) or _start(path, meta)
-    if strict and bad:
-        raise ImageReadError(bad[0]["path"], bad[0]["reason"])
+    writer = _Writer(path, meta, _resume(path, meta) or _start(path, meta), strict)
+    if strict and writer.bad:
+        raise ImageReadError(writer.bad[0]["path"], writer.bad[0]["reason"])
     rows_ds = _Views(dataset, views, backbone.transform, backbone.train_transform() if views > 1 else None, seed)
-    todo = torch.utils.data.Subset(rows_ds, range(done, n_rows))
+    todo = torch.utils.data.Subset(rows_ds, range(writer.done, writer.n_rows))
     loader = torch.utils.data.DataLoader(
         todo, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate, shuffle=False
     )
     backbone.to(device)
-    t0 = time.perf_counter()
-    bar = tqdm(total=n_rows, initial=done, desc=f"features {dataset.name}/{dataset.split}", unit="img", disable=not progress)
+    bar = tqdm(total=writer.n_rows, initial=writer.done, desc=f"features {dataset.name}/{dataset.split}", unit="img",
+               disable=not progress)
     for x, rows, failed in loader:
-        for r, failure in failed:
-            _skip_or_raise(failure, strict)
-            valid[r] = False
-            feats[r] = 0
-            bad.append({"row": r, "path": failure.path, "reason": failure.reason})
-        if x is not None:
-            with torch.inference_mode():
-                f = backbone(x.to(device))
-            feats[rows] = f.to("cpu", torch.float16).numpy()
-        start, done = done, done + len(rows) + len(failed)
-        feats.flush()
-        digest.update(np.ascontiguousarray(feats[start:done]))
-        atomic_write_json(path / "progress.json", {"rows_done": done, "bad": bad, "sha256": digest.hexdigest()})
+        writer.write([(rows, _maps(backbone, x, device), failed)])
         bar.update(len(rows) + len(failed))
         if on_batch is not None:
-            on_batch(done)
+            on_batch(writer.done)
     bar.close()
-    n = len(dataset)
-    labels = np.tile(dataset.labels, views)
-    indices = np.tile(np.arange(n), views)
-    atomic_save_npy(path / "labels.npy", labels)
-    atomic_save_npy(path / "indices.npy", indices)
-    atomic_save_npy(path / "valid.npy", valid)
-    del feats
-    manifest = {
-        **meta,
-        "num_images": n,
-        "classes": dataset.classes,
-        "bad_files": bad,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    atomic_write_json(path / "manifest.json", manifest)
-    (path / "progress.json").unlink(missing_ok=True)
-    cache = FeatureCache.open(path)
-    cache.extracted = True
+    return writer.finish(dataset, views)
+
+
+def _meta(backbone, dataset, key, views) -> dict[str, Any]:
+    d, h, w = backbone.feature_shape()
+    return {"key": key, "shape": [len(dataset) * views, d, h, w], "dtype": "float16"}
+
+
+def _maps(backbone: Backbone, x: torch.Tensor | None, device) -> np.ndarray | None:
+    """Backbone maps of a batch as float16 on the CPU (None for a batch of unreadable images only)."""
+    if x is None:
+        return None
+    with torch.inference_mode():
+        return backbone(x.to(device)).to("cpu", torch.float16).numpy()
+
+
+class _Writer:
+    """The one writer of an entry being extracted: rows in order, flushed, checksummed, with the progress
+    that a resume starts from."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], partial: _Partial, strict: bool) -> None:
+        self.path, self.meta, self.strict = path, meta, strict
+        self.feats, self.valid, self.done, self.bad, self.digest = partial
+        self.n_rows = int(meta["shape"][0])
+        self.t0 = time.perf_counter()
+
+    def write(self, pieces: list[tuple[list[int], np.ndarray | None, list]]) -> None:
+        """Rows ``done..done+n`` (``n``: all rows of ``pieces``, each ``(rows, maps, failures)``), then the
+        progress file."""
+        count = 0
+        for rows, maps, failed in pieces:
+            for r, failure in failed:
+                _skip_or_raise(failure, self.strict)
+                self.valid[r] = False
+                self.feats[r] = 0
+                self.bad.append({"row": r, "path": failure.path, "reason": failure.reason})
+            if maps is not None:
+                self.feats[rows] = maps
+            count += len(rows) + len(failed)
+        start, self.done = self.done, self.done + count
+        self.feats.flush()
+        self.digest.update(np.ascontiguousarray(self.feats[start : self.done]))
+        atomic_write_json(self.path / "progress.json",
+                          {"rows_done": self.done, "bad": self.bad, "sha256": self.digest.hexdigest()})
+
+    def finish(self, dataset: ImageDataset, views: int) -> FeatureCache:
+        """Labels, indices, validity and the manifest (last): the entry is complete."""
+        n = len(dataset)
+        atomic_save_npy(self.path / "labels.npy", np.tile(dataset.labels, views))
+        atomic_save_npy(self.path / "indices.npy", np.tile(np.arange(n), views))
+        atomic_save_npy(self.path / "valid.npy", self.valid)
+        del self.feats
+        manifest = {
+            **self.meta,
+            "num_images": n,
+            "classes": dataset.classes,
+            "bad_files": self.bad,
+            "seconds": round(time.perf_counter() - self.t0, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        atomic_write_json(self.path / "manifest.json", manifest)
+        (self.path / "progress.json").unlink(missing_ok=True)
+        cache = FeatureCache.open(self.path)
+        cache.extracted = True
+        return cache
+
+
+def _extract_sharded(backbone, dataset, cache_root, views, seed, batch_size, num_workers, strict, progress, device,
+                     on_batch, shard: distributed.Shard) -> FeatureCache:
+    """:func:`extract_features` under ``torchrun``: rank ``r`` runs the backbone on rows ``r, r + N, ...``
+    of each block of ``N x batch_size`` rows and sends its maps to rank 0, the entry's only writer (which
+    holds the lock, checksums and records progress as in one process, so an interrupted extraction resumes
+    with any number of processes). The other ranks open the entry once it is complete."""
+    key, path = _entry(backbone, dataset, cache_root, views, seed)
+    meta = _meta(backbone, dataset, key, views)
+    cache = writer = None
+    with _locked(path.parent / f"{path.name}.lock") if shard.main else nullcontext():
+        if shard.main:
+            cache = _open_complete(path, "rebuilding it")
+            if cache is None:
+                path.mkdir(parents=True, exist_ok=True)
+                writer = _Writer(path, meta, _resume(path, meta) or _start(path, meta), strict)
+        done = distributed.broadcast_object(None if cache is not None else writer.done if writer else None)
+        if done is not None:
+            n_rows, block = int(meta["shape"][0]), batch_size * shard.world
+            parts = [list(range(s, min(s + block, n_rows)))[shard.rank :: shard.world]
+                     for s in range(done, n_rows, block)]
+            rows_ds = _Views(dataset, views, backbone.transform, backbone.train_transform() if views > 1 else None,
+                             seed)
+            loader = torch.utils.data.DataLoader(rows_ds, batch_sampler=parts, num_workers=num_workers,
+                                                 collate_fn=_collate)
+            backbone.to(device)
+            bar = tqdm(total=n_rows, initial=done, desc=f"features {dataset.name}/{dataset.split}", unit="img",
+                       disable=not progress or not shard.main)
+            for x, rows, failed in loader:
+                if strict and failed:
+                    _skip_or_raise(failed[0][1], strict)
+                pieces = distributed.gather_to_main((rows, _maps(backbone, x, device), failed))
+                if writer is not None:
+                    writer.write(pieces)
+                    bar.update(sum(len(p[0]) + len(p[2]) for p in pieces))
+                    if on_batch is not None:
+                        on_batch(writer.done)
+            bar.close()
+            if writer is not None:
+                cache = writer.finish(dataset, views)
+        distributed.barrier()  # the entry is complete before any rank opens it
+    if cache is None:
+        cache = FeatureCache.open(path)
+        cache.extracted = done is not None
+    if strict and cache.bad_files:
+        raise ImageReadError(cache.bad_files[0]["path"], cache.bad_files[0]["reason"])
     return cache

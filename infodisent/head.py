@@ -150,7 +150,10 @@ class OrthogonalRotation(nn.Module):
             return F_
         U = self.matrix() if U is None else U
         b, d, h, w = F_.shape
-        return torch.matmul(U, F_.reshape(b, d, h * w)).reshape(b, d, h, w)
+        # one (B*H*W x D) @ (D x D) product, not B small (D x D) @ (D x H*W) ones: a 7x7 map gives each of
+        # those only 49 columns, far too few to keep a GPU's matrix units (or a CPU's BLAS) busy
+        rows = F_.reshape(b, d, h * w).transpose(1, 2)  # (B, H*W, D)
+        return torch.matmul(rows, U.T).transpose(1, 2).reshape(b, d, h, w)
 
 
 class InfoDisentHead(nn.Module):

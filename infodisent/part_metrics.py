@@ -53,6 +53,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from . import distributed
 from .geometry import ViewGeometry, cell_box, cell_center, window_for
 from .metrics import WEIGHT_THRESHOLD, logits_of
 from .prototypes import PrototypeIndex
@@ -234,20 +235,31 @@ def perturb(pixels: torch.Tensor, sigma: float = 0.2, clip: float = 0.25, genera
 def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed: int = 0, batch_size: int = 32,
                     clip: float = 0.25, positions=None):
     """Positive-side argmax positions (n, D) of every channel for clean and :func:`perturb`-ed images
-    (``positions``: another map from an input batch to (B, n) positions, e.g. of chosen directions)."""
+    (``positions``: another map from an input batch to (B, n) positions, e.g. of chosen directions).
+
+    Under ``torchrun`` each process takes every ``world``-th batch (drawing, not using, the others' noise,
+    so that every image gets the one-process noise) and all processes get all positions."""
     mean, std = model.backbone.normalization()
     g = torch.Generator().manual_seed(seed)
     device = model.device
+    shard = distributed.current()
+    size = tuple(model.backbone.data_config["input_size"])
     if positions is None:
         positions = lambda x: model.outputs(x).pool.pos_index  # noqa: E731
-    clean, noisy = [], []
-    for s in range(0, len(images), batch_size):
-        x = torch.stack([model.transform(dataset.load_image(int(i))) for i in images[s : s + batch_size]])
+    mine = []
+    for b, s in enumerate(range(0, len(images), batch_size)):
+        chunk = images[s : s + batch_size]
+        if b % shard.world != shard.rank:
+            torch.randn((len(chunk), *size), generator=g)  # another process's batch: keep the noise in step
+            continue
+        x = torch.stack([model.transform(dataset.load_image(int(i))) for i in chunk])
         pixels = x * std + mean
         xn = (perturb(pixels, sigma, clip, g) - mean) / std
-        for batch, out in ((x, clean), (xn, noisy)):
-            out.append(positions(batch.to(device)).cpu().numpy())
-    return np.concatenate(clean), np.concatenate(noisy)
+        mine.append((b, *(positions(batch.to(device)).cpu().numpy() for batch in (x, xn))))
+    done = sorted((item for part in distributed.gather_objects(mine) for item in part), key=lambda t: t[0])
+    if not done:
+        return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.int64)
+    return np.concatenate([t[1] for t in done]), np.concatenate([t[2] for t in done])
 
 
 def _cub_purity(index: PrototypeIndex, regions: KeypointRegions, channels) -> dict[int, float]:

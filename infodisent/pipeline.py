@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from . import distributed
 from .backbone import Backbone, load_backbone
 from .config import ModelConfig, RunConfig, demo_config
 from .datasets import ImageDataset, check_split
@@ -63,10 +64,26 @@ def pooled_features(source: FeatureSource) -> tuple[torch.Tensor, torch.Tensor]:
     for x, y in source.batches(None):
         xs.append(x.float().mean(dim=(2, 3)).cpu())
         ys.append(y.cpu())
+    if distributed.current().active:  # under torchrun: every process gets all rows, in the one-process order
+        pieces = distributed.gather_objects((xs, ys))
+        xs, ys = distributed.unshard([p[0] for p in pieces]), distributed.unshard([p[1] for p in pieces])
     return torch.cat(xs), torch.cat(ys)
 
 
 def _prepare_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes: int) -> None:
+    """Check (every process) and clear (rank 0) the run directory."""
+    try:
+        if distributed.current().main:
+            _clear_run_dir(cfg, files, backbone, num_classes)
+        error = None
+    except (RunExistsError, CheckpointMismatchError) as e:
+        error = e
+    errors = [e for e in distributed.gather_objects(error) if e is not None]
+    if errors:
+        raise errors[0]
+
+
+def _clear_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes: int) -> None:
     started = files.config.is_file() or files.checkpoint.is_file()
     if started and cfg.resume:
         if files.config.is_file():
@@ -98,18 +115,21 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
     fit_images = val_images = None
     if sp is not None and sp.chosen:
         fit_images, val_images = holdout_split(train_ds.labels, sp.validation, cfg.fit.seed)
+    # passes without gradients take the batch the device fits (on CUDA; the training batch elsewhere)
+    infer = max(cfg.batch_size, backbone.inference_batch_size(dev) or 0)
     if not cfg.use_cache:
-        def mk(ds, images=None):
-            return StreamingSource(backbone, ds, cfg.batch_size, cfg.fit.seed, cfg.num_workers, dev, images)
+        def mk(ds, images=None, batch=cfg.batch_size):
+            return StreamingSource(backbone, ds, batch, cfg.fit.seed, cfg.num_workers, dev, images,
+                                   amp=cfg.fit.amp, compile=cfg.compile)
         train = mk(train_ds, fit_images)
-        val = mk(train_ds, val_images) if val_images is not None else None
-        return _Sources(train, mk(test_ds), train, val, {})
+        val = mk(train_ds, val_images, infer) if val_images is not None else None
+        return _Sources(train, mk(test_ds, batch=infer), mk(train_ds, fit_images, infer), val, {})
     caches: dict[str, FeatureCache] = {}
     for ds, views in ((train_ds, cfg.views), (test_ds, 1)):
         stage, total = f"features {ds.split}", len(ds) * views
         on_batch = (lambda done, s=stage, t=total: monitor.progress(s, done, t)) if monitor is not None else None
         caches[ds.split] = extract_features(
-            backbone, ds, cfg.cache_dir, views=views, seed=cfg.fit.seed, batch_size=cfg.batch_size,
+            backbone, ds, cfg.cache_dir, views=views, seed=cfg.fit.seed, batch_size=infer,
             num_workers=cfg.num_workers, strict=cfg.strict, progress=cfg.progress, device=dev, on_batch=on_batch,
         )
         if monitor is not None:
@@ -125,16 +145,20 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
 
 
 def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_classes: int):
+    """The linear probe: pooled features of every process's rows, fitted and written by rank 0, its
+    numbers sent to the others."""
     probe_train = CachedSource(caches["train"], 512, view=0) if caches else train_src
     xtr, ytr = pooled_features(probe_train)
     xte, yte = pooled_features(test_src)
-    probe = fit_linear_probe(xtr, ytr, num_classes, seed=cfg.fit.seed)
-    with atomic_path(files.probe) as tmp:
-        save_file({k: v.contiguous() for k, v in probe.linear.state_dict().items()}, str(tmp))
-    with torch.no_grad():
-        acc = classification_metrics(probe.linear(xte), yte)
-    info = ProbeInfo(probe.l2, {str(k): v for k, v in probe.validation.items()})
-    return acc, info
+    result = None
+    if distributed.current().main:
+        probe = fit_linear_probe(xtr, ytr, num_classes, seed=cfg.fit.seed)
+        with atomic_path(files.probe) as tmp:
+            save_file({k: v.contiguous() for k, v in probe.linear.state_dict().items()}, str(tmp))
+        with torch.no_grad():
+            acc = classification_metrics(probe.linear(xte), yte)
+        result = acc, ProbeInfo(probe.l2, {str(k): v for k, v in probe.validation.items()})
+    return distributed.broadcast_object(result)
 
 
 def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
@@ -143,6 +167,11 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
     ``monitor`` (:class:`~infodisent.monitor.Monitor`) hears of feature extraction and of every epoch,
     and may stop the training after an epoch (:class:`~infodisent.monitor.TrainingStopped`; the run
     resumes with ``resume=True``)."""
+    requested = cfg  # what config.json records (the device as asked, not this process's cuda:LOCAL_RANK)
+    cfg = replace(cfg, device=distributed.setup(cfg.device))  # under torchrun: join the group
+    shard = distributed.current()
+    if not shard.main:
+        cfg = replace(cfg, progress=False)  # one set of progress bars
     torch.manual_seed(cfg.fit.seed)
     files = RunFiles(Path(cfg.out))
     backbone = load_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size, model_kwargs=cfg.model_kwargs,
@@ -194,7 +223,8 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
             )
             model = InfoDisent(model.backbone, head, model.class_names)
             history = pd.concat([history.assign(phase="train"), more.assign(phase="prune")], ignore_index=True)
-            _save_pruned(ckpt_paths, model.head, history, dense, cfg.sparse, selection)
+            if shard.main:
+                _save_pruned(ckpt_paths, model.head, history, dense, cfg.sparse, selection)
     t_train = time.perf_counter() - t0
     model.head.eval()
 
@@ -212,9 +242,11 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
         sparse=_sparse_summary(cfg.sparse, history, dense, selection) if cfg.sparse is not None and dense is not None
         else None,
     )
-    atomic_write_json(files.metrics, to_dict(metrics))
-    save_head(model.head, files.head)
-    atomic_write_json(files.config, model.config(cfg).to_dict())  # last: now the directory holds a run
+    if shard.main:  # the one writer of the run directory
+        atomic_write_json(files.metrics, to_dict(metrics))
+        save_head(model.head, files.head)
+        atomic_write_json(files.config, model.config(requested).to_dict())  # last: now the directory holds a run
+    distributed.barrier()  # every process returns once the run is written
     if monitor is not None:
         monitor.progress("done", 1, 1)
     return RunResult(files.root, model, metrics, history)
@@ -223,18 +255,43 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
 def open_or_train(cfg: RunConfig, monitor: Monitor | None = None) -> Run:
     """The finished run at ``cfg.out`` when it was trained with this very configuration, else train it.
 
-    A notebook that calls this opens its run in a second when run again. A finished run of another
-    configuration is replaced only with ``overwrite=True`` (else :class:`RunExistsError`); an
-    interrupted one (a checkpoint, no head yet) continues where it stopped."""
+    A notebook that calls this opens its run in a second when run again. Where the run sits, on which
+    device and with how many loader workers (``out``, ``device``, ``num_workers``, ``cache_dir``) do not
+    count as a different configuration. A finished run of another configuration is replaced only with
+    ``overwrite=True`` (else :class:`RunExistsError`). An interrupted one (a checkpoint, no head yet)
+    continues where it stopped, with ``overwrite=True`` too; only a checkpoint of other head options
+    is then started again."""
     files = RunFiles(Path(cfg.out))
     if files.is_run():
-        recorded = read_json(files.config).get("run")
-        if recorded == json.loads(json.dumps(cfg.recorded())):
+        if _result_fields(read_json(files.config).get("run")) == _result_fields(cfg.recorded()):
             return Run.open(cfg.out, device=cfg.device)
-    elif files.checkpoint.is_file() and not cfg.overwrite:
-        cfg = replace(cfg, resume=True)
+    elif files.checkpoint.is_file():
+        try:
+            train_run(replace(cfg, resume=True, overwrite=False), monitor)
+            return Run.open(cfg.out, device=cfg.device)
+        except CheckpointMismatchError:
+            if not cfg.overwrite:
+                raise
     train_run(cfg, monitor)
     return Run.open(cfg.out, device=cfg.device)
+
+
+_PLACE_FIELDS = ("out", "device", "num_workers", "cache_dir", "compile")  # where and how fast, not what is trained
+
+
+def _result_fields(recorded: dict | None) -> dict | None:
+    """A recorded configuration without the fields that do not change the trained head (fields added since
+    it was written taking their defaults)."""
+    if recorded is None:
+        return None
+    try:
+        recorded = RunConfig.from_recorded(recorded).recorded()
+    except (TypeError, ValueError, KeyError):  # not a configuration this version can read: compare as written
+        pass
+    d = json.loads(json.dumps(recorded))
+    for k in _PLACE_FIELDS:
+        d.pop(k, None)
+    return d
 
 
 def _recorded_sparse(sparse: SparseOptions) -> dict:
@@ -328,11 +385,12 @@ def evaluate_run(
         if own:
             run.forget_index(split)
         ex = explanation_metrics(run.model, index, ds, stability=stability)
-        if own and split == "test" and run.files.metrics.is_file():
+        if own and split == "test" and run.files.metrics.is_file() and distributed.current().main:
             run.update_metrics(explanations=ex)
     out = Evaluation(str(run.path), ds.name, split, len(ds), len(source), acc, probe_acc,
                      [b["path"] for b in cache.bad_files], ex)
-    atomic_write_json(run.files.evaluation(ds.name, split), to_dict(out))
+    if distributed.current().main:
+        atomic_write_json(run.files.evaluation(ds.name, split), to_dict(out))
     return out
 
 

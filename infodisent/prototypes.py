@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .datasets import DatasetSpec, ImageDataset
 from .features import FeatureCache, stream_feature_maps
 from .io import CorruptFileError, atomic_write_json, read_json
@@ -203,27 +204,36 @@ def mine_prototypes(
     model.backbone.to(device)
     n, d = len(dataset), head.config.num_features
     grid = tuple(model.backbone.feature_shape()[1:])
+    # under torchrun (with an output folder): each process mines its rows into the shared arrays and
+    # keeps its own top-k lists, which rank 0 merges
+    shard = distributed.current() if out is not None else distributed.Shard()
     skipped: list[str] = [f"{b['path']}: {b['reason']}" for b in features.bad_files] if features is not None else []
-    batches = features.map_batches(batch_size, device) if features is not None else stream_feature_maps(
+    batches = features.map_batches(batch_size, device, shard) if features is not None else stream_feature_maps(
         model.backbone, dataset, batch_size=batch_size, num_workers=num_workers, strict=strict, device=device,
-        skipped=skipped)
+        skipped=skipped, shard=shard)
     tmp = None
     if out is not None:
         final = Path(out)
         tmp = final.parent / f".{final.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        v_all = np.lib.format.open_memmap(tmp / "v.npy", mode="w+", dtype=np.float32, shape=(n, d))
-        pos_all = np.lib.format.open_memmap(tmp / "positions.npy", mode="w+", dtype=np.int16, shape=(n, 2, d))
+        if shard.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            v_all = np.lib.format.open_memmap(tmp / "v.npy", mode="w+", dtype=np.float32, shape=(n, d))
+            pos_all = np.lib.format.open_memmap(tmp / "positions.npy", mode="w+", dtype=np.int16, shape=(n, 2, d))
+            v_all[:] = np.nan
+            pos_all[:] = -1
+            v_all.flush()
+            pos_all.flush()
+        distributed.barrier()  # the arrays exist before the other processes open them
+        if not shard.main:
+            v_all, pos_all = np.load(tmp / "v.npy", mmap_mode="r+"), np.load(tmp / "positions.npy", mmap_mode="r+")
     else:
-        v_all, pos_all = np.empty((n, d), np.float32), np.empty((n, 2, d), np.int16)
-    v_all[:] = np.nan
-    pos_all[:] = -1
+        v_all, pos_all = np.full((n, d), np.nan, np.float32), np.full((n, 2, d), -1, np.int16)
 
     top_val = torch.full((2, d, k), -1.0, device=device)
     top_img = torch.full((2, d, k), -1, dtype=torch.long, device=device)
     top_pos = torch.zeros((2, d, k), dtype=torch.long, device=device)
-    bar = tqdm(total=n, desc=f"mine {dataset.name}/{dataset.split}", unit="img", disable=not progress)
+    bar = tqdm(total=n, desc=f"mine {dataset.name}/{dataset.split}", unit="img", disable=not progress or not shard.main)
     # eval mode without autograd: the head computes U and W once (inference_weights)
     for F_, images in batches:
         out_ = head.forward_details(F_.to(device, torch.float32))
@@ -238,11 +248,22 @@ def mine_prototypes(
         cand_pos = torch.cat([top_pos, where.transpose(1, 2)], 2)
         top_val, order = cand_val.topk(k, dim=2)
         top_img, top_pos = cand_img.gather(2, order), cand_pos.gather(2, order)
-        bar.update(b)
+        bar.update(b * shard.world)
     bar.close()
 
-    rows = []
     tv, ti, tp = top_val.cpu().numpy(), top_img.cpu().numpy(), top_pos.cpu().numpy()
+    if shard.active:
+        if tmp is not None:
+            v_all.flush()
+            pos_all.flush()
+        lists = distributed.gather_to_main((tv, ti, tp, skipped))
+        if not shard.main:
+            distributed.barrier()  # rank 0 writes the index
+            return PrototypeIndex.load(Path(out))
+        tv, ti, tp = (np.concatenate([part[j] for part in lists], axis=2) for j in range(3))
+        skipped = sorted(s for part in lists for s in part[3]) if features is None else skipped
+    tv, ti, tp = _best(tv, ti, tp, k)
+    rows = []
     gw = grid[1]
     for s, side in enumerate(SIDES):
         ch, rank = np.meshgrid(np.arange(d), np.arange(k), indexing="ij")
@@ -279,7 +300,16 @@ def mine_prototypes(
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()  # the other processes open the index once it is in place
     return PrototypeIndex.load(final)
+
+
+def _best(val: np.ndarray, img: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` best candidates of every (side, channel): largest value first, ties by image index, so that
+    one process's top-k and the merge of several processes' top-k lists give the same index."""
+    order = np.lexsort((img, -val), axis=-1)[..., :k]
+    return (np.take_along_axis(val, order, -1), np.take_along_axis(img, order, -1),
+            np.take_along_axis(pos, order, -1))
 
 
 __all__ = ["IndexMeta", "PrototypeIndex", "SIDES", "Side", "StaleIndexError", "check_side", "mine_prototypes"]

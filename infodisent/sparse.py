@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
+from . import distributed
 from .head import InfoDisentHead
 from .monitor import Monitor
 from .results import KSelection
@@ -116,6 +117,8 @@ def class_importance(head: InfoDisentHead, source: FeatureSource) -> torch.Tenso
             sums.index_add_(0, y.cpu(), v)
             counts += torch.bincount(y.cpu(), minlength=c).double()
         W = head.W.detach().double().cpu()
+    distributed.all_sum(sums)  # under torchrun each process saw part of the images
+    distributed.all_sum(counts)
     return W * sums / counts.clamp_min(1)[:, None]
 
 

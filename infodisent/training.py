@@ -5,6 +5,10 @@ progress bars and the history table; ``train_one_epoch`` and ``evaluate``
 only compute. Features come from a :class:`FeatureSource`: cached maps
 (:class:`CachedSource`, the fast path) or images streamed through the
 frozen backbone (:class:`StreamingSource`, for datasets too large to cache).
+
+Under ``torchrun`` both sources give each process its part of every global batch
+(:mod:`infodisent.distributed`), ``fit`` trains the head under DDP, and ``predict``
+gathers the logits, so that N processes train the one-process head.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbone import Backbone
 from .datasets.base import ImageDataset
 from .features import FeatureCache
@@ -69,12 +74,52 @@ class CachedSource:
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shuffle = epoch is not None
         seed = self.seed * 100_003 + (epoch or 0)
-        return self.cache.batches(self.batch_size, shuffle, seed, self.rows(), self.device)
+        shard = distributed.current()
+        if not shard.active:
+            return self.cache.batches(self.batch_size, shuffle, seed, self.rows(), self.device)
+        rows = self.rows()
+        return (self.cache.load(shard.take(rows[b]), self.device)
+                for b in global_batches(len(rows), self.batch_size, shuffle, seed))
+
+
+def global_batches(n: int, batch_size: int, shuffle: bool, seed: int) -> Iterator[np.ndarray]:
+    """Positions ``0..n-1`` in batches of ``batch_size``: a seeded permutation when shuffling (the same
+    one :meth:`FeatureCache.batches` draws), else in order. Every process draws the same batches."""
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for s in range(0, n, batch_size):
+        yield order[s : s + batch_size]
+
+
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """A distributed batch sampler: this process's part ``g[rank::world]`` of every global batch ``g`` of
+    :func:`global_batches` (possibly empty: every process then still takes part in the step).
+
+    Unlike :class:`~torch.utils.data.distributed.DistributedSampler`, which pads the epoch with repeated
+    images and gives each process its own contiguous stream, N processes here see exactly the one-process
+    batches, so they train the one-process head."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, shard: distributed.Shard) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed, self.shard = n, batch_size, shuffle, seed, shard
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in global_batches(self.n, self.batch_size, self.shuffle, self.seed):
+            yield [int(i) for i in self.shard.take(b)]
+
+
+def _collate_or_none(items):
+    return torch.utils.data.default_collate(items) if items else None
 
 
 @dataclass
 class StreamingSource:
-    """Batches computed by the frozen backbone from images, every pass (no cache)."""
+    """Batches computed by the frozen backbone from images, every pass (no cache).
+
+    The backbone runs in inference mode, on CUDA under bfloat16 autocast (``amp``) and channels-last,
+    fed by pinned-memory loader workers that prefetch; ``compile`` puts it through :func:`torch.compile`.
+    Only the head ever needs gradients."""
 
     backbone: Backbone
     dataset: ImageDataset
@@ -83,23 +128,55 @@ class StreamingSource:
     num_workers: int = 0
     device: str | torch.device = "cpu"
     images: np.ndarray | None = None  # restrict to these dataset indices (a training or validation part)
+    amp: bool = True
+    compile: bool = False
+    prefetch: int = 4  # batches each loader worker keeps ready
 
     def __post_init__(self) -> None:
         self._transformed = _Transformed(self.dataset, self.backbone.transform)
         if self.images is not None:
             self._transformed = torch.utils.data.Subset(self._transformed, [int(i) for i in self.images])
+        self._forward = None
 
     def __len__(self) -> int:
         return len(self._transformed)
 
+    def _prepared(self):
+        """The backbone's forward for this device (built once: channels-last, compiled when asked)."""
+        if self._forward is None:
+            device = torch.device(self.device)
+            self.backbone.to(device)
+            if device.type == "cuda":
+                self.backbone.to(memory_format=torch.channels_last)
+            self._forward = torch.compile(self.backbone) if self.compile else self.backbone
+        return self._forward
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps (float32) of a batch of transformed images."""
+        device = torch.device(self.device)
+        forward = self._prepared()
+        cuda = device.type == "cuda"
+        x = x.to(device, non_blocking=True, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda and self.amp):
+            f = forward(x).float()
+        return f.clone()  # a normal tensor: the head's backward may save it
+
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + (epoch or 0))
+        sampler = ShardedBatchSampler(len(self), self.batch_size, epoch is not None,
+                                      self.seed * 100_003 + (epoch or 0), distributed.current())
+        workers = self.num_workers
         loader = torch.utils.data.DataLoader(
-            self._transformed, batch_size=self.batch_size, shuffle=epoch is not None, generator=g,
-            num_workers=self.num_workers,
+            self._transformed, batch_sampler=sampler, num_workers=workers, collate_fn=_collate_or_none,
+            pin_memory=torch.device(self.device).type == "cuda", prefetch_factor=self.prefetch if workers else None,
         )
-        for x, y in loader:
-            yield self.backbone(x.to(self.device)), y.to(self.device)
+        empty = (torch.zeros((0, *self.backbone.feature_shape()), device=self.device),
+                 torch.zeros(0, dtype=torch.long, device=self.device))
+        for batch in loader:
+            if batch is None:  # this process's part of a short last batch
+                yield empty
+                continue
+            x, y = batch
+            yield self.features(x), y.to(self.device, non_blocking=True)
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -182,13 +259,15 @@ def make_optimizer(head: InfoDisentHead, config: FitConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups)
 
 
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: FitConfig) -> torch.Tensor:
-    """Cross-entropy, or SIDE's one-vs-rest sigmoid loss (binary cross-entropy per class, summed over classes)."""
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: FitConfig, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy, or SIDE's one-vs-rest sigmoid loss (binary cross-entropy per class, summed over classes);
+    the mean over the batch, or with ``reduction="sum"`` the sum over it."""
     if config.loss == "softmax":
-        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing, reduction=reduction)
     if config.loss == "sigmoid":
         target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
+        total = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        return total if reduction == "sum" else total / len(y)
     raise ValueError(f"unknown loss {config.loss!r}; choose one of softmax, sigmoid")
 
 
@@ -205,27 +284,44 @@ def train_one_epoch(
     warmup_steps: int,
     config: FitConfig,
     progress: tqdm | None = None,
+    forward: torch.nn.Module | None = None,
 ) -> tuple[EpochStats, int]:
-    """One pass over ``batches``; U is computed once per optimizer step. Returns stats and the new step."""
+    """One pass over ``batches``; U is computed once per optimizer step. Returns stats and the new step.
+
+    ``forward`` is the head wrapped for DDP (:func:`infodisent.distributed.ddp`) when several processes
+    train: each holds part of every global batch, and its loss is scaled so that the averaged gradient is
+    the gradient of the global batch's mean loss; the stats are summed over processes."""
     head.train()
+    forward = head if forward is None else forward
+    shard = distributed.current()
     t0, loss_sum, correct, n = time.perf_counter(), 0.0, 0, 0
     for x, y in batches:
         factor = lr_factor(step, total_steps, warmup_steps)
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         with _autocast(x.device, config.amp):
-            logits = head(x)
-            loss = loss_fn(logits.float(), y, config)
+            logits = forward(x)
+            if shard.active:  # sum over this part, over the global batch size, times the number of processes
+                n_global = int(distributed.all_sum(torch.tensor([len(y)], device=x.device)).item())
+                part = loss_fn(logits.float(), y, config, reduction="sum")
+                loss = part * shard.world / n_global
+                batch_loss, batch_n = float(part.detach()), len(y)
+            else:
+                loss = loss_fn(logits.float(), y, config)
+                batch_loss, batch_n = float(loss.detach()) * len(y), len(y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        loss_sum += float(loss.detach()) * len(y)
+        loss_sum += batch_loss
         correct += int((logits.argmax(1) == y).sum())
-        n += len(y)
+        n += batch_n
         if progress is not None:
-            progress.update(len(y))
-            progress.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
+            progress.update(n_global if shard.active else len(y))
+            progress.set_postfix(loss=f"{loss_sum / max(n, 1):.3f}", acc=f"{correct / max(n, 1):.3f}")
+    if shard.active:
+        loss_sum, correct, n = distributed.all_sum(torch.tensor([loss_sum, correct, n], dtype=torch.float64)).tolist()
+        correct, n = int(correct), int(n)
     return EpochStats(loss_sum / max(n, 1), correct / max(n, 1), time.perf_counter() - t0, n), step
 
 
@@ -239,6 +335,10 @@ def predict(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> tu
             with _autocast(x.device, amp):
                 logits.append(head(x).float().cpu())
             labels.append(y.cpu())
+    if distributed.current().active:  # every process: all the logits, in the one-process order
+        pieces = distributed.gather_objects((logits, labels))
+        logits = distributed.unshard([p[0] for p in pieces])
+        labels = distributed.unshard([p[1] for p in pieces])
     if not logits:
         return torch.zeros(0, head.config.num_classes), torch.zeros(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(labels)
@@ -343,11 +443,14 @@ def fit(
 
     With ``paths``, a checkpoint and the history are written atomically after
     each epoch; ``resume=True`` continues from the last finished epoch there, and
-    gives the same result as an uninterrupted run (on CPU, for a seed).
+    gives the same result as an uninterrupted run (on CPU, for a seed), with any
+    number of processes (under ``torchrun``: DDP, rank 0 writes).
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)
     head.to(device)
+    shard = distributed.current()
+    forward = distributed.ddp(head, device)
     optimizer = make_optimizer(head, config)
     steps_per_epoch = max(1, math.ceil(len(train) / getattr(train, "batch_size", 64)))
     total, warmup = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
@@ -359,10 +462,11 @@ def fit(
         torch.set_rng_state(ckpt["torch_rng"])
         start, step = int(ckpt["epoch"]), int(ckpt["step"])
         rows = pd.read_csv(paths.history).to_dict("records")[:start]
-    bar = tqdm(total=(config.epochs - start) * len(train), desc="train InfoDisent", unit="img", disable=not progress)
+    bar = tqdm(total=(config.epochs - start) * len(train), desc="train InfoDisent", unit="img",
+               disable=not progress or not shard.main)
     for epoch in range(start, config.epochs):
         stats, step = train_one_epoch(
-            head, train.batches(epoch), optimizer, step, total, warmup, config, bar
+            head, train.batches(epoch), optimizer, step, total, warmup, config, bar, forward
         )
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_top1": stats.top1, "seconds": stats.seconds}
         last = epoch + 1 == config.epochs
@@ -371,7 +475,7 @@ def fit(
             row.update({"test_loss": m.loss, "test_top1": m.top1})
         row["lr"] = optimizer.param_groups[0]["lr"]
         rows.append(row)
-        if paths is not None:
+        if paths is not None and shard.main:  # one writer; the checkpoint holds nothing per process
             save_checkpoint(paths, head, pd.DataFrame(rows), epoch=epoch + 1, step=step, optimizer=optimizer)
         if monitor is not None:
             monitor.epoch(row)
