@@ -166,7 +166,8 @@ class Backbone(nn.Module):
     def inference_batch_size(self, device: str | torch.device, cap: int = 512, budget: float = 0.5) -> int | None:
         """On CUDA, the batch for passes without gradients (feature extraction, evaluation, mining): the
         largest power of two up to ``cap`` whose activations, measured on a batch of 8 in inference mode
-        under bf16 autocast, fill at most ``budget`` of the free memory. None elsewhere (keep the batch asked)."""
+        in float32 (the extraction's precision; bf16 needs less), fill at most ``budget`` of the free
+        memory. None elsewhere (keep the batch asked)."""
         device = torch.device(device)
         if device.type != "cuda":
             return None
@@ -175,7 +176,7 @@ class Backbone(nn.Module):
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         x = torch.zeros(8, *self.data_config["input_size"], device=device)
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        with torch.inference_mode():
             self(x)
         per_image = max(1, (torch.cuda.max_memory_allocated(device) - before) // 8)
         fits = max(1, int(budget * free // per_image))

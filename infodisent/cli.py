@@ -265,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if distributed.launched() and args.command in ("mine", "evaluate"):  # train joins in train_run
                 args.device = distributed.setup(args.device)
+            if args.command == "report" and int(os.environ.get("RANK", "0")) != 0:
+                return 0  # one process writes the report (it has no distributed part)
             return args.func(args)
         except USER_ERRORS as e:
             print(f"infodisent {args.command}: error: {e}", file=sys.stderr)

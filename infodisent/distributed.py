@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Sequence, TypeVar
 
 import torch
@@ -65,20 +66,25 @@ def current() -> Shard:
     return Shard()
 
 
+# Rank 0 alone fits the linear probe (full-batch L-BFGS on the CPU) while the others wait in a collective:
+# on ImageNet that takes far longer than torch's default 10 minutes for NCCL
+TIMEOUT = timedelta(hours=12)
+
+
 def setup(device: str) -> str:
     """Join the process group ``torchrun`` prepared (once per process) and return this process's
-    device: ``cuda`` becomes ``cuda:LOCAL_RANK``. Without a launcher: ``device`` unchanged."""
+    device: any ``cuda`` device becomes ``cuda:LOCAL_RANK`` (choose the GPUs with
+    ``CUDA_VISIBLE_DEVICES``). Without a launcher: ``device`` unchanged."""
     if not launched():
         return device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = str(device).startswith("cuda")
     if cuda:
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda under torchrun, but this machine has no CUDA device")
-        device = f"cuda:{local}" if str(device) == "cuda" else str(device)
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return device
 
 
@@ -95,6 +101,12 @@ def gather_objects(obj: T) -> list[T]:
     out: list[Any] = [None] * shard.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def agree(value: T) -> T:
+    """Rank 0's ``value`` on every rank: for choices each process would make on its own (a batch size
+    from its free memory) but that must be the same everywhere."""
+    return broadcast_object(value)
 
 
 def gather_to_main(obj: T) -> list[T] | None:
@@ -153,5 +165,5 @@ def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-__all__ = ["Shard", "all_sum", "barrier", "broadcast_object", "current", "ddp", "gather_objects", "gather_to_main", "launched",
+__all__ = ["Shard", "agree", "all_sum", "barrier", "broadcast_object", "current", "ddp", "gather_objects", "gather_to_main", "launched",
            "setup", "unshard"]

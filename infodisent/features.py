@@ -145,10 +145,9 @@ class FeatureCache:
         (with ``shard``: that process's part of every block of ``world x batch_size`` rows)."""
         rows = self.rows(view=0)
         world, rank = (shard.world, shard.rank) if shard is not None else (1, 0)
-        for s in range(0, len(rows), batch_size * world):
+        for s in range(0, len(rows), batch_size * world):  # one batch per block on every rank (maybe empty)
             r = rows[s : s + batch_size * world][rank::world]
-            if len(r):
-                yield MapBatch(self.load(r, device)[0], self.indices[r])
+            yield MapBatch(self.load(r, device)[0], self.indices[r])
 
     def batches(
         self,
@@ -298,6 +297,8 @@ def stream_feature_maps(
             with torch.inference_mode():
                 f = backbone(x.to(device))
             yield MapBatch(f.float(), np.asarray(rows))
+        elif shard is not None and shard.active:  # every rank yields once per block
+            yield MapBatch(torch.zeros(0), np.zeros(0, np.int64))
 
 
 @contextmanager
@@ -553,8 +554,10 @@ def _extract_sharded(backbone, dataset, cache_root, views, seed, batch_size, num
             bar = tqdm(total=n_rows, initial=done, desc=f"features {dataset.name}/{dataset.split}", unit="img",
                        disable=not progress or not shard.main)
             for x, rows, failed in loader:
-                if strict and failed:
-                    _skip_or_raise(failed[0][1], strict)
+                if strict:  # every rank hears of an unreadable image, so that all stop together
+                    failures = [f for part in distributed.gather_objects(failed) for f in part]
+                    if failures:
+                        _skip_or_raise(failures[0][1], strict)
                 pieces = distributed.gather_to_main((rows, _maps(backbone, x, device), failed))
                 if writer is not None:
                     writer.write(pieces)

@@ -58,14 +58,18 @@ class RunResult:
         return Run.open(self.run_dir)
 
 
-def pooled_features(source: FeatureSource) -> tuple[torch.Tensor, torch.Tensor]:
-    """Globally average-pooled features (N, D) and labels from any source, one pass."""
+def pooled_features(source: FeatureSource, everywhere: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Globally average-pooled features (N, D) and labels from any source, one pass. Under torchrun
+    every process gets all rows, in the one-process order; with ``everywhere=False`` only rank 0 does
+    (the others get None)."""
     xs, ys = [], []
     for x, y in source.batches(None):
         xs.append(x.float().mean(dim=(2, 3)).cpu())
         ys.append(y.cpu())
-    if distributed.current().active:  # under torchrun: every process gets all rows, in the one-process order
-        pieces = distributed.gather_objects((xs, ys))
+    if distributed.current().active:
+        pieces = distributed.gather_objects((xs, ys)) if everywhere else distributed.gather_to_main((xs, ys))
+        if pieces is None:
+            return None
         xs, ys = distributed.unshard([p[0] for p in pieces]), distributed.unshard([p[1] for p in pieces])
     return torch.cat(xs), torch.cat(ys)
 
@@ -76,7 +80,7 @@ def _prepare_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes
         if distributed.current().main:
             _clear_run_dir(cfg, files, backbone, num_classes)
         error = None
-    except (RunExistsError, CheckpointMismatchError) as e:
+    except Exception as e:  # noqa: BLE001 - every rank must hear of it, or the others wait in the gather
         error = e
     errors = [e for e in distributed.gather_objects(error) if e is not None]
     if errors:
@@ -116,7 +120,7 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
     if sp is not None and sp.chosen:
         fit_images, val_images = holdout_split(train_ds.labels, sp.validation, cfg.fit.seed)
     # passes without gradients take the batch the device fits (on CUDA; the training batch elsewhere)
-    infer = max(cfg.batch_size, backbone.inference_batch_size(dev) or 0)
+    infer = distributed.agree(max(cfg.batch_size, backbone.inference_batch_size(dev) or 0))  # one for all ranks
     if not cfg.use_cache:
         def mk(ds, images=None, batch=cfg.batch_size):
             return StreamingSource(backbone, ds, batch, cfg.fit.seed, cfg.num_workers, dev, images,
@@ -148,10 +152,10 @@ def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_cla
     """The linear probe: pooled features of every process's rows, fitted and written by rank 0, its
     numbers sent to the others."""
     probe_train = CachedSource(caches["train"], 512, view=0) if caches else train_src
-    xtr, ytr = pooled_features(probe_train)
-    xte, yte = pooled_features(test_src)
+    train, test = pooled_features(probe_train, everywhere=False), pooled_features(test_src, everywhere=False)
     result = None
     if distributed.current().main:
+        (xtr, ytr), (xte, yte) = train, test
         probe = fit_linear_probe(xtr, ytr, num_classes, seed=cfg.fit.seed)
         with atomic_path(files.probe) as tmp:
             save_file({k: v.contiguous() for k, v in probe.linear.state_dict().items()}, str(tmp))

@@ -204,8 +204,8 @@ def mine_prototypes(
     model.backbone.to(device)
     n, d = len(dataset), head.config.num_features
     grid = tuple(model.backbone.feature_shape()[1:])
-    # under torchrun (with an output folder): each process mines its rows into the shared arrays and
-    # keeps its own top-k lists, which rank 0 merges
+    # under torchrun (with an output folder): each process mines its rows and keeps its own top-k lists;
+    # rank 0 writes every row (sent to it batch by batch) and merges the lists
     shard = distributed.current() if out is not None else distributed.Shard()
     skipped: list[str] = [f"{b['path']}: {b['reason']}" for b in features.bad_files] if features is not None else []
     batches = features.map_batches(batch_size, device, shard) if features is not None else stream_feature_maps(
@@ -215,19 +215,15 @@ def mine_prototypes(
     if out is not None:
         final = Path(out)
         tmp = final.parent / f".{final.name}.partial"
-        if shard.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            v_all = np.lib.format.open_memmap(tmp / "v.npy", mode="w+", dtype=np.float32, shape=(n, d))
-            pos_all = np.lib.format.open_memmap(tmp / "positions.npy", mode="w+", dtype=np.int16, shape=(n, 2, d))
-            v_all[:] = np.nan
-            pos_all[:] = -1
-            v_all.flush()
-            pos_all.flush()
-        distributed.barrier()  # the arrays exist before the other processes open them
-        if not shard.main:
-            v_all, pos_all = np.load(tmp / "v.npy", mmap_mode="r+"), np.load(tmp / "positions.npy", mmap_mode="r+")
-    else:
+    v_all = pos_all = None
+    if tmp is not None and shard.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        v_all = np.lib.format.open_memmap(tmp / "v.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        pos_all = np.lib.format.open_memmap(tmp / "positions.npy", mode="w+", dtype=np.int16, shape=(n, 2, d))
+        v_all[:] = np.nan
+        pos_all[:] = -1
+    elif tmp is None:
         v_all, pos_all = np.full((n, d), np.nan, np.float32), np.full((n, 2, d), -1, np.int16)
 
     top_val = torch.full((2, d, k), -1.0, device=device)
@@ -236,26 +232,29 @@ def mine_prototypes(
     bar = tqdm(total=n, desc=f"mine {dataset.name}/{dataset.split}", unit="img", disable=not progress or not shard.main)
     # eval mode without autograd: the head computes U and W once (inference_weights)
     for F_, images in batches:
-        out_ = head.forward_details(F_.to(device, torch.float32))
-        pool = out_.pool  # the head's own two-sided max and its positions
-        where = torch.stack([pool.pos_index, pool.neg_index])  # (2, B, D)
-        v_all[images] = out_.v.cpu().numpy()
-        pos_all[images] = where.transpose(0, 1).cpu().numpy().astype(np.int16)
-        b = len(images)
-        cand_val = torch.cat([top_val, torch.stack([pool.pos_values, pool.neg_values]).transpose(1, 2)], 2)
-        img_t = torch.as_tensor(images, device=device).expand(2, d, b)
-        cand_img = torch.cat([top_img, img_t], 2)
-        cand_pos = torch.cat([top_pos, where.transpose(1, 2)], 2)
-        top_val, order = cand_val.topk(k, dim=2)
-        top_img, top_pos = cand_img.gather(2, order), cand_pos.gather(2, order)
-        bar.update(b * shard.world)
+        v_b = pos_b = None
+        if len(images):
+            out_ = head.forward_details(F_.to(device, torch.float32))
+            pool = out_.pool  # the head's own two-sided max and its positions
+            where = torch.stack([pool.pos_index, pool.neg_index])  # (2, B, D)
+            v_b, pos_b = out_.v.cpu().numpy(), where.transpose(0, 1).cpu().numpy().astype(np.int16)
+            b = len(images)
+            cand_val = torch.cat([top_val, torch.stack([pool.pos_values, pool.neg_values]).transpose(1, 2)], 2)
+            img_t = torch.as_tensor(images, device=device).expand(2, d, b)
+            cand_img = torch.cat([top_img, img_t], 2)
+            cand_pos = torch.cat([top_pos, where.transpose(1, 2)], 2)
+            top_val, order = cand_val.topk(k, dim=2)
+            top_img, top_pos = cand_img.gather(2, order), cand_pos.gather(2, order)
+        pieces = distributed.gather_to_main((images, v_b, pos_b)) if shard.active else [(images, v_b, pos_b)]
+        for imgs, v_p, pos_p in pieces or []:
+            if len(imgs):
+                v_all[imgs] = v_p
+                pos_all[imgs] = pos_p
+                bar.update(len(imgs))
     bar.close()
 
     tv, ti, tp = top_val.cpu().numpy(), top_img.cpu().numpy(), top_pos.cpu().numpy()
     if shard.active:
-        if tmp is not None:
-            v_all.flush()
-            pos_all.flush()
         lists = distributed.gather_to_main((tv, ti, tp, skipped))
         if not shard.main:
             distributed.barrier()  # rank 0 writes the index
