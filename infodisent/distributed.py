@@ -13,7 +13,8 @@ How work is split, so that N processes give the one-process result:
   holds nothing per process, so a run resumes with any number of processes.
 - **evaluation, pooled features, importance**: the same strided split; :func:`unshard` puts the
   gathered pieces back in the one-process order.
-- **feature cache, prototype mining**: rows strided by rank; rank 0 is the only writer of the cache
+- **feature cache, prototype mining**: the same split of blocks of N x batch rows
+  (:class:`ShardedBatchSampler` without shuffling); rank 0 is the only writer of the cache
   (the other ranks send it their rows) and merges the per-rank top-k lists of the prototype index.
 
 Only rank 0 writes the run directory and shows progress bars. The run directory and the feature
@@ -22,11 +23,13 @@ cache must lie on a filesystem every process sees (one machine, or a shared one 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -52,6 +55,34 @@ class Shard:
     def take(self, items: Sequence[T]) -> Sequence[T]:
         """This rank's part of one global batch: ``items[rank::world]``."""
         return items[self.rank :: self.world]
+
+
+def global_batches(n: int, batch_size: int, shuffle: bool, seed: int) -> Iterator[np.ndarray]:
+    """Positions ``0..n-1`` in batches of ``batch_size``: a seeded permutation when shuffling (the same
+    one :meth:`~infodisent.features.FeatureCache.batches` draws), else in order. Every process draws the
+    same batches."""
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for s in range(0, n, batch_size):
+        yield order[s : s + batch_size]
+
+
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """A distributed batch sampler: this process's part ``g[rank::world]`` of every global batch ``g`` of
+    :func:`global_batches` (possibly empty: every process then still takes part in the step).
+
+    Unlike :class:`~torch.utils.data.distributed.DistributedSampler`, which pads the epoch with repeated
+    images and gives each process its own contiguous stream, N processes here see exactly the one-process
+    batches, so they train the one-process head."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, shard: Shard) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed, self.shard = n, batch_size, shuffle, seed, shard
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in global_batches(self.n, self.batch_size, self.shuffle, self.seed):
+            yield [int(i) for i in self.shard.take(b)]
 
 
 def launched() -> bool:
@@ -101,12 +132,6 @@ def gather_objects(obj: T) -> list[T]:
     out: list[Any] = [None] * shard.world
     dist.all_gather_object(out, obj)
     return out
-
-
-def agree(value: T) -> T:
-    """Rank 0's ``value`` on every rank: for choices each process would make on its own (a batch size
-    from its free memory) but that must be the same everywhere."""
-    return broadcast_object(value)
 
 
 def gather_to_main(obj: T) -> list[T] | None:
@@ -165,5 +190,5 @@ def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-__all__ = ["Shard", "agree", "all_sum", "barrier", "broadcast_object", "current", "ddp", "gather_objects", "gather_to_main", "launched",
-           "setup", "unshard"]
+__all__ = ["Shard", "ShardedBatchSampler", "all_sum", "barrier", "broadcast_object", "current", "ddp",
+           "gather_objects", "gather_to_main", "global_batches", "launched", "setup", "unshard"]

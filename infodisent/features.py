@@ -143,10 +143,10 @@ class FeatureCache:
         """The plain maps (view 0) of every valid image with their dataset indices, in row order:
         what :func:`stream_feature_maps` yields, read from the cache instead of the backbone
         (with ``shard``: that process's part of every block of ``world x batch_size`` rows)."""
-        rows = self.rows(view=0)
-        world, rank = (shard.world, shard.rank) if shard is not None else (1, 0)
-        for s in range(0, len(rows), batch_size * world):  # one batch per block on every rank (maybe empty)
-            r = rows[s : s + batch_size * world][rank::world]
+        rows, shard = self.rows(view=0), shard or distributed.Shard()
+        block = batch_size * shard.world
+        for s in range(0, len(rows), block):  # one batch per block on every rank (maybe empty)
+            r = shard.take(rows[s : s + block])
             yield MapBatch(self.load(r, device)[0], self.indices[r])
 
     def batches(
@@ -280,14 +280,10 @@ def stream_feature_maps(
     to ``skipped`` as ``"path: reason"`` (``strict=True`` raises :class:`ImageReadError`).
     """
     views = _Views(dataset, 1, backbone.transform, None, 0)
-    if shard is not None and shard.active:  # this rank's part g[rank::world] of every block g of world x batch_size
-        block = batch_size * shard.world
-        parts = [list(range(s, min(s + block, len(dataset))))[shard.rank :: shard.world]
-                 for s in range(0, len(dataset), block)]
-        loader = torch.utils.data.DataLoader(views, batch_sampler=parts, num_workers=num_workers, collate_fn=_collate)
-    else:
-        loader = torch.utils.data.DataLoader(views, batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=_collate)
+    shard = shard or distributed.Shard()
+    # this rank's part g[rank::world] of every block g of world x batch_size images (one process: the batches)
+    sampler = distributed.ShardedBatchSampler(len(dataset), batch_size * shard.world, False, 0, shard)
+    loader = torch.utils.data.DataLoader(views, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate)
     for x, rows, failed in loader:
         for _, failure in failed:
             _skip_or_raise(failure, strict)
@@ -297,7 +293,7 @@ def stream_feature_maps(
             with torch.inference_mode():
                 f = backbone(x.to(device))
             yield MapBatch(f.float(), np.asarray(rows))
-        elif shard is not None and shard.active:  # every rank yields once per block
+        elif shard.active:  # every rank yields once per block
             yield MapBatch(torch.zeros(0), np.zeros(0, np.int64))
 
 
@@ -543,12 +539,12 @@ def _extract_sharded(backbone, dataset, cache_root, views, seed, batch_size, num
                 writer = _Writer(path, meta, _resume(path, meta) or _start(path, meta), strict)
         done = distributed.broadcast_object(None if cache is not None else writer.done if writer else None)
         if done is not None:
-            n_rows, block = int(meta["shape"][0]), batch_size * shard.world
-            parts = [list(range(s, min(s + block, n_rows)))[shard.rank :: shard.world]
-                     for s in range(done, n_rows, block)]
+            n_rows = int(meta["shape"][0])
             rows_ds = _Views(dataset, views, backbone.transform, backbone.train_transform() if views > 1 else None,
                              seed)
-            loader = torch.utils.data.DataLoader(rows_ds, batch_sampler=parts, num_workers=num_workers,
+            todo = torch.utils.data.Subset(rows_ds, range(done, n_rows))
+            sampler = distributed.ShardedBatchSampler(len(todo), batch_size * shard.world, False, 0, shard)
+            loader = torch.utils.data.DataLoader(todo, batch_sampler=sampler, num_workers=num_workers,
                                                  collate_fn=_collate)
             backbone.to(device)
             bar = tqdm(total=n_rows, initial=done, desc=f"features {dataset.name}/{dataset.split}", unit="img",

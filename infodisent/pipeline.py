@@ -120,7 +120,8 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
     if sp is not None and sp.chosen:
         fit_images, val_images = holdout_split(train_ds.labels, sp.validation, cfg.fit.seed)
     # passes without gradients take the batch the device fits (on CUDA; the training batch elsewhere)
-    infer = distributed.agree(max(cfg.batch_size, backbone.inference_batch_size(dev) or 0))  # one for all ranks
+    # rank 0's choice on every rank (each would measure its own free memory): all cut the same batches
+    infer = distributed.broadcast_object(max(cfg.batch_size, backbone.inference_batch_size(dev) or 0))
     if not cfg.use_cache:
         def mk(ds, images=None, batch=cfg.batch_size):
             return StreamingSource(backbone, ds, batch, cfg.fit.seed, cfg.num_workers, dev, images,

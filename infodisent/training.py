@@ -79,34 +79,7 @@ class CachedSource:
             return self.cache.batches(self.batch_size, shuffle, seed, self.rows(), self.device)
         rows = self.rows()
         return (self.cache.load(shard.take(rows[b]), self.device)
-                for b in global_batches(len(rows), self.batch_size, shuffle, seed))
-
-
-def global_batches(n: int, batch_size: int, shuffle: bool, seed: int) -> Iterator[np.ndarray]:
-    """Positions ``0..n-1`` in batches of ``batch_size``: a seeded permutation when shuffling (the same
-    one :meth:`FeatureCache.batches` draws), else in order. Every process draws the same batches."""
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    for s in range(0, n, batch_size):
-        yield order[s : s + batch_size]
-
-
-class ShardedBatchSampler(torch.utils.data.Sampler):
-    """A distributed batch sampler: this process's part ``g[rank::world]`` of every global batch ``g`` of
-    :func:`global_batches` (possibly empty: every process then still takes part in the step).
-
-    Unlike :class:`~torch.utils.data.distributed.DistributedSampler`, which pads the epoch with repeated
-    images and gives each process its own contiguous stream, N processes here see exactly the one-process
-    batches, so they train the one-process head."""
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, shard: distributed.Shard) -> None:
-        self.n, self.batch_size, self.shuffle, self.seed, self.shard = n, batch_size, shuffle, seed, shard
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for b in global_batches(self.n, self.batch_size, self.shuffle, self.seed):
-            yield [int(i) for i in self.shard.take(b)]
+                for b in distributed.global_batches(len(rows), self.batch_size, shuffle, seed))
 
 
 def _collate_or_none(items):
@@ -162,7 +135,7 @@ class StreamingSource:
         return f.clone()  # a normal tensor: the head's backward may save it
 
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        sampler = ShardedBatchSampler(len(self), self.batch_size, epoch is not None,
+        sampler = distributed.ShardedBatchSampler(len(self), self.batch_size, epoch is not None,
                                       self.seed * 100_003 + (epoch or 0), distributed.current())
         workers = self.num_workers
         loader = torch.utils.data.DataLoader(
