@@ -283,9 +283,12 @@ def _refused_pickle_message(path: Path, error: str) -> str:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return True  # let the hub client answer from its cache, or fail fast
     from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True  # let the hub client answer from its cache, or fail fast
+    # (the hub client reads HF_HUB_OFFLINE once, when it is imported: an environment variable set later,
+    # in a notebook say, changes nothing, and the download would wait for the network's timeouts)
 
     host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:

@@ -104,11 +104,22 @@ def test_offline_weights_only_for_the_default_backbone():
         load_backbone("test_resnet", "offline")
 
 
-def test_timm_weights_without_network_say_what_to_do(monkeypatch):
+@pytest.mark.parametrize("hub_offline", [True, False], ids=["HF_HUB_OFFLINE", "no-network"])
+def test_timm_weights_without_network_say_what_to_do(monkeypatch, hub_offline):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", hub_offline)  # what the hub client read at its import
+    # an environment variable set after that import does not make the client offline: still a fast, clear error
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if not hub_offline:  # this machine: no route to the hub (checked with a short connection attempt)
+        monkeypatch.setattr("infodisent.backbone.socket.create_connection", _refused)
     with pytest.raises(BackboneError) as e:
         load_backbone("test_resnet", "timm")
     assert "--weights PATH" in str(e.value) and "offline" in str(e.value)
+
+
+def _refused(*args, **kwargs):
+    raise ConnectionRefusedError("no network in this test")
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
