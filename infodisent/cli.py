@@ -47,8 +47,9 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     p.add_argument("--seed", type=int, default=f.seed)
     p.add_argument("--views", type=int, default=defaults.views, help="cached views per training image (>1 adds augmented views)")
     p.add_argument("--orthogonal-map", choices=["cayley", "householder", "matrix_exp"], default=defaults.head.orthogonal_map)
-    p.add_argument("--relaxation", choices=["none", "gumbel"], default=defaults.head.relaxation,
-                   help="Gumbel-softmax relaxation of the max during training (evaluation always uses the exact max)")
+    p.add_argument("--relaxation", choices=["none", "gumbel", "softmax"], default=defaults.head.relaxation,
+                   help="the max's gradient during training: exact ('none'), Gumbel-softmax sampled, or softmax-spread "
+                        "near the peak (the default; the forward pass and evaluation always use the exact max)")
     p.add_argument("--bias", action="store_true", help="add a per-class bias to the classifier")
     p.add_argument("--no-rotation", action="store_true", help="ablation: keep U fixed at the identity")
     p.add_argument("--pooling", choices=["max", "avg"], default=defaults.head.pooling,
@@ -59,14 +60,17 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     sp = SparseOptions()
     g = p.add_argument_group(
         "compact head", "By default the dense head is pruned to K channels per class and fine-tuned; K is the "
-        "smallest of --prune-candidates whose accuracy on held-out training images stays within --prune-tolerance "
-        "of the dense head's.")
+        "smallest of --prune-candidates whose calibrated loss on held-out training images is within --loss-se "
+        "standard errors of the best candidate's; a head that measurably loses more than --prune-tolerance top-1 against the dense "
+        "head is reported loudly.")
     g.add_argument("--dense", action="store_true", help="the paper's dense head: no pruning")
     g.add_argument("--prune-k", type=int, default=None, help="keep exactly K channels per class (no choice)")
     g.add_argument("--prune-candidates", type=int, nargs="+", default=list(sp.candidates), metavar="K",
                    help="channels per class to choose from")
     g.add_argument("--prune-tolerance", type=float, default=sp.tolerance,
-                   help="top-1 a smaller K may lose on the held-out images (0.005: half a point)")
+                   help="the accuracy budget: top-1 the compact head may lose against the dense one (0.005: half a point)")
+    g.add_argument("--loss-se", type=float, default=sp.loss_se,
+                   help="K: the smallest candidate within this many standard errors of the best calibrated held-out loss")
     g.add_argument("--validation", type=float, default=sp.validation,
                    help="share of each class's training images held out to choose K")
     g.add_argument("--channels-total", type=int, default=None,
@@ -108,6 +112,7 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     sparse = None if a.dense else SparseOptions(
         a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u, ratio=a.prune_ratio,
         round_epochs=a.round_epochs, candidates=tuple(a.prune_candidates), tolerance=a.prune_tolerance,
+        loss_se=a.loss_se,
         validation=a.validation, channels_total=a.channels_total)
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .probe import fit_linear_probe
 from .prototypes import PrototypeIndex, mine_prototypes
 from .results import Accuracy, CacheUse, Evaluation, KSelection, ProbeInfo, RunMetrics, SparseSummary, from_dict, to_dict
 from .run import Run, RunFiles
+from .selection import BudgetWarning
 from .sparse import SparseOptions, sparsify
 from .training import (
     CachedSource, CheckpointMismatchError, CheckpointPaths, FeatureSource, StreamingSource, check_checkpoint,
@@ -228,6 +230,8 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
             )
             model = InfoDisent(model.backbone, head, model.class_names)
             history = pd.concat([history.assign(phase="train"), more.assign(phase="prune")], ignore_index=True)
+            if selection is not None and not selection.within_tolerance and shard.main:
+                warnings.warn(selection.budget(), BudgetWarning, stacklevel=2)
             if shard.main:
                 _save_pruned(ckpt_paths, model.head, history, dense, cfg.sparse, selection)
     t_train = time.perf_counter() - t0

@@ -27,7 +27,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212121}
 h1{margin-bottom:4px} h2{border-bottom:2px solid #e0e0e0;padding-bottom:4px;margin-top:36px}
 table{border-collapse:collapse;font-size:14px} td,th{border:1px solid #e0e0e0;padding:4px 8px;text-align:right}
-th{background:#fafafa} .muted{color:#757575;font-size:13px} .card{margin:14px 0;padding:10px;border:1px solid #eee;border-radius:6px}
+th{background:#fafafa} .muted{color:#757575;font-size:13px} .warning{color:#b71c1c;font-weight:600} .card{margin:14px 0;padding:10px;border:1px solid #eee;border-radius:6px}
 img{max-width:100%} .row{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start} code{background:#f5f5f5;padding:1px 4px}
 """
 
@@ -63,6 +63,10 @@ def _metrics_section(metrics: RunMetrics, fig: _Figures) -> str:
     parts = [f"<h2>Metrics</h2><p class='muted'>{metrics.dataset} test split, backbone "
              f"<code>{html.escape(metrics.backbone)}</code> ({html.escape(str(metrics.weights))})</p>",
              metrics.table().to_html(float_format=lambda v: f"{v:.4f}", na_rep="–")]
+    sel = metrics.sparse.selection if metrics.sparse is not None else None
+    if sel is not None and sel.loss:  # how K was chosen, and, loudly, a missed accuracy budget
+        style = "" if sel.within_tolerance else " class='warning'"
+        parts.append(f"<p{style}>{html.escape(sel.budget())}.</p>")
     ex = metrics.explanations
     if ex:
         d = ex.to_dict()

@@ -240,15 +240,37 @@ class ProbeInfo(_DataMixin):
 
 @dataclass(frozen=True)
 class KSelection(_DataMixin):
-    """How the channels per class were chosen: validation top-1 of each candidate tried (largest first,
-    stopping at the first that lost more than ``tolerance`` against the dense head)."""
+    """How the channels per class were chosen (:func:`infodisent.selection.choose_k`): each candidate's
+    held-out top-1 and calibrated loss, and whether the chosen head keeps the accuracy budget."""
 
-    channels_per_class: int  # the chosen K: the smallest candidate within tolerance
+    channels_per_class: int  # the chosen K: the smallest candidate within loss_se standard errors of the best loss
     images: int  # held-out training images
     dense_top1: float  # the dense head on them
-    tolerance: float  # the top-1 a candidate could lose: the asked-for tolerance, at least one image
-    top1: dict[str, float]  # K -> validation top-1 of its head, fine-tuned as the final one would be
-    within_tolerance: bool  # False: even the largest candidate lost more (it is kept)
+    tolerance: float  # the budget: top-1 the compact head may lose against the dense head
+    top1: dict[str, float]  # K -> held-out top-1 of its head, fine-tuned as the final one would be
+    within_tolerance: bool  # False: the chosen head measurably loses more than the budget (it is kept, and said)
+    loss: dict[str, float] = field(default_factory=dict)  # K -> held-out cross-entropy after temperature scaling
+    dense_loss: float | None = None
+    loss_se: float | None = None  # the rule's band, in standard errors
+    loss_gap: dict[str, float] = field(default_factory=dict)  # K -> its loss minus the best candidate's (paired)
+    loss_gap_se: dict[str, float] = field(default_factory=dict)  # K -> the standard error of that gap
+    lost: float | None = None  # held-out top-1 the chosen head loses against the dense one (paired)
+    noise: float | None = None  # the loss the held-out images cannot resolve (1.645 standard errors)
+
+    def budget(self) -> str:
+        """One sentence on the accuracy budget, loud when it is missed."""
+        k = self.channels_per_class
+        lost = self.dense_top1 - self.top1[str(k)] if self.lost is None else self.lost
+        did = f"loses {100 * lost:.1f} points" if lost > 0 else f"gains {-100 * lost:.1f} points" if lost < 0 else "loses nothing"
+        said = f"K={k} {did} of held-out top-1 against the dense head ({self.dense_top1:.3f} on {self.images} images)"
+        budget = f"the {100 * self.tolerance:.1f}-point budget"
+        if not self.within_tolerance:
+            return (f"WARNING: {said}: OUTSIDE {budget}; the compact head is kept: compare it with the dense "
+                    "head (metrics 'sparse.dense') before trusting its accuracy")
+        if self.noise is not None and lost > self.tolerance:
+            return (f"{said}: not measurably outside {budget} ({self.images} images cannot resolve less than "
+                    f"{100 * (self.tolerance + self.noise):.1f} points)")
+        return f"{said}: within {budget}"
 
 
 @dataclass(frozen=True)
@@ -264,14 +286,20 @@ class SparseSummary(_DataMixin):
     channels_total: int | None = None  # a channel budget shared by all classes
 
     def describe(self) -> str:
-        """One line: K, how it was chosen, and what compactness cost on the test split."""
+        """K, how it was chosen, what compactness cost on the test split and, loudly, a missed budget."""
         k, sel = self.channels_per_class, self.selection
         how = "given"
         if sel is not None:
-            tried = ", ".join(f"K={a}: {b:.3f}" for a, b in sorted(sel.top1.items(), key=lambda kv: -int(kv[0])))
-            how = (f"chosen on {sel.images} held-out training images (dense {sel.dense_top1:.3f}; {tried}"
-                   + ("" if sel.within_tolerance else f"; none within {sel.tolerance:.3f}, the largest kept") + ")")
-        return f"compact head: {k} channels per class, {how}; the dense head before pruning: {self.dense.top1:.4f} test top-1"
+            order = sorted(sel.top1, key=lambda a: -int(a))
+            if sel.loss:
+                tried = ", ".join(f"K={a}: {sel.loss[a]:.3f}" for a in order)
+                how = (f"chosen on {sel.images} held-out training images by calibrated loss "
+                       f"(dense {sel.dense_loss:.3f}; {tried}); {sel.budget()}")
+            else:  # a run from before the loss rule
+                tried = ", ".join(f"K={a}: {sel.top1[a]:.3f}" for a in order)
+                how = f"chosen on {sel.images} held-out training images (dense {sel.dense_top1:.3f}; {tried})"
+        return (f"compact head: {k} channels per class, {how}; test top-1 of the dense head before pruning: "
+                f"{self.dense.top1:.4f}")
 
 
 @dataclass(frozen=True)

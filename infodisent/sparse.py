@@ -2,8 +2,9 @@
 
 This is the default run (:class:`SparseOptions` in ``RunConfig.sparse``): a dense head spreads a
 decision over ~900 channels, a pruned one over K, which a person can check. K is chosen by the data
-(:func:`sparsify`): the smallest of a short list whose accuracy on held-out training images stays
-within half a point (at least one image) of the dense head's.
+(:func:`sparsify`): the smallest of a short list whose calibrated loss on held-out training images is
+within one standard error of the best candidate's; the head is then checked against a half-point accuracy budget, and a
+measured miss is said loudly (:mod:`infodisent.selection`).
 
 The recipe: train a dense head, then prune in rounds: each round keeps for
 each class the channels that matter most to it (4x fewer per round, down to
@@ -37,7 +38,8 @@ from . import distributed
 from .head import InfoDisentHead
 from .monitor import Monitor
 from .results import KSelection
-from .training import FeatureSource, FitConfig, evaluate, fit
+from .selection import HeldOut, choose_k
+from .training import FeatureSource, FitConfig, fit
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,13 @@ class SparseOptions:
     """Pruning settings: ``channels_per_class`` after the last round, then ``finetune_epochs`` of fine-tuning.
 
     ``channels_per_class=None`` (the default) lets the data choose K: a ``validation`` share of each
-    class's training images is held out, the rounds go on through the ``candidates`` from the largest
-    down, each candidate fine-tuned for ``finetune_epochs`` as the final head would be, and K is the
-    smallest candidate whose validation top-1 stays within ``tolerance`` of the dense head's (the
-    descent stops at the first that does not; the head of the chosen K is the result). A loss below one held-out image
-    cannot be measured, so the tolerance is at least one image (1.1 points with 90 images). With
+    class's training images is held out, the rounds go on through all the ``candidates`` from the
+    largest down, each fine-tuned for ``finetune_epochs`` as the final head would be, and K is the
+    smallest candidate whose held-out loss after temperature scaling is within ``loss_se`` standard
+    errors of the best candidate's (the one-standard-error rule, :func:`infodisent.selection.choose_k`;
+    top-1 on a few dozen images flips with another CPU's last bits). The chosen head is kept; whether it
+    loses more than ``tolerance`` top-1 against the dense head, beyond what the held-out images can
+    resolve, is recorded (``KSelection.within_tolerance``) and printed loudly. With
     ``channels_total``, all classes choose their channels from one shared budget of that many.
     """
 
@@ -60,9 +64,11 @@ class SparseOptions:
     ratio: int = 4  # each round keeps 1/ratio of the channels per class (1: prune to k at once)
     round_epochs: int = 3  # fine-tuning after each intermediate round
     candidates: tuple[int, ...] = (3, 5, 8)  # the short list K is chosen from ("a handful")
-    tolerance: float = 0.005  # top-1 a smaller K may lose against the dense head, on validation images
+    tolerance: float = 0.005  # the budget: top-1 the compact head may lose against the dense head
+    loss_se: float = 1.0  # K: the smallest candidate within this many standard errors of the best held-out loss
     validation: float = 0.1  # share of each class's training images held out to choose K
     channels_total: int | None = None  # one budget of channels shared by all classes
+    distill: float = 0.0  # fine-tuning matches the dense head's logits with this weight (the labels: 1 - distill)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidates", tuple(sorted(set(int(c) for c in self.candidates))))
@@ -71,8 +77,10 @@ class SparseOptions:
             raise ValueError(f"SparseOptions needs channels_per_class >= 1, ratio >= 1 and epochs >= 0; got {self}")
         if k is None and (not self.candidates or self.candidates[0] < 1):
             raise ValueError(f"SparseOptions.candidates must be channel counts >= 1, got {self.candidates}")
-        if not 0 <= self.tolerance < 1 or not 0 < self.validation < 1:
-            raise ValueError(f"SparseOptions needs 0 <= tolerance < 1 and 0 < validation < 1; got {self}")
+        if not 0 <= self.tolerance < 1 or not 0 < self.validation < 1 or self.loss_se < 0:
+            raise ValueError(f"SparseOptions needs 0 <= tolerance < 1, 0 < validation < 1 and loss_se >= 0; got {self}")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"SparseOptions.distill must be in [0, 1], got {self.distill}")
         if self.channels_total is not None and self.channels_total < (k or self.candidates[-1]):
             raise ValueError(f"SparseOptions.channels_total ({self.channels_total}) is below the channels per class")
 
@@ -185,20 +193,18 @@ def sparsify(
     d, c = head.config.num_features, head.config.num_classes
     ks, budgets = options.schedule(d), options.budgets(d, c)
     top = options.channels_per_class or options.candidates[-1]
-    dense_val = evaluate(head, validation, fit_config.amp).top1 if options.chosen else None
-    # a loss smaller than one held-out image cannot be measured: allow at least that
-    allowed = max(options.tolerance, 1.0 / len(validation)) if options.chosen else 0.0
+    dense_val = HeldOut.of(head, validation, fit_config.amp) if options.chosen else None
+    teacher = copy.deepcopy(head).eval() if options.distill > 0 else None  # the dense head, frozen
     rows, epoch = [], first_epoch
-    tried: dict[int, float] = {}  # K -> validation top-1
-    best: tuple[int, InfoDisentHead] | None = None  # the smallest K so far within the tolerance
+    tried: dict[int, tuple[HeldOut, InfoDisentHead]] = {}  # K -> its held-out scores and head
 
     def tune(h: InfoDisentHead, epochs: int, k: int) -> None:
         nonlocal epoch
         ft = replace(fit_config, epochs=epochs, lr=options.finetune_lr or fit_config.lr,
-                     train_rotation=options.finetune_rotation, warmup_epochs=0)
+                     train_rotation=options.finetune_rotation, warmup_epochs=0, distill=options.distill)
         if monitor is not None:
             monitor.phase, monitor.offset = f"prune K={k}", epoch
-        more = fit(h, train, test, ft, None, False, progress, device, monitor)
+        more = fit(h, train, test, ft, None, False, progress, device, monitor, teacher)
         more["epoch"] += epoch
         more["channels_per_class"] = k
         epoch += epochs
@@ -210,21 +216,15 @@ def sparsify(
         # as the head it would give
         tune(head, options.finetune_epochs if k <= top else options.round_epochs, k)
         if options.chosen and k <= top:
-            tried[k] = evaluate(head, validation, fit_config.amp).top1
-            rows[-1].loc[rows[-1].index[-1], "validation_top1"] = tried[k]
-            lost = tried[k] < dense_val - allowed - 1e-9
-            if lost and best is not None:
-                break
-            best = (k, copy.deepcopy(head))
-            if lost:  # even the largest candidate loses too much: keep it
-                break
+            scores = HeldOut.of(head, validation, fit_config.amp)
+            tried[k] = scores, copy.deepcopy(head)
+            last = rows[-1].index[-1]
+            rows[-1].loc[last, "validation_top1"] = scores.top1
+            rows[-1].loc[last, "validation_loss"] = scores.loss
     selection = None
     if options.chosen:
-        k, head = best
-        within = tried[k] >= dense_val - allowed - 1e-9
-        selection = KSelection(channels_per_class=k, images=len(validation), dense_top1=dense_val,
-                               tolerance=allowed, top1={str(a): b for a, b in sorted(tried.items())},
-                               within_tolerance=within)
+        selection = choose_k({k: s for k, (s, _) in tried.items()}, dense_val, options)
+        head = tried[selection.channels_per_class][1]
     return head, pd.concat(rows, ignore_index=True), selection
 
 

@@ -196,12 +196,17 @@ class FitConfig:
     seed: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     eval_every: int = 1
+    distill: float = 0.0  # weight of matching a teacher's logits (given to fit), 1 - distill on the labels
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         check_choices(self)
         if self.epochs < 0 or self.lr <= 0 or self.rotation_lr < 0:
             raise ValueError(f"FitConfig needs epochs >= 0, lr > 0, rotation_lr >= 0; got {self.epochs}, "
                              f"{self.lr}, {self.rotation_lr}")
+        if not 0 <= self.distill <= 1 or self.distill_temperature <= 0:
+            raise ValueError(f"FitConfig needs 0 <= distill <= 1 and distill_temperature > 0; got {self.distill}, "
+                             f"{self.distill_temperature}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,16 +237,33 @@ def make_optimizer(head: InfoDisentHead, config: FitConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups)
 
 
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: FitConfig, reduction: str = "mean") -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: FitConfig, reduction: str = "mean",
+            teacher: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy, or SIDE's one-vs-rest sigmoid loss (binary cross-entropy per class, summed over classes);
-    the mean over the batch, or with ``reduction="sum"`` the sum over it."""
+    the mean over the batch, or with ``reduction="sum"`` the sum over it.
+
+    With ``teacher`` logits and ``config.distill > 0``: ``(1 - distill) x`` that loss ``+ distill x`` the
+    distillation loss at ``distill_temperature`` T (Hinton et al.): ``T^2 KL(softmax(teacher/T) ||
+    softmax(logits/T))`` for softmax training, the binary cross-entropy to ``sigmoid(teacher/T)`` per class
+    for sigmoid training."""
     if config.loss == "softmax":
-        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing, reduction=reduction)
-    if config.loss == "sigmoid":
+        hard = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing, reduction="sum")
+    elif config.loss == "sigmoid":
         target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-        total = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-        return total if reduction == "sum" else total / len(y)
-    raise ValueError(f"unknown loss {config.loss!r}; choose one of softmax, sigmoid")
+        hard = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    else:
+        raise ValueError(f"unknown loss {config.loss!r}; choose one of softmax, sigmoid")
+    total = hard
+    if teacher is not None and config.distill > 0:
+        t = config.distill_temperature
+        teacher = teacher.detach().to(logits.dtype)
+        if config.loss == "softmax":
+            soft = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                            reduction="sum")
+        else:
+            soft = F.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(teacher / t), reduction="sum")
+        total = (1 - config.distill) * hard + config.distill * t * t * soft
+    return total if reduction == "sum" else total / max(len(y), 1)
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -258,12 +280,14 @@ def train_one_epoch(
     config: FitConfig,
     progress: tqdm | None = None,
     forward: torch.nn.Module | None = None,
+    teacher: InfoDisentHead | None = None,
 ) -> tuple[EpochStats, int]:
     """One pass over ``batches``; U is computed once per optimizer step. Returns stats and the new step.
 
     ``forward`` is the head wrapped for DDP (:func:`infodisent.distributed.ddp`) when several processes
     train: each holds part of every global batch, and its loss is scaled so that the averaged gradient is
-    the gradient of the global batch's mean loss; the stats are summed over processes."""
+    the gradient of the global batch's mean loss; the stats are summed over processes. ``teacher``: a head
+    whose logits on the same features ``config.distill`` asks to match (frozen, in evaluation mode)."""
     head.train()
     forward = head if forward is None else forward
     shard = distributed.current()
@@ -274,13 +298,14 @@ def train_one_epoch(
             g["lr"] = g["base_lr"] * factor
         with _autocast(x.device, config.amp):
             logits = forward(x)
+            target = _teacher_logits(teacher, x) if teacher is not None and config.distill > 0 else None
             if shard.active:  # sum over this part, over the global batch size, times the number of processes
                 n_global = int(distributed.all_sum(torch.tensor([len(y)], device=x.device)).item())
-                part = loss_fn(logits.float(), y, config, reduction="sum")
+                part = loss_fn(logits.float(), y, config, reduction="sum", teacher=target)
                 loss = part * shard.world / n_global
                 batch_loss, batch_n = float(part.detach()), len(y)
             else:
-                loss = loss_fn(logits.float(), y, config)
+                loss = loss_fn(logits.float(), y, config, teacher=target)
                 batch_loss, batch_n = float(loss.detach()) * len(y), len(y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -296,6 +321,12 @@ def train_one_epoch(
         loss_sum, correct, n = distributed.all_sum(torch.tensor([loss_sum, correct, n], dtype=torch.float64)).tolist()
         correct, n = int(correct), int(n)
     return EpochStats(loss_sum / max(n, 1), correct / max(n, 1), time.perf_counter() - t0, n), step
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: InfoDisentHead, x: torch.Tensor) -> torch.Tensor:
+    teacher.eval()
+    return teacher(x).float()
 
 
 @torch.no_grad()
@@ -408,8 +439,11 @@ def fit(
     progress: bool = True,
     device: str | torch.device = "cpu",
     monitor: "Monitor | None" = None,
+    teacher: InfoDisentHead | None = None,
 ) -> pd.DataFrame:
     """Train ``head`` for ``config.epochs``; returns the history (one row per epoch).
+
+    ``teacher``: a head on the same features whose logits the training matches with weight ``config.distill``.
 
     ``monitor`` (:class:`~infodisent.monitor.Monitor`) hears of every epoch; a stop it requests
     ends the loop after that epoch's checkpoint, with :class:`~infodisent.monitor.TrainingStopped`.
@@ -439,7 +473,7 @@ def fit(
                disable=not progress or not shard.main)
     for epoch in range(start, config.epochs):
         stats, step = train_one_epoch(
-            head, train.batches(epoch), optimizer, step, total, warmup, config, bar, forward
+            head, train.batches(epoch), optimizer, step, total, warmup, config, bar, forward, teacher
         )
         row = {"epoch": epoch + 1, "train_loss": stats.loss, "train_top1": stats.top1, "seconds": stats.seconds}
         last = epoch + 1 == config.epochs

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infodisent.head import HeadConfig, InfoDisentHead, OrthogonalRotation, gumbel_two_sided, two_sided_max
+from infodisent.head import HeadConfig, InfoDisentHead, OrthogonalRotation, gumbel_two_sided, softmax_two_sided, two_sided_max
 
 
 def _train_a_bit(head, steps=5):
@@ -84,6 +84,32 @@ def test_gumbel_only_in_training_and_exact_max_in_eval():
     x.requires_grad_(True)
     gumbel_two_sided(x, 0.5).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_softmax_relaxation_is_the_exact_max_forward_with_a_spread_gradient():
+    x = torch.randn(4, 6, 3, 3)
+    res = softmax_two_sided(x, tau=0.05)
+    ex = two_sided_max(x)
+    torch.testing.assert_close(res.values, ex.values)  # forward: the exact two-sided max
+    assert torch.equal(res.pos_index, ex.pos_index) and torch.equal(res.neg_index, ex.neg_index)
+    x.requires_grad_(True)
+    softmax_two_sided(x, 0.05).values.sum().backward()
+    g = x.grad.flatten(2)
+    hi, lo = ex.pos_values > 0, ex.neg_values > 0
+    # v = max + min where each side is present, and each side's gradient is a softmax summing to 1
+    torch.testing.assert_close(g.sum(2), hi.float() + lo.float(), atol=1e-5, rtol=0)
+    assert ((g > 0).sum(2) > 2).all()  # spread over several positions, not only the peaks
+    # a tiny temperature gives the exact max's gradient: all of it on the peak positions
+    y = x.detach().clone().requires_grad_(True)
+    softmax_two_sided(y, 1e-4).values.sum().backward()
+    z = x.detach().clone().requires_grad_(True)
+    two_sided_max(z).values.sum().backward()
+    torch.testing.assert_close(y.grad, z.grad, atol=1e-4, rtol=0)
+    # the head's default: training and evaluation give the same values (only the gradient differs)
+    head = InfoDisentHead(HeadConfig(6, 3))
+    assert head.config.relaxation == "softmax"
+    v_train = head.train().forward_details(x.detach()).v
+    torch.testing.assert_close(v_train, head.eval().forward_details(x.detach()).v)
 
 
 def test_average_pooling_ablation():

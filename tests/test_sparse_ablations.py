@@ -142,12 +142,18 @@ def test_default_run_chooses_k_on_held_out_images(tmp_path):
     sel = result.metrics.sparse.selection
     k = result.metrics.sparse.channels_per_class
     assert sel is not None and sel.channels_per_class == k and sel.images == 5  # one of 4 images per class, 5 classes
-    assert sel.tolerance == pytest.approx(1 / 5)  # 0.5 points is below one of 5 images: one image it is
+    assert sel.tolerance == 0.005 and sel.loss_se == 1.0
     tried = {int(a): b for a, b in sel.top1.items()}
-    ok = {a for a, b in tried.items() if b >= sel.dense_top1 - sel.tolerance - 1e-9}
-    # tried from the largest down, stopping at the first that lost too much; K is the smallest that did not
-    assert max(tried) == 4 and k == (min(ok) if ok else 4) and sel.within_tolerance == bool(ok)
-    assert all(a in ok for a in tried if a > min(tried)) or not ok
+    losses = {int(a): b for a, b in sel.loss.items()}
+    # every candidate is tried; K is the smallest whose calibrated held-out loss is within one standard
+    # error of the best one's
+    assert set(tried) == set(losses) == {1, 2, 4}
+    best = min(losses, key=lambda a: (losses[a], a))
+    assert sel.loss_gap[str(best)] == 0
+    assert k == min(a for a in losses if sel.loss_gap[str(a)] <= sel.loss_gap_se[str(a)] + 1e-12)
+    # the budget: a loss counts when it exceeds the tolerance by more than 1.645 paired standard errors
+    assert sel.lost == pytest.approx(sel.dense_top1 - tried[k], abs=1e-6)
+    assert sel.within_tolerance == (sel.lost <= 0.005 + sel.noise + 1e-9)
     W = load_file(str(result.run_dir / "head.safetensors"))["W"]
     assert int((W > 0).sum(1).max()) <= k
     config = json.loads((result.run_dir / "config.json").read_text())
@@ -158,6 +164,7 @@ def test_default_run_chooses_k_on_held_out_images(tmp_path):
     assert metrics["sparse"]["dense"]["top1"] == pytest.approx(result.metrics.sparse.dense.top1)
     hist = pd.read_csv(result.run_dir / "history.csv")
     assert hist["validation_top1"].dropna().tolist() == pytest.approx([tried[a] for a in sorted(tried, reverse=True)])
+    assert hist["validation_loss"].dropna().tolist() == pytest.approx([losses[a] for a in sorted(losses, reverse=True)])
     resumed = train_run(replace(cfg, resume=True))  # finished: the choice is read back, nothing retrained
     assert resumed.metrics.sparse == result.metrics.sparse
 
@@ -246,3 +253,23 @@ def test_ablation_grid_writes_one_table(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "grid" / "ablations.csv"), before)  # the same numbers
     with pytest.raises(ValueError, match="unknown ablation"):
         ablation_grid(cfg, names=["nope"])
+
+
+def test_a_compact_head_outside_its_budget_is_said_in_train_output_metrics_and_report(tmp_path, monkeypatch, capsys):
+    from infodisent import selection
+    from infodisent.cli import _print_run
+    from infodisent.report import write_report
+
+    # the held-out images "show" a 30-point loss with a 1-point standard error: measurably outside the budget
+    monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))
+    cfg = tiny_cfg(tmp_path, sparse=SparseOptions(finetune_epochs=1, round_epochs=1, candidates=(1, 2), validation=0.25))
+    with pytest.warns(selection.BudgetWarning, match="OUTSIDE the 0.5-point budget"):
+        result = train_run(cfg)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["sparse"]["selection"]["within_tolerance"] is False
+    assert metrics["sparse"]["selection"]["lost"] == pytest.approx(0.30)
+    _print_run(result)
+    out = capsys.readouterr().out
+    assert "WARNING: K=" in out and "loses 30.0 points" in out and "OUTSIDE the 0.5-point budget" in out
+    html = write_report(result.run_dir).read_text()
+    assert "class='warning'" in html and "OUTSIDE the 0.5-point budget" in html

@@ -7,7 +7,7 @@ from infodisent.datasets import PartsConfig, PartsDataset
 from infodisent.features import extract_features
 from infodisent.head import HeadConfig, InfoDisentHead
 from infodisent.probe import fit_linear_probe, probe_accuracy
-from infodisent.training import CachedSource, CheckpointPaths, FitConfig, StreamingSource, evaluate, fit, lr_factor
+from infodisent.training import CachedSource, CheckpointPaths, FitConfig, StreamingSource, evaluate, fit, loss_fn, lr_factor
 
 
 def paths(folder):
@@ -102,3 +102,22 @@ def test_linear_probe_recovers_a_linear_rule():
     res = fit_linear_probe(x[:400], y[:400], 4)
     assert probe_accuracy(res.linear, x[400:], y[400:]) > 0.9
     assert set(res.validation) and res.l2 in res.validation
+
+
+def test_distillation_mixes_the_labels_loss_with_matching_the_teacher():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    logits, teacher, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
+    ce = F.cross_entropy(logits, y)
+    assert torch.allclose(loss_fn(logits, y, FitConfig(), teacher=teacher), ce)  # distill = 0: the teacher is ignored
+    t = 2.0
+    kl = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher / t, 1), reduction="batchmean")
+    mixed = loss_fn(logits, y, FitConfig(distill=0.25, distill_temperature=t), teacher=teacher)
+    torch.testing.assert_close(mixed, 0.75 * ce + 0.25 * t * t * kl)
+    # a student that already says what the teacher says has nothing left to learn from it
+    assert float(loss_fn(teacher, y, FitConfig(distill=1.0), teacher=teacher)) == pytest.approx(0.0, abs=1e-6)
+    sig = loss_fn(logits, y, FitConfig(loss="sigmoid", distill=1.0), teacher=teacher)
+    torch.testing.assert_close(sig, F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher), reduction="sum") / 6)
+    with pytest.raises(ValueError, match="distill"):
+        FitConfig(distill=1.5)

@@ -1,0 +1,72 @@
+"""Choosing K by calibrated held-out loss, and the accuracy budget checked image by image."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from infodisent.selection import HeldOut, calibrated_loss, choose_k, paired_loss
+from infodisent.sparse import SparseOptions
+
+
+def test_calibrated_loss_finds_the_temperature_that_made_the_logits():
+    torch.manual_seed(0)
+    y = torch.randint(0, 4, (2000,))
+    true = torch.randn(2000, 4) + 2.0 * F.one_hot(y, 4)
+    labels = torch.distributions.Categorical(logits=true).sample()  # labels drawn from softmax(true)
+    losses, t = calibrated_loss(true / 3.0, labels)  # the same beliefs, three times too unsure
+    assert t == pytest.approx(1 / 3, rel=0.1) and losses.shape == (2000,)
+    assert float(losses.mean()) == pytest.approx(float(F.cross_entropy(true, labels)), rel=0.02)
+    assert float(losses.mean()) <= float(F.cross_entropy(true / 3.0, labels)) + 1e-6  # never worse than no scaling
+    torch.testing.assert_close(losses, F.cross_entropy(true / 3.0 / t, labels, reduction="none"))
+
+
+def test_paired_loss_counts_images_only_one_head_gets_right():
+    dense = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.bool)
+    compact = torch.tensor([1, 0, 1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool)
+    lost, se = paired_loss(dense, compact)
+    assert lost == pytest.approx(0.1)  # 2 lost, 1 gained, of 10
+    d = torch.tensor([0, 1, 0, 1, -1, 0, 0, 0, 0, 0], dtype=torch.float64)
+    assert se == pytest.approx(float(d.std() / math.sqrt(10)))
+    assert paired_loss(dense, dense) == (0.0, 0.0)
+
+
+def _scores(correct: list[int], losses: list[float]) -> HeldOut:
+    c, l = torch.tensor(correct, dtype=torch.bool), torch.tensor(losses)
+    return HeldOut(float(c.float().mean()), float(l.mean()), 1.0, c, l)
+
+
+def test_k_is_the_smallest_candidate_within_one_standard_error_of_the_best_loss():
+    torch.manual_seed(0)
+    n = 200
+    base = torch.rand(n) * 0.6  # per-image losses of the best candidate
+    noise = torch.randn(n) * 0.1
+    noise -= noise.mean()
+    right = [1] * 180 + [0] * 20
+    dense = _scores(right, (base - 0.05).tolist())
+    tried = {8: _scores(right, base.tolist()),                  # the best
+             5: _scores(right, (base + 0.003 + noise).tolist()),  # 0.003 worse: far inside one standard error
+             3: _scores(right, (base + 0.05 + noise).tolist())}   # 0.05 worse: about 7 standard errors
+    sel = choose_k(tried, dense, SparseOptions())
+    assert sel.channels_per_class == 5 and sel.images == n and sel.loss_se == 1.0
+    assert sel.loss_gap["8"] == 0 and sel.loss_gap["3"] > 5 * sel.loss_gap_se["3"]
+    assert abs(sel.loss_gap["5"]) < sel.loss_gap_se["5"]
+    assert sel.loss == {str(k): pytest.approx(tried[k].loss) for k in (3, 5, 8)}
+    assert sel.lost == 0 and sel.within_tolerance and "within the 0.5-point budget" in sel.budget()
+    # a band of 10 standard errors cannot tell K=3 from the best: the smallest is taken
+    assert choose_k(tried, dense, SparseOptions(loss_se=10)).channels_per_class == 3
+    # with no band at all, the best
+    assert choose_k(tried, dense, SparseOptions(loss_se=0)).channels_per_class == 8
+
+
+def test_a_measured_loss_beyond_the_budget_is_said_loudly():
+    dense = _scores([1] * 540 + [0] * 60, [0.3] * 600)
+    worse = _scores([1] * 510 + [0] * 90, [0.4] * 600)  # 30 images lost of 600: 5 points, well resolved
+    sel = choose_k({8: worse}, dense, SparseOptions())
+    assert not sel.within_tolerance and sel.lost == pytest.approx(0.05) and sel.noise < 0.05
+    assert sel.budget().startswith("WARNING") and "OUTSIDE the 0.5-point budget" in sel.budget()
+    # the same loss on 20 images cannot be told from noise: within budget, and the noise is stated
+    few = choose_k({8: _scores([1] * 17 + [0] * 3, [0.4] * 20)}, _scores([1] * 18 + [0] * 2, [0.3] * 20),
+                   SparseOptions())
+    assert few.within_tolerance and few.noise > 0.05
