@@ -12,6 +12,11 @@ is rebuilt, as is a complete entry with a damaged file (with a warning). A
 lock file keeps two processes from writing one entry at once. Under ``torchrun``
 every process runs the backbone on its share of the rows and rank 0 writes them.
 
+An entry's values depend, in their last bits, on what computed them (the CPU's
+kernels or the GPU, and so on): the manifest records it (``made_with``, one
+record per extraction session) rather than keying on it, since results trained
+from such entries agree within the tolerances the tests state (see :func:`made_with`).
+
 Example:
     >>> cache = extract_features(backbone, dataset, "~/.cache/infodisent")
     >>> for x, y in cache.batches(64, shuffle=True, seed=0): ...
@@ -372,6 +377,7 @@ class _Partial(NamedTuple):
     done: int  # rows finished and flushed
     bad: list[dict[str, Any]]
     digest: Any  # running hashlib.sha256 of the finished rows' bytes
+    sessions: list[dict[str, Any]]  # how earlier extraction sessions of this entry computed their rows
 
 
 def _start(path: Path, meta: dict[str, Any]) -> _Partial:
@@ -380,7 +386,7 @@ def _start(path: Path, meta: dict[str, Any]) -> _Partial:
         f.unlink()
     atomic_write_json(path / "meta.json", meta)
     feats = np.lib.format.open_memmap(path / "features.npy", mode="w+", dtype=np.float16, shape=tuple(meta["shape"]))
-    return _Partial(feats, np.ones(meta["shape"][0], bool), 0, [], hashlib.sha256())
+    return _Partial(feats, np.ones(meta["shape"][0], bool), 0, [], hashlib.sha256(), [])
 
 
 def _resume(path: Path, meta: dict[str, Any]) -> _Partial | None:
@@ -393,6 +399,7 @@ def _resume(path: Path, meta: dict[str, Any]) -> _Partial | None:
             return None
         state = read_json(path / "progress.json")
         done, bad, recorded = int(state["rows_done"]), list(state["bad"]), state.get("sha256")
+        sessions = list(state.get("sessions", []))
         valid = np.ones(meta["shape"][0], bool)
         valid[[int(b["row"]) for b in bad]] = False
         problem, digest = _check_partial(path / "features.npy", tuple(meta["shape"]), done, recorded)
@@ -401,7 +408,7 @@ def _resume(path: Path, meta: dict[str, Any]) -> _Partial | None:
     if problem is not None:
         warn(f"feature cache entry {path}: {problem}; restarting it from scratch")
         return None
-    return _Partial(np.load(path / "features.npy", mmap_mode="r+"), valid, done, bad, digest)
+    return _Partial(np.load(path / "features.npy", mmap_mode="r+"), valid, done, bad, digest, sessions)
 
 
 def _check_partial(file: Path, shape: tuple[int, ...], done: int, recorded: str | None) -> tuple[str | None, Any]:
@@ -438,7 +445,8 @@ def _check_partial(file: Path, shape: tuple[int, ...], done: int, recorded: str 
 def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers, strict, progress, device, on_batch):
     meta = _meta(backbone, dataset, key, views)
     path.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(path, meta, _resume(path, meta) or _start(path, meta), strict)
+    writer = _Writer(path, meta, _resume(path, meta) or _start(path, meta), strict,
+                     made_with(device, batch_size, processes=1))
     if strict and writer.bad:
         raise ImageReadError(writer.bad[0]["path"], writer.bad[0]["reason"])
     rows_ds = _Views(dataset, views, backbone.transform, backbone.train_transform() if views > 1 else None, seed)
@@ -458,6 +466,26 @@ def _extract(backbone, dataset, path, key, views, seed, batch_size, num_workers,
     return writer.finish(dataset, views)
 
 
+def made_with(device: str | torch.device, batch_size: int, processes: int = 1) -> dict[str, Any]:
+    """What the values of an extraction depend on besides the key: torch, the device and its kernels
+    (the CPU's instruction set, or the GPU and whether TF32 is allowed), the batch and the processes.
+
+    These are recorded in the manifest (``made_with``, one entry per extraction session), not keyed: maps
+    made with other kernels differ in their last bits (fp16 rows: about 0.15% of the values by one unit
+    in the last place, 2e-5 relative), far below what head training already amplifies from any such
+    difference; :mod:`tests.test_portability` trains from caches made both ways and compares the results."""
+    dev = torch.device(device)
+    out: dict[str, Any] = {"torch": torch.__version__, "device": dev.type, "batch_size": int(batch_size),
+                           "processes": int(processes)}
+    if dev.type == "cuda":
+        out.update(gpu=torch.cuda.get_device_name(dev), tf32=bool(torch.backends.cudnn.allow_tf32))
+    else:
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            out["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    return out
+
+
 def _meta(backbone, dataset, key, views) -> dict[str, Any]:
     d, h, w = backbone.feature_shape()
     return {"key": key, "shape": [len(dataset) * views, d, h, w], "dtype": "float16"}
@@ -475,9 +503,11 @@ class _Writer:
     """The one writer of an entry being extracted: rows in order, flushed, checksummed, with the progress
     that a resume starts from."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], partial: _Partial, strict: bool) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], partial: _Partial, strict: bool,
+                 made_with: dict[str, Any]) -> None:
         self.path, self.meta, self.strict = path, meta, strict
-        self.feats, self.valid, self.done, self.bad, self.digest = partial
+        self.feats, self.valid, self.done, self.bad, self.digest, sessions = partial
+        self.sessions = [*sessions, {**made_with, "first_row": self.done}]
         self.n_rows = int(meta["shape"][0])
         self.t0 = time.perf_counter()
 
@@ -497,8 +527,8 @@ class _Writer:
         start, self.done = self.done, self.done + count
         self.feats.flush()
         self.digest.update(np.ascontiguousarray(self.feats[start : self.done]))
-        atomic_write_json(self.path / "progress.json",
-                          {"rows_done": self.done, "bad": self.bad, "sha256": self.digest.hexdigest()})
+        atomic_write_json(self.path / "progress.json", {"rows_done": self.done, "bad": self.bad,
+                                                        "sha256": self.digest.hexdigest(), "sessions": self.sessions})
 
     def finish(self, dataset: ImageDataset, views: int) -> FeatureCache:
         """Labels, indices, validity and the manifest (last): the entry is complete."""
@@ -514,6 +544,7 @@ class _Writer:
             "bad_files": self.bad,
             "seconds": round(time.perf_counter() - self.t0, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "made_with": self.sessions,
         }
         atomic_write_json(self.path / "manifest.json", manifest)
         (self.path / "progress.json").unlink(missing_ok=True)
@@ -536,7 +567,8 @@ def _extract_sharded(backbone, dataset, cache_root, views, seed, batch_size, num
             cache = _open_complete(path, "rebuilding it")
             if cache is None:
                 path.mkdir(parents=True, exist_ok=True)
-                writer = _Writer(path, meta, _resume(path, meta) or _start(path, meta), strict)
+                writer = _Writer(path, meta, _resume(path, meta) or _start(path, meta), strict,
+                                 made_with(device, batch_size, processes=shard.world))
         done = distributed.broadcast_object(None if cache is not None else writer.done if writer else None)
         if done is not None:
             n_rows = int(meta["shape"][0])
