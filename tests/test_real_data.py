@@ -43,12 +43,12 @@ def test_offline_backbone_imagenet_top1_on_real_photos():
 
 @pytest.mark.slow
 def test_cub_subset_end_to_end(tmp_path):
-    """Real CUB (first 10 classes), offline backbone, the default compact head: train (InfoDisent >= 0.95 x
+    """Real CUB (first 10 classes), offline backbone, the default compact head: train (10 epochs; InfoDisent >= 0.95 x
     probe, at most 5 points below its own dense head: 30 held-out images resolve no finer than 3.3 points),
     mine, explain, evaluate the explanations (sizes, faithfulness, part metrics), report."""
     root = require(CUB50)
     cfg = RunConfig(out=str(tmp_path / "cub"), dataset="cub", root=str(root), max_classes=10,
-                    cache_dir=str(tmp_path / "cache"), progress=False, fit=FitConfig(epochs=15))
+                    cache_dir=str(tmp_path / "cache"), progress=False, fit=FitConfig(epochs=10))
     m = train_run(cfg).metrics
     print(m.table())
     assert m.num_test_images == 243
