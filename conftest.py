@@ -1,5 +1,8 @@
 """nbval runs the tutorials as another machine would: other CPU kernels, and a cold feature cache.
 
+(At the root rather than in ``notebooks/tutorials``: the tests import their helpers with ``from conftest
+import ...``, and a second ``conftest`` module loaded after ``tests/conftest.py`` would shadow it.)
+
 The committed outputs are written on one machine; its trained numbers differ from another CPU's in the
 last bits, and training carries that on. The tutorials therefore check trained numbers within stated
 tolerances (``infodisent.notebook.check``), and this file makes every ``make test`` prove that those
