@@ -247,6 +247,21 @@ def test_the_panel_trains_stops_resumes_and_opens_the_run(tiny_run, tmp_path):
     assert isinstance(p.opened.children[0], DecisionExplorer)
 
 
+def test_the_panel_says_loudly_when_the_compact_head_misses_its_budget(tiny_run, tmp_path, monkeypatch):
+    from infodisent import selection
+    from infodisent.sparse import SparseOptions
+
+    # the held-out images "show" a 30-point loss with a 1-point standard error: measurably outside the budget
+    monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))
+    base = replace(tiny_run[2], out=str(tmp_path / "panel"), fit=replace(tiny_run[2].fit, epochs=2),
+                   sparse=SparseOptions(finetune_epochs=1, round_epochs=1, candidates=(1, 2), validation=0.25))
+    p = TrainingPanel(base)
+    p.start.click()
+    p.wait(120)
+    assert p.error is None and "done: test top-1" in p.status.value
+    assert "idw-msg-error" in p.status.value and "OUTSIDE the 0.5-point budget" in p.status.value
+
+
 def test_a_wrong_form_is_a_message(tiny_run, tmp_path):
     p = TrainingPanel(replace(tiny_run[2], out=str(tmp_path / "x")))
     p.out.value = " "

@@ -183,9 +183,11 @@ class TrainingPanel(W.VBox):
         else:
             m = self.result.metrics
             k = m.sparse.channels_per_class if m.sparse is not None else None
+            sel = m.sparse.selection if m.sparse is not None else None
+            missed = "" if sel is None or sel.within_tolerance else f"<div class='idw-msg-error'>{esc(sel.budget())}</div>"
             self.status.value = (f"<div class='idw-msg-info'>done: test top-1 {m.infodisent.top1:.3f}"
                                  + (f" (dense {m.sparse.dense.top1:.3f}, K = {k})" if k else "")
-                                 + f" in {esc(cfg.out)}</div>")
+                                 + f" in {esc(cfg.out)}</div>" + missed)
             self.open_browser.disabled = self.open_explorer.disabled = False
             self.resume.value = False
         finally:
