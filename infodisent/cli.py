@@ -61,8 +61,8 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     g = p.add_argument_group(
         "compact head", "By default the dense head is pruned to K channels per class and fine-tuned; K is the "
         "smallest of --prune-candidates whose calibrated loss on held-out training images is within --loss-se "
-        "standard errors of the best candidate's; a head that measurably loses more than --prune-tolerance top-1 against the dense "
-        "head is reported loudly.")
+        "standard errors of the best candidate's; a head that measurably loses more than --prune-tolerance "
+        "top-1 against the dense head is reported loudly.")
     g.add_argument("--dense", action="store_true", help="the paper's dense head: no pruning")
     g.add_argument("--prune-k", type=int, default=None, help="keep exactly K channels per class (no choice)")
     g.add_argument("--prune-candidates", type=int, nargs="+", default=list(sp.candidates), metavar="K",

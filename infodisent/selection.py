@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,10 @@ import torch.nn.functional as F
 from .head import InfoDisentHead
 from .results import KSelection
 from .training import FeatureSource, classification_metrics, predict
+
+if TYPE_CHECKING:  # sparse.py imports this module
+    from .sparse import SparseOptions
+
 
 class BudgetWarning(UserWarning):
     """The compact head measurably loses more held-out top-1 than its budget (it is kept, and said)."""
@@ -91,7 +96,7 @@ def paired_loss(dense: torch.Tensor, compact: torch.Tensor) -> tuple[float, floa
     return paired(dense, compact)
 
 
-def choose_k(tried: dict[int, HeldOut], dense: HeldOut, options) -> KSelection:
+def choose_k(tried: dict[int, HeldOut], dense: HeldOut, options: SparseOptions) -> KSelection:
     """The smallest K whose calibrated held-out loss is within ``options.loss_se`` standard errors of
     the best candidate's, with the top-1 budget checked against the dense head (see the module's docstring)."""
     best = min(tried, key=lambda a: (tried[a].loss, a))

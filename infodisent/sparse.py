@@ -3,8 +3,8 @@
 This is the default run (:class:`SparseOptions` in ``RunConfig.sparse``): a dense head spreads a
 decision over ~900 channels, a pruned one over K, which a person can check. K is chosen by the data
 (:func:`sparsify`): the smallest of a short list whose calibrated loss on held-out training images is
-within one standard error of the best candidate's; the head is then checked against a half-point accuracy budget, and a
-measured miss is said loudly (:mod:`infodisent.selection`).
+within one standard error of the best candidate's; the head is then checked against a half-point
+accuracy budget, and a measured miss is said loudly (:mod:`infodisent.selection`).
 
 The recipe: train a dense head, then prune in rounds: each round keeps for
 each class the channels that matter most to it (4x fewer per round, down to
