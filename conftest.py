@@ -37,8 +37,9 @@ def pytest_runtest_setup(item):
     if not str(item.fspath).endswith(".ipynb"):
         yield
         return
-    saved = {k: os.environ.get(k) for k in _kernel_env()}
-    os.environ.update(_kernel_env())
+    env = _kernel_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:

@@ -28,16 +28,16 @@ from infodisent.training import FitConfig
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 PARTS = PartsConfig(image_size=96, train_per_class=10, test_per_class=6)
 
-EXTRACT = """
+# the subprocess extracts the very dataset the runs below train on (PARTS, spelled by its repr)
+EXTRACT = f"""
 import sys, torch
 torch.set_num_threads(2)
 from infodisent.backbone import load_backbone
 from infodisent.datasets import PartsConfig, PartsDataset
 from infodisent.features import extract_features
-bb = load_backbone(image_size=96)  # the offline EfficientNet-Lite0: 3x3 maps
-parts = PartsConfig(image_size=96, train_per_class=10, test_per_class=6)
+bb = load_backbone(image_size={PARTS.image_size})  # the offline EfficientNet-Lite0: 3x3 maps
 for split in ("train", "test"):
-    ds = PartsDataset(split, config=parts, max_classes=6)
+    ds = PartsDataset(split, config={PARTS!r}, max_classes=6)
     extract_features(bb, ds, sys.argv[1], batch_size=int(sys.argv[2]), progress=False)
 """
 
@@ -80,7 +80,7 @@ def test_a_cache_made_with_other_kernels_and_batches_records_it_and_agrees_to_fp
 
 def test_runs_trained_from_either_cache_agree_within_the_tutorials_tolerances(two_caches):
     tmp, here, elsewhere = two_caches
-    cfg = RunConfig(out="", image_size=96, parts=PARTS, max_classes=6, probe=False,
+    cfg = RunConfig(out="", image_size=PARTS.image_size, parts=PARTS, max_classes=6, probe=False,
                     num_workers=0, progress=False, fit=FitConfig(epochs=6),
                     sparse=SparseOptions(finetune_epochs=3, round_epochs=1, candidates=(2, 4), validation=0.25))
     ra = train_run(replace(cfg, out=str(tmp / "run_here"), cache_dir=str(here))).metrics
