@@ -3,6 +3,8 @@
 1. The orthogonal map: forward + backward of U alone (Cayley, Householder, matrix_exp).
 2. One epoch on cached feature maps against one that recomputes the backbone.
 3. The rotation's achieved arithmetic rate against this machine's matrix-multiply rate.
+4. An epoch of a pruned head (K channels per class: only the channels some class keeps are rotated)
+   against the dense head's epoch.
 
 Usage: python benchmarks/bench_training.py [--device cuda] [--images 256] [--threads N]
 """
@@ -106,6 +108,17 @@ def main() -> None:
         print(f"\n3. rotation arithmetic: {achieved / 1e9:.1f} GFLOP/s achieved on cached features; "
               f"matmul ({d}x{d} @ {d}x{a.batch_size * h * w}) {peak / 1e9:.1f} GFLOP/s; "
               f"ratio {achieved / peak:.2f}")
+
+        print(f"\n4. one epoch of a pruned head against the dense head's ({ds.num_classes} classes):")
+        for k in (3, 8, 32):
+            pruned = InfoDisentHead(HeadConfig(d, ds.num_classes, pruned=True)).to(device)
+            g = torch.Generator().manual_seed(k)  # each class keeps k channels of its own choosing
+            idx = torch.stack([torch.randperm(d, generator=g)[:k] for _ in range(ds.num_classes)])
+            mask = torch.zeros(ds.num_classes, d).scatter_(1, idx, 1.0).to(device)
+            pruned.set_mask(mask)
+            used = int(mask.any(0).sum())
+            t_pruned = epoch_time(pruned, CachedSource(cache, a.batch_size, device=device), device)
+            print(f"   K = {k:2d} ({used:4d} of {d} channels kept by some class): {t_pruned / t_cached:.2f} x the dense epoch")
 
 
 if __name__ == "__main__":

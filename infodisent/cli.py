@@ -61,14 +61,21 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     g = p.add_argument_group(
         "compact head", "By default the dense head is pruned to K channels per class and fine-tuned; K is the "
         "smallest of --prune-candidates whose calibrated loss on held-out training images is within --loss-se "
-        "standard errors of the best candidate's; a head that measurably loses more than --prune-tolerance "
-        "top-1 against the dense head is reported loudly.")
+        "standard errors of the best candidate's. When that head measurably loses more than --prune-tolerance "
+        "top-1 against the dense head, larger K are tried and, when none keeps the budget, the dense head is "
+        "shown, loudly.")
     g.add_argument("--dense", action="store_true", help="the paper's dense head: no pruning")
     g.add_argument("--prune-k", type=int, default=None, help="keep exactly K channels per class (no choice)")
     g.add_argument("--prune-candidates", type=int, nargs="+", default=list(sp.candidates), metavar="K",
                    help="channels per class to choose from")
     g.add_argument("--prune-tolerance", type=float, default=sp.tolerance,
                    help="the accuracy budget: top-1 the compact head may lose against the dense one (0.005: half a point)")
+    g.add_argument("--no-escalate", action="store_true",
+                   help="keep the chosen compact head even when it misses the budget (said loudly) instead of "
+                        "trying larger K and then the dense head")
+    g.add_argument("--refit-epochs", type=int, default=sp.refit_epochs,
+                   help="once K is chosen, fine-tune the chosen head and the dense reference this long on every "
+                        "training image, held-out ones included (0: no refit)")
     g.add_argument("--loss-se", type=float, default=sp.loss_se,
                    help="K: the smallest candidate within this many standard errors of the best calibrated held-out loss")
     g.add_argument("--validation", type=float, default=sp.validation,
@@ -112,7 +119,7 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     sparse = None if a.dense else SparseOptions(
         a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u, ratio=a.prune_ratio,
         round_epochs=a.round_epochs, candidates=tuple(a.prune_candidates), tolerance=a.prune_tolerance,
-        loss_se=a.loss_se,
+        loss_se=a.loss_se, escalate=not a.no_escalate, refit_epochs=a.refit_epochs,
         validation=a.validation, channels_total=a.channels_total)
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
@@ -128,6 +135,7 @@ def _print_run(result) -> None:
     if m.ratio is not None:
         print(f"\nInfoDisent / linear probe accuracy ratio: {m.ratio:.3f}")
     if m.sparse is not None:
+        print(m.sparse.cost(m.infodisent))
         print(m.sparse.describe())
     for split, info in m.feature_cache.items():
         state = "reused (no image passed through the backbone)" if info.reused else "extracted now"

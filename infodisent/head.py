@@ -177,8 +177,9 @@ class OrthogonalRotation(nn.Module):
         b, d, h, w = F_.shape
         # one (B*H*W x D) @ (D x D) product, not B small (D x D) @ (D x H*W) ones: a 7x7 map gives each of
         # those only 49 columns, far too few to keep a GPU's matrix units (or a CPU's BLAS) busy
+        # U may be some of the rows of the rotation (a pruned head's channels): (D', D) gives D' maps
         rows = F_.reshape(b, d, h * w).transpose(1, 2)  # (B, H*W, D)
-        return torch.matmul(rows, U.T).transpose(1, 2).reshape(b, d, h, w)
+        return torch.matmul(rows, U.T).transpose(1, 2).reshape(b, U.shape[0], h, w)
 
 
 class InfoDisentHead(nn.Module):
@@ -270,7 +271,21 @@ class InfoDisentHead(nn.Module):
         return HeadOutput(F.linear(v, W.to(v.dtype), None if self.bias is None else self.bias.to(v.dtype)), v, J, pool)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.forward_details(features).logits
+        """The logits. A pruned head computes only the channels some class keeps (the others have no weight):
+        the same logits as :meth:`forward_details`, in a fraction of the time at small K."""
+        if not self.config.pruned:
+            return self.forward_details(features).logits
+        kept = self.weight_mask.any(0).nonzero().squeeze(1)
+        if not self.training and not torch.is_grad_enabled():
+            U, W = self.inference_weights()
+        else:
+            U, W = self.U, self.W
+        if self.config.rotation:
+            J = self.rotation(features, U[kept].to(features.dtype))
+        else:
+            J = features[:, kept]
+        v, _ = self.pool(J)
+        return F.linear(v, W[:, kept].to(v.dtype), None if self.bias is None else self.bias.to(v.dtype))
 
     def contributions(self, v: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
         """``W[c, d] * v_d``: (B, C, D) for all classes, or (B, D) for one class per image."""

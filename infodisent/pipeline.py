@@ -31,12 +31,12 @@ from .head import InfoDisentHead
 from .io import atomic_path, atomic_write_json, read_json
 from .model import InfoDisent, check_compatible, save_head
 from .monitor import Monitor
-from .probe import fit_linear_probe
+from .probe import IN_MEMORY, fit_linear_probe
 from .prototypes import PrototypeIndex, mine_prototypes
 from .results import Accuracy, CacheUse, Evaluation, KSelection, ProbeInfo, RunMetrics, SparseSummary, from_dict, to_dict
 from .run import Run, RunFiles
 from .selection import BudgetWarning
-from .sparse import SparseOptions, sparsify
+from .sparse import SparseOptions, refit, sparsify
 from .training import (
     CachedSource, CheckpointMismatchError, CheckpointPaths, FeatureSource, StreamingSource, check_checkpoint,
     classification_metrics, evaluate, fit, holdout_split, load_checkpoint, save_checkpoint,
@@ -60,13 +60,14 @@ class RunResult:
         return Run.open(self.run_dir)
 
 
-def pooled_features(source: FeatureSource, everywhere: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Globally average-pooled features (N, D) and labels from any source, one pass. Under torchrun
-    every process gets all rows, in the one-process order; with ``everywhere=False`` only rank 0 does
-    (the others get None)."""
+def pooled_features(source: FeatureSource, everywhere: bool = True,
+                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Globally average-pooled features (N, D) in ``dtype`` and labels from any source, one pass. Under
+    torchrun every process gets all rows, in the one-process order; with ``everywhere=False`` only rank 0
+    does (the others get None)."""
     xs, ys = [], []
     for x, y in source.batches(None):
-        xs.append(x.float().mean(dim=(2, 3)).cpu())
+        xs.append(x.float().mean(dim=(2, 3)).to(dtype).cpu())
         ys.append(y.cpu())
     if distributed.current().active:
         pieces = distributed.gather_objects((xs, ys)) if everywhere else distributed.gather_to_main((xs, ys))
@@ -106,13 +107,15 @@ def _clear_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes: 
 @dataclass
 class _Sources:
     """Where training reads features: ``train`` (without the validation images), ``test``, and for
-    pruning ``importance`` (the un-augmented view of ``train``) and ``validation`` (when K is chosen)."""
+    pruning ``importance`` (the un-augmented view of ``train``), ``validation`` (when K is chosen) and
+    ``everything`` (every training image: the refit once K is chosen)."""
 
     train: FeatureSource
     test: FeatureSource
     importance: FeatureSource
     validation: FeatureSource | None
     caches: dict[str, FeatureCache]
+    everything: FeatureSource
 
 
 def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds: ImageDataset,
@@ -130,7 +133,8 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
                                    amp=cfg.fit.amp, compile=cfg.compile)
         train = mk(train_ds, fit_images)
         val = mk(train_ds, val_images, infer) if val_images is not None else None
-        return _Sources(train, mk(test_ds, batch=infer), mk(train_ds, fit_images, infer), val, {})
+        return _Sources(train, mk(test_ds, batch=infer), mk(train_ds, fit_images, infer), val, {},
+                        mk(train_ds) if val_images is not None else train)
     caches: dict[str, FeatureCache] = {}
     for ds, views in ((train_ds, cfg.views), (test_ds, 1)):
         stage, total = f"features {ds.split}", len(ds) * views
@@ -148,14 +152,18 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
         importance=plain(fit_images),
         validation=plain(val_images) if val_images is not None else None,
         caches=caches,
+        everything=CachedSource(caches["train"], cfg.batch_size, cfg.fit.seed, dev),
     )
 
 
-def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_classes: int):
+def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_classes: int, num_features: int):
     """The linear probe: pooled features of every process's rows, fitted and written by rank 0, its
-    numbers sent to the others."""
+    numbers sent to the others. Beyond :data:`~infodisent.probe.IN_MEMORY` entries (ImageNet) rank 0
+    holds the pooled matrix in float16 and the probe is fitted on minibatches."""
     probe_train = CachedSource(caches["train"], 512, view=0) if caches else train_src
-    train, test = pooled_features(probe_train, everywhere=False), pooled_features(test_src, everywhere=False)
+    big = len(probe_train) * num_features > IN_MEMORY
+    train = pooled_features(probe_train, everywhere=False, dtype=torch.float16 if big else torch.float32)
+    test = pooled_features(test_src, everywhere=False)
     result = None
     if distributed.current().main:
         (xtr, ytr), (xte, yte) = train, test
@@ -164,7 +172,7 @@ def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_cla
             save_file({k: v.contiguous() for k, v in probe.linear.state_dict().items()}, str(tmp))
         with torch.no_grad():
             acc = classification_metrics(probe.linear(xte), yte)
-        result = acc, ProbeInfo(probe.l2, {str(k): v for k, v in probe.validation.items()})
+        result = acc, ProbeInfo(probe.l2, {str(k): v for k, v in probe.validation.items()}, probe.solver)
     return distributed.broadcast_object(result)
 
 
@@ -197,12 +205,13 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
     t_features = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    probe_acc, probe_info = _probe(cfg, files, caches, train_src, test_src, train_ds.num_classes) if cfg.probe \
+    probe_acc, probe_info = _probe(cfg, files, caches, train_src, test_src, train_ds.num_classes,
+                                   backbone.num_features) if cfg.probe \
         else (None, None)
     t_probe = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    dense = selection = None
+    dense = dense_fit = selection = None
     if ckpt is not None and ckpt.get("phase") == "pruned":  # a finished pruning: nothing left to train
         check_checkpoint(ckpt, head_cfg, files.checkpoint)
         recorded = ckpt.get("sparse")
@@ -210,12 +219,14 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
             raise CheckpointMismatchError(
                 f"{files.checkpoint} holds a head pruned with {recorded}; this run asks for "
                 f"{asdict(cfg.sparse) if cfg.sparse else 'no pruning'} (train with --overwrite to start again)")
-        head = InfoDisentHead(replace(head_cfg, pruned=True))
+        selection = from_dict(KSelection, ckpt["selection"]) if ckpt.get("selection") else None
+        fallback = selection is not None and selection.fallback  # the dense head, kept: no compact one kept the budget
+        head = InfoDisentHead(replace(head_cfg, pruned=not fallback))
         head.load_state_dict(ckpt["head"])
         model = InfoDisent(backbone, head.to(cfg.device), train_ds.classes)
         history = pd.read_csv(files.history)
         dense = Accuracy(**ckpt["dense"]) if "dense" in ckpt else None
-        selection = from_dict(KSelection, ckpt["selection"]) if ckpt.get("selection") else None
+        dense_fit = Accuracy(**ckpt["dense_fit"]) if ckpt.get("dense_fit") else None
     else:
         history = fit(model.head, train_src, test_src, cfg.fit, ckpt_paths, cfg.resume, cfg.progress, cfg.device,
                       monitor)
@@ -228,12 +239,23 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
                 test=test_src, first_epoch=cfg.fit.epochs, progress=cfg.progress, device=cfg.device,
                 monitor=monitor,
             )
+            phases = [history.assign(phase="train"), more.assign(phase="prune")]
+            if selection is not None and (cfg.sparse.refit_epochs > 0 or cfg.sparse.dense_reference):
+                # the held-out images only chose: every training image trains the final heads
+                head, dense_head, again = refit(head, model.head, cfg.sparse, cfg.fit, src.everything, test=test_src,
+                                                first_epoch=int(more["epoch"].max()), progress=cfg.progress,
+                                                device=cfg.device, monitor=monitor)
+                if cfg.sparse.dense_reference:
+                    dense_fit, dense = dense, evaluate(dense_head, test_src, cfg.fit.amp)
+                if len(again):
+                    again.loc[again["phase"] == "refit", "channels_per_class"] = selection.channels_per_class
+                    phases.append(again)
             model = InfoDisent(model.backbone, head, model.class_names)
-            history = pd.concat([history.assign(phase="train"), more.assign(phase="prune")], ignore_index=True)
-            if selection is not None and not selection.within_tolerance and shard.main:
+            history = pd.concat(phases, ignore_index=True)
+            if selection is not None and not selection.within_tolerance and shard.main:  # a miss, or the fallback
                 warnings.warn(selection.budget(), BudgetWarning, stacklevel=2)
             if shard.main:
-                _save_pruned(ckpt_paths, model.head, history, dense, cfg.sparse, selection)
+                _save_pruned(ckpt_paths, model.head, history, dense, dense_fit, cfg.sparse, selection)
     t_train = time.perf_counter() - t0
     model.head.eval()
 
@@ -248,7 +270,8 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
         feature_cache={split: CacheUse(str(c.path), not c.extracted, c.manifest.get("seconds"))
                        for split, c in caches.items()},
         seconds={"features": round(t_features, 2), "linear_probe": round(t_probe, 2), "train": round(t_train, 2)},
-        sparse=_sparse_summary(cfg.sparse, history, dense, selection) if cfg.sparse is not None and dense is not None
+        sparse=_sparse_summary(cfg.sparse, history, dense, dense_fit, selection)
+        if cfg.sparse is not None and dense is not None
         else None,
     )
     if shard.main:  # the one writer of the run directory
@@ -312,20 +335,22 @@ def _with_defaults(recorded: dict | None) -> dict | None:
     return None if recorded is None else {**_recorded_sparse(SparseOptions()), **recorded}
 
 
-def _sparse_summary(sparse: SparseOptions, history: pd.DataFrame, dense: Accuracy,
+def _sparse_summary(sparse: SparseOptions, history: pd.DataFrame, dense: Accuracy, dense_fit: Accuracy | None,
                     selection: KSelection | None) -> SparseSummary:
     rounds = [int(k) for k in dict.fromkeys(history[history["phase"] == "prune"]["channels_per_class"])]
     k = selection.channels_per_class if selection is not None else sparse.channels_per_class
+    refit_epochs = sparse.refit_epochs if selection is not None and selection.channels_per_class is not None else 0
     return SparseSummary(k, rounds, sparse.finetune_epochs, sparse.round_epochs, dense, selection,
-                         sparse.channels_total)
+                         sparse.channels_total, refit_epochs, dense_fit)
 
 
 def _save_pruned(paths: CheckpointPaths, head: InfoDisentHead, history: pd.DataFrame, dense: Accuracy,
-                 sparse: SparseOptions, selection: KSelection | None) -> None:
+                 dense_fit: Accuracy | None, sparse: SparseOptions, selection: KSelection | None) -> None:
     """The checkpoint of a pruned run holds the pruned head (with the dense head's accuracy, the
-    pruning settings and how K was chosen), not the dense one."""
+    pruning settings and how K was chosen), not the dense one (unless no compact head kept the budget)."""
     save_checkpoint(paths, head, history, epoch=int(history["epoch"].max()), step=0, phase="pruned",
-                    extra={"dense": to_dict(dense), "sparse": _recorded_sparse(sparse),
+                    extra={"dense": to_dict(dense), "dense_fit": to_dict(dense_fit) if dense_fit is not None else None,
+                           "sparse": _recorded_sparse(sparse),
                            "selection": to_dict(selection) if selection is not None else None})
 
 

@@ -64,7 +64,9 @@ def _metrics_section(metrics: RunMetrics, fig: _Figures) -> str:
              f"<code>{html.escape(metrics.backbone)}</code> ({html.escape(str(metrics.weights))})</p>",
              metrics.table().to_html(float_format=lambda v: f"{v:.4f}", na_rep="–")]
     sel = metrics.sparse.selection if metrics.sparse is not None else None
-    if sel is not None and sel.loss:  # how K was chosen, and, loudly, a missed accuracy budget
+    if metrics.sparse is not None:
+        parts.append(f"<p>{html.escape(metrics.sparse.cost(metrics.infodisent))}.</p>")
+    if sel is not None and sel.loss:  # how K was chosen, and, loudly, a missed accuracy budget or the fallback
         style = "" if sel.within_tolerance else " class='warning'"
         parts.append(f"<p{style}>{html.escape(sel.budget())}.</p>")
     ex = metrics.explanations

@@ -236,6 +236,7 @@ class CacheUse(_DataMixin):
 class ProbeInfo(_DataMixin):
     l2: float
     holdout_accuracy: dict[str, float]  # L2 strength -> held-out top-1
+    solver: str | None = None  # "lbfgs" (full batch) or "minibatch" (data beyond infodisent.probe.IN_MEMORY)
 
 
 @dataclass(frozen=True)
@@ -243,12 +244,12 @@ class KSelection(_DataMixin):
     """How the channels per class were chosen (:func:`infodisent.selection.choose_k`): each candidate's
     held-out top-1 and calibrated loss, and whether the chosen head keeps the accuracy budget."""
 
-    channels_per_class: int  # the chosen K: the smallest candidate within loss_se standard errors of the best loss
+    channels_per_class: int | None  # the chosen K (None: no compact head kept the budget, the dense head is shown)
     images: int  # held-out training images
     dense_top1: float  # the dense head on them
     tolerance: float  # the budget: top-1 the compact head may lose against the dense head
     top1: dict[str, float]  # K -> held-out top-1 of its head, fine-tuned as the final one would be
-    within_tolerance: bool  # False: the chosen head measurably loses more than the budget (it is kept, and said)
+    within_tolerance: bool  # False: the shipped head measurably misses the budget, or none kept it (fallback)
     loss: dict[str, float] = field(default_factory=dict)  # K -> held-out cross-entropy after temperature scaling
     dense_loss: float | None = None
     loss_se: float | None = None  # the rule's band, in standard errors
@@ -256,14 +257,31 @@ class KSelection(_DataMixin):
     loss_gap_se: dict[str, float] = field(default_factory=dict)  # K -> the standard error of that gap
     lost: float | None = None  # held-out top-1 the chosen head loses against the dense one (paired)
     noise: float | None = None  # the loss the held-out images cannot resolve (1.645 standard errors)
+    rule_k: int | None = None  # when escalated: the candidate the loss rule chose, which missed the budget
+    escalated: list[int] = field(default_factory=list)  # the larger K tried after it, in order
+    fallback: bool = False  # True: none of them kept the budget; the run ships the dense head
+
+    def _lost(self, k: int, lost: float | None = None) -> str:
+        """``K=k loses x points`` (``lost``: the paired loss; default: the difference of the top-1s)."""
+        lost = self.dense_top1 - self.top1[str(k)] if lost is None else lost
+        did = f"loses {100 * lost:.1f} points" if lost > 0 else f"gains {-100 * lost:.1f} points" if lost < 0 \
+            else "loses nothing"
+        return f"K={k} {did}"
 
     def budget(self) -> str:
-        """One sentence on the accuracy budget, loud when it is missed."""
+        """One sentence on the accuracy budget: loud when it is missed or the dense head is shown instead."""
+        budget = f"the {100 * self.tolerance:.1f}-point budget"
+        ref = f"against the dense head ({self.dense_top1:.3f} on {self.images} held-out images)"
+        if self.fallback:
+            went = ", ".join(self._lost(a) for a in [self.rule_k, *self.escalated])
+            return (f"WARNING: no compact head within {budget} of held-out top-1 {ref}: {went}; "
+                    "the dense head is shown (every channel counts in every decision)")
         k = self.channels_per_class
         lost = self.dense_top1 - self.top1[str(k)] if self.lost is None else self.lost
-        did = f"loses {100 * lost:.1f} points" if lost > 0 else f"gains {-100 * lost:.1f} points" if lost < 0 else "loses nothing"
-        said = f"K={k} {did} of held-out top-1 against the dense head ({self.dense_top1:.3f} on {self.images} images)"
-        budget = f"the {100 * self.tolerance:.1f}-point budget"
+        said = f"{self._lost(k, lost)} of held-out top-1 {ref}"
+        if self.escalated:
+            said = (f"{self._lost(self.rule_k)} (the loss rule's choice), outside {budget}; "
+                    f"going up ({', '.join(f'K={a}' for a in self.escalated)}), {said}")
         if not self.within_tolerance:
             return (f"WARNING: {said}: OUTSIDE {budget}; the compact head is kept: compare it with the dense "
                     "head (metrics 'sparse.dense') before trusting its accuracy")
@@ -277,13 +295,15 @@ class KSelection(_DataMixin):
 class SparseSummary(_DataMixin):
     """What SIDE-style pruning did: channels per class after each round, and the dense head's accuracy."""
 
-    channels_per_class: int
+    channels_per_class: int | None  # None: no compact head kept the budget, the dense head is shown
     schedule: list[int]  # channels per class of each round run (with K chosen: the candidates tried)
     finetune_epochs: int
     round_epochs: int
-    dense: Accuracy  # the head before pruning, on the same test split
+    dense: Accuracy  # the dense head on the same test split (refit on every training image when K was chosen)
     selection: KSelection | None = None  # when K was chosen on validation images
     channels_total: int | None = None  # a channel budget shared by all classes
+    refit_epochs: int = 0  # K chosen: the chosen head then fine-tuned this long on every training image
+    dense_fit: Accuracy | None = None  # dense trained again on every image: the first one (held-out images left out)
 
     def describe(self) -> str:
         """K, how it was chosen, what compactness cost on the test split and, loudly, a missed budget."""
@@ -298,8 +318,21 @@ class SparseSummary(_DataMixin):
             else:  # a run from before the loss rule
                 tried = ", ".join(f"K={a}: {sel.top1[a]:.3f}" for a in order)
                 how = f"chosen on {sel.images} held-out training images (dense {sel.dense_top1:.3f}; {tried})"
-        return (f"compact head: {k} channels per class, {how}; test top-1 of the dense head before pruning: "
-                f"{self.dense.top1:.4f}")
+        head = f"compact head: {k} channels per class" if k is not None else "dense head (fallback)"
+        then = f"; then fine-tuned {self.refit_epochs} epochs on every training image" if self.refit_epochs else ""
+        if self.dense_fit is None:
+            return f"{head}, {how}{then}; test top-1 of the dense head before pruning: {self.dense.top1:.4f}"
+        return (f"{head}, {how}{then}; test top-1 of the dense head trained on every training image: "
+                f"{self.dense.top1:.4f} ({self.dense_fit.top1:.4f} without the held-out images)")
+
+    def cost(self, compact: Accuracy) -> str:
+        """What compactness costs, at a glance: the shipped head's test top-1 against the dense head's."""
+        if self.channels_per_class is None:
+            return (f"no compact head kept the accuracy budget: the dense head is shown (test top-1 "
+                    f"{self.dense.top1:.3f})")
+        d = compact.top1 - self.dense.top1
+        return (f"cost of compactness: {self.channels_per_class} channels per class, test top-1 {compact.top1:.3f} "
+                f"against {self.dense.top1:.3f} dense ({100 * d:+.1f} points)")
 
 
 @dataclass(frozen=True)
@@ -336,7 +369,10 @@ class RunMetrics(_DataMixin):
     def table(self) -> pd.DataFrame:
         """Top-1 and top-5 of InfoDisent and of the linear probe (the black-box reference)."""
         rows = {"InfoDisent": self.infodisent}
-        if self.sparse is not None:
+        if self.sparse is not None and self.sparse.dense_fit is not None:
+            rows["InfoDisent, dense (all training images)"] = self.sparse.dense
+            rows["InfoDisent, dense (held-out images left out)"] = self.sparse.dense_fit
+        elif self.sparse is not None:
             rows["InfoDisent, dense (before pruning)"] = self.sparse.dense
         if self.linear_probe is not None:
             rows["linear probe (black box)"] = self.linear_probe

@@ -21,7 +21,7 @@ reported, never silently.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -96,21 +96,41 @@ def paired_loss(dense: torch.Tensor, compact: torch.Tensor) -> tuple[float, floa
     return paired(dense, compact)
 
 
+def budget_check(dense: HeldOut, compact: HeldOut, tolerance: float) -> tuple[float, float, bool]:
+    """Top-1 the compact head loses against the dense one on the held-out images, the loss those images
+    cannot resolve (1.645 paired standard errors), and whether the head is within the budget ``tolerance``."""
+    lost, se = paired_loss(dense.correct, compact.correct)
+    noise = Z_ONE_SIDED_95 * se
+    return lost, noise, lost <= tolerance + noise + 1e-9
+
+
+def escalated(selection: KSelection, went: dict[int, HeldOut], k: int | None, lost: float,
+              noise: float) -> KSelection:
+    """``selection`` after going up through the K of ``went`` (their held-out scores, in the order tried):
+    ``k`` is the first within the budget (losing ``lost``, ``noise`` unresolvable), or None when none
+    was and the dense head is kept instead (``fallback``)."""
+    top1 = {**selection.top1, **{str(a): s.top1 for a, s in went.items()}}
+    loss = {**selection.loss, **{str(a): s.loss for a, s in went.items()}}
+    found = k is not None
+    return replace(selection, channels_per_class=k, top1=top1, loss=loss, within_tolerance=found,
+                   lost=lost if found else selection.lost, noise=noise if found else selection.noise,
+                   rule_k=selection.channels_per_class, escalated=list(went), fallback=not found)
+
+
 def choose_k(tried: dict[int, HeldOut], dense: HeldOut, options: SparseOptions) -> KSelection:
     """The smallest K whose calibrated held-out loss is within ``options.loss_se`` standard errors of
     the best candidate's, with the top-1 budget checked against the dense head (see the module's docstring)."""
     best = min(tried, key=lambda a: (tried[a].loss, a))
     gaps = {a: paired(s.losses, tried[best].losses) for a, s in tried.items()}
     k = min(a for a, (gap, se) in gaps.items() if gap <= options.loss_se * se + 1e-12)
-    lost, se = paired_loss(dense.correct, tried[k].correct)
-    noise = Z_ONE_SIDED_95 * se
+    lost, noise, within = budget_check(dense, tried[k], options.tolerance)
     return KSelection(
         channels_per_class=k, images=len(dense.correct), dense_top1=dense.top1, tolerance=options.tolerance,
         top1={str(a): s.top1 for a, s in sorted(tried.items())},
-        within_tolerance=lost <= options.tolerance + noise + 1e-9,
+        within_tolerance=within,
         loss={str(a): s.loss for a, s in sorted(tried.items())}, dense_loss=dense.loss,
         loss_se=options.loss_se, loss_gap={str(a): g for a, (g, _) in sorted(gaps.items())},
         loss_gap_se={str(a): e for a, (_, e) in sorted(gaps.items())}, lost=lost, noise=noise)
 
 
-__all__ = ["BudgetWarning", "HeldOut", "calibrated_loss", "choose_k", "paired", "paired_loss"]
+__all__ = ["BudgetWarning", "HeldOut", "budget_check", "calibrated_loss", "choose_k", "escalated", "paired", "paired_loss"]

@@ -149,3 +149,30 @@ def test_inference_reuses_u_and_w_until_a_parameter_changes():
         second = head.forward_details(x)
     torch.testing.assert_close(second.logits, F.linear(second.v, head.W))
     assert not torch.allclose(first.logits, second.logits)
+
+
+@pytest.mark.parametrize("rotation,relaxation", [(True, "softmax"), (True, "none"), (False, "softmax")])
+def test_pruned_forward_computes_only_kept_channels_with_the_same_logits_and_gradients(rotation, relaxation):
+    cfg = HeadConfig(24, 5, pruned=True, bias=True, rotation=rotation, relaxation=relaxation)
+    head = InfoDisentHead(cfg)
+    x = _train_a_bit(head, 3)
+    mask = torch.zeros(5, 24)
+    mask[:, :3] = 1
+    mask[2, 10] = 1  # channels 3..23 but 10 are kept by no class
+    head.set_mask(mask)
+    for train in (True, False):
+        head.train(train)
+        fast = head(x)
+        full = head.forward_details(x).logits
+        torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+        grads = []
+        for logits in (fast, full):
+            head.zero_grad()
+            logits.pow(2).sum().backward(retain_graph=True)
+            grads.append([p.grad.clone() for p in head.parameters() if p.grad is not None])
+        assert len(grads[0]) == len(grads[1]) > 0
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    head.eval()
+    with torch.no_grad():  # the cached inference weights
+        torch.testing.assert_close(head(x), head.forward_details(x).logits, rtol=1e-5, atol=1e-5)

@@ -45,6 +45,7 @@ def test_run_directory_contents(run):
     m = json.loads((d / "metrics.json").read_text())
     assert set(m["infodisent"]) == set(m["linear_probe"]) == {"top1", "top5", "loss"}  # one vocabulary
     assert m["ratio"] == pytest.approx(m["infodisent"]["top1"] / m["linear_probe"]["top1"])
+    assert m["probe"]["solver"] == "lbfgs" and m["probe"]["l2"] in [float(k) for k in m["probe"]["holdout_accuracy"]]
     assert m["dataset"] == "parts" and m["backbone"] == "test_resnet"
     assert m["num_classes"] == 15 and m["num_test_images"] == 30 and m["skipped_images"] == {"train": [], "test": []}
     hist = pd.read_csv(d / "history.csv")
@@ -297,3 +298,21 @@ def test_a_run_with_augmented_views_mines_from_its_own_cache(tmp_path):
     patch = r.renderer("train").prototypes(d, "pos", 1)[0]
     row = int(np.flatnonzero(cache.indices[: len(r.dataset("train"))] == patch.image)[0])  # view 0 rows come first
     np.testing.assert_array_equal(r.renderer("train").feature_maps([patch.image])[0], cache.features[row])
+
+
+def test_a_probe_too_large_for_memory_gets_float16_rows_and_minibatches(tmp_path, monkeypatch):
+    from infodisent import probe
+
+    seen = []
+    fit = probe.fit_linear_probe
+
+    def spy(x, y, *a, **k):
+        seen.append(x.dtype)
+        return fit(x, y, *a, **k)
+
+    monkeypatch.setattr(infodisent.pipeline, "IN_MEMORY", 1000)  # "ImageNet": more entries than this
+    monkeypatch.setattr(probe, "IN_MEMORY", 1000)
+    monkeypatch.setattr(infodisent.pipeline, "fit_linear_probe", spy)
+    result = train_run(tiny_cfg(tmp_path, fit=FitConfig(epochs=1), max_classes=3))
+    assert seen == [torch.float16] and result.metrics.probe.solver == "minibatch"
+    assert 0 <= result.metrics.linear_probe.top1 <= 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infodisent.selection import HeldOut, calibrated_loss, choose_k, paired_loss
+from infodisent.selection import HeldOut, budget_check, calibrated_loss, choose_k, escalated, paired_loss
 from infodisent.sparse import SparseOptions
 
 
@@ -70,3 +70,22 @@ def test_a_measured_loss_beyond_the_budget_is_said_loudly():
     few = choose_k({8: _scores([1] * 17 + [0] * 3, [0.4] * 20)}, _scores([1] * 18 + [0] * 2, [0.3] * 20),
                    SparseOptions())
     assert few.within_tolerance and few.noise > 0.05
+
+
+def test_going_up_records_every_k_tried_and_the_fallback():
+    dense = _scores([1] * 540 + [0] * 60, [0.3] * 600)
+    worse = _scores([1] * 510 + [0] * 90, [0.4] * 600)  # 5 points lost: outside
+    sel = choose_k({8: worse}, dense, SparseOptions())
+    assert not sel.within_tolerance and sel.rule_k is None and sel.escalated == [] and not sel.fallback
+    near = _scores([1] * 537 + [0] * 63, [0.31] * 600)  # half a point lost: within
+    lost, noise, within = budget_check(dense, near, 0.005)
+    assert lost == pytest.approx(0.005) and within and noise > 0
+    up = escalated(sel, {16: worse, 32: near}, 32, lost, noise)
+    assert (up.channels_per_class, up.rule_k, up.escalated, up.fallback, up.within_tolerance) == (32, 8, [16, 32], False, True)
+    assert up.top1 == {"8": worse.top1, "16": worse.top1, "32": near.top1} and up.lost == lost
+    assert "K=8 loses 5.0 points (the loss rule's choice), outside the 0.5-point budget" in up.budget()
+    assert "going up (K=16, K=32), K=32 loses 0.5 points" in up.budget() and not up.budget().startswith("WARNING")
+    down = escalated(sel, {16: worse, 32: worse}, None, 0.0, 0.0)
+    assert down.fallback and down.channels_per_class is None and not down.within_tolerance and down.lost == sel.lost
+    assert down.budget().startswith("WARNING: no compact head within the 0.5-point budget")
+    assert "K=8 loses 5.0 points, K=16 loses 5.0 points, K=32 loses 5.0 points; the dense head is shown" in down.budget()

@@ -82,6 +82,12 @@ def test_prune_schedule():
     assert SparseOptions(5, channels_total=12).budgets(1280, 15) == [768, 192, 48, 12]
     assert SparseOptions(channels_total=10, candidates=(2, 3)).budgets(1280, 15) == [None, 640, 160, 40, 10, 10]
     assert SparseOptions(5, channels_total=12).budgets(1280, 2) == [None] * 4  # 2 classes never use more than 12
+    # no candidate within the budget: twice the largest, then the earlier rounds' K, all below the dense head
+    assert SparseOptions().escalation(1280) == [16, 32, 128, 512]
+    assert SparseOptions(ratio=1).escalation(1280) == [16] and SparseOptions().escalation(16) == []
+    assert SparseOptions(channels_total=40).shared_budget(16, 1280, 15) == 80  # 40 for K=8: twice as many
+    assert SparseOptions(channels_total=40).shared_budget(128, 1280, 15) == 640
+    assert SparseOptions(channels_total=40).shared_budget(512, 1280, 15) is None  # 2560 > all 1280 channels: no limit
     with pytest.raises(ValueError, match="channels_per_class >= 1"):
         SparseOptions(0)
     with pytest.raises(ValueError, match="validation"):
@@ -165,8 +171,61 @@ def test_default_run_chooses_k_on_held_out_images(tmp_path):
     hist = pd.read_csv(result.run_dir / "history.csv")
     assert hist["validation_top1"].dropna().tolist() == pytest.approx([tried[a] for a in sorted(tried, reverse=True)])
     assert hist["validation_loss"].dropna().tolist() == pytest.approx([losses[a] for a in sorted(losses, reverse=True)])
+    # the held-out images only chose: then both heads were fine-tuned on every training image
+    refit, reference = hist[hist["phase"] == "refit"], hist[hist["phase"] == "dense reference"]
+    assert len(refit) == 5 == result.metrics.sparse.refit_epochs and (refit["channels_per_class"] == k).all()
+    assert len(reference) == 3 and reference["channels_per_class"].isna().all()  # the dense epochs, on every image
+    pruned_last = int(hist[hist["phase"] == "prune"]["epoch"].max())
+    assert reference["epoch"].tolist() + refit["epoch"].tolist() == list(range(pruned_last + 1, pruned_last + 9))
+    assert result.metrics.infodisent.top1 == pytest.approx(refit["test_top1"].iloc[-1])
+    assert result.metrics.sparse.dense_fit is not None and metrics["sparse"]["dense_fit"]["top1"] is not None
+    assert list(result.metrics.table().index) == ["InfoDisent", "InfoDisent, dense (all training images)",
+                                                  "InfoDisent, dense (held-out images left out)", "linear probe (black box)"]
     resumed = train_run(replace(cfg, resume=True))  # finished: the choice is read back, nothing retrained
     assert resumed.metrics.sparse == result.metrics.sparse
+
+
+def test_refit_trains_the_dense_reference_again_and_fine_tunes_the_chosen_head_on_every_training_image(tiny_run):
+    from infodisent.sparse import refit
+
+    _, _, cfg = tiny_run
+    model = infodisent.load(cfg.out)
+    src = CachedSource(infodisent.open_run(cfg.out).cache("train"), 16, view=0)
+    pruned = prune_head(model.head, src, 2)
+    seen = []
+
+    class Counting:  # every training image, counted as the refit reads them
+        def __len__(self):
+            return len(src)
+
+        def batches(self, epoch):
+            for x, y in src.batches(epoch):
+                seen.append(len(y))
+                yield x, y
+
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    fit_config = FitConfig(epochs=3)
+    chosen, dense, hist = refit(pruned, model.head, SparseOptions(refit_epochs=2), fit_config, Counting(),
+                                progress=False)
+    assert sum(seen) == (3 + 2) * len(src)  # the dense reference's 3 epochs, the chosen head's 2
+    assert hist["phase"].tolist() == ["dense reference"] * 3 + ["refit"] * 2
+    assert chosen.config.pruned and not dense.config.pruned
+    torch.testing.assert_close(chosen.weight_mask, pruned.weight_mask)  # the channels chosen stay the channels
+    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in before.items())  # a copy was fine-tuned
+    assert not torch.equal(chosen.W, pruned.W)
+    # the reference starts afresh from the run's seed: the same head every time, not the one passed in
+    again, dense2, _ = refit(pruned, model.head, SparseOptions(refit_epochs=0), fit_config, Counting(), progress=False)
+    assert torch.equal(dense.W, dense2.W) and not torch.equal(dense.W, model.head.W)
+    assert torch.equal(again.W, pruned.W)  # no refit epochs: the chosen head as it was
+    # the fallback: the chosen head is the dense one, and the reference trained on every image is shipped
+    seen.clear()
+    only, same, hist = refit(model.head, model.head, SparseOptions(), fit_config, Counting(), progress=False)
+    assert only is same and torch.equal(only.W, dense.W) and sum(seen) == 3 * len(src)
+    assert hist["phase"].tolist() == ["dense reference"] * 3
+    # without a dense reference, the dense head passed in stays the reference
+    _, kept, _ = refit(pruned, model.head, SparseOptions(dense_reference=False), fit_config, Counting(),
+                       progress=False)
+    assert torch.equal(kept.W, model.head.W)
 
 
 def test_sparse_run_end_to_end(tmp_path):
@@ -255,21 +314,94 @@ def test_ablation_grid_writes_one_table(tmp_path):
         ablation_grid(cfg, names=["nope"])
 
 
-def test_a_compact_head_outside_its_budget_is_said_in_train_output_metrics_and_report(tmp_path, monkeypatch, capsys):
+def test_no_compact_head_within_budget_falls_back_to_the_dense_head_and_says_so_everywhere(tmp_path, monkeypatch, capsys):
     from infodisent import selection
     from infodisent.cli import _print_run
     from infodisent.report import write_report
 
-    # the held-out images "show" a 30-point loss with a 1-point standard error: measurably outside the budget
+    # every compact head "shows" a 30-point loss with a 1-point standard error: measurably outside the budget
     monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))
-    cfg = tiny_cfg(tmp_path, sparse=SparseOptions(finetune_epochs=1, round_epochs=1, candidates=(1, 2), validation=0.25))
+    sp = SparseOptions(finetune_epochs=2, round_epochs=1, candidates=(1, 2), validation=0.25)
+    assert sp.escalation(96) == [4, 8, 32]  # twice the largest candidate, then the earlier rounds' K
+    cfg = tiny_cfg(tmp_path, sparse=sp)
+    with pytest.warns(selection.BudgetWarning, match="no compact head within the 0.5-point budget"):
+        result = train_run(cfg)
+    sel = result.metrics.sparse.selection
+    assert sel.fallback and not sel.within_tolerance and sel.channels_per_class is None and sel.rule_k in (1, 2)
+    assert sel.escalated == [4, 8, 32] and set(sel.top1) == {"1", "2", "4", "8", "32"}
+    assert result.metrics.sparse.channels_per_class is None
+    # the shipped head is the dense head itself: every channel, and the dense head's test accuracy
+    assert not result.model.head.config.pruned and result.model.channels_per_class is None
+    assert result.metrics.infodisent.top1 == pytest.approx(result.metrics.sparse.dense.top1)
+    hist = pd.read_csv(result.run_dir / "history.csv")
+    prune = hist[hist["phase"] == "prune"]
+    # each escalated K was fine-tuned as a final head (a round's head for the rest of its epochs) and scored
+    assert prune.groupby("channels_per_class").size().to_dict() == {1: 2, 2: 2, 4: 2, 8: 1 + 1, 32: 1 + 1}
+    assert prune["validation_top1"].notna().sum() == 5
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["sparse"]["selection"]["fallback"] is True and metrics["sparse"]["channels_per_class"] is None
+    assert metrics["sparse"]["selection"]["escalated"] == [4, 8, 32]
+    _print_run(result)
+    out = capsys.readouterr().out
+    assert "WARNING: no compact head within the 0.5-point budget" in out and "the dense head is shown" in out
+    assert "K=32 loses" in out and "no compact head kept the accuracy budget" in out
+    html = write_report(result.run_dir).read_text()
+    assert "class='warning'" in html and "the dense head is shown" in html
+    resumed = train_run(replace(cfg, resume=True))  # finished: the dense head is read back, nothing retrained
+    assert resumed.metrics.sparse == result.metrics.sparse and not resumed.model.head.config.pruned
+    assert infodisent.open_run(result.run_dir).model.channels_per_class is None
+
+
+def test_escalation_keeps_the_first_larger_k_within_the_budget(tmp_path, monkeypatch):
+    from infodisent import selection
+
+    calls = []
+
+    def paired_loss(dense, compact):  # the rule's choice and K=4 miss the budget, K=8 keeps it
+        calls.append(len(calls))
+        return (0.30, 0.01) if len(calls) <= 2 else (0.0, 0.01)
+
+    monkeypatch.setattr(selection, "paired_loss", paired_loss)
+    cfg = tiny_cfg(tmp_path, sparse=SparseOptions(finetune_epochs=2, round_epochs=1, candidates=(1, 2), validation=0.25))
+    result = train_run(cfg)
+    sel = result.metrics.sparse.selection
+    assert sel.channels_per_class == 8 and sel.escalated == [4, 8] and sel.within_tolerance and not sel.fallback
+    assert result.metrics.sparse.channels_per_class == 8 == result.model.channels_per_class
+    assert "(the loss rule's choice)" in sel.budget() and "going up (K=4, K=8), K=8 loses nothing" in sel.budget()
+    assert "within the 0.5-point budget" in sel.budget() and "WARNING" not in sel.budget()
+    assert "cost of compactness: 8 channels per class" in result.metrics.sparse.cost(result.metrics.infodisent)
+
+
+def test_without_escalation_a_compact_head_outside_its_budget_is_kept_and_said(tmp_path, monkeypatch, capsys):
+    from infodisent import selection
+    from infodisent.cli import _print_run
+    from infodisent.report import write_report
+
+    monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))
+    cfg = tiny_cfg(tmp_path, sparse=SparseOptions(finetune_epochs=1, round_epochs=1, candidates=(1, 2), validation=0.25,
+                                                  escalate=False))
     with pytest.warns(selection.BudgetWarning, match="OUTSIDE the 0.5-point budget"):
         result = train_run(cfg)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["sparse"]["selection"]["within_tolerance"] is False
     assert metrics["sparse"]["selection"]["lost"] == pytest.approx(0.30)
+    assert metrics["sparse"]["selection"]["escalated"] == [] and result.model.head.config.pruned
     _print_run(result)
     out = capsys.readouterr().out
     assert "WARNING: K=" in out and "loses 30.0 points" in out and "OUTSIDE the 0.5-point budget" in out
     html = write_report(result.run_dir).read_text()
     assert "class='warning'" in html and "OUTSIDE the 0.5-point budget" in html
+
+
+def test_cli_pruning_options_reach_the_run_config():
+    from infodisent.cli import _data_config, _run_config, build_parser
+
+    def cfg(*extra):
+        a = build_parser().parse_args(["train", "--out", "x", *extra])
+        return _run_config(a, _data_config(a)).sparse
+
+    assert cfg() == SparseOptions()  # the command line's defaults are the library's
+    assert cfg("--no-escalate").escalate is False
+    assert cfg("--refit-epochs", "0").refit_epochs == 0
+    assert cfg("--loss-se", "2", "--prune-candidates", "4", "2").loss_se == 2.0
+    assert cfg("--dense") is None

@@ -104,6 +104,61 @@ def test_linear_probe_recovers_a_linear_rule():
     assert set(res.validation) and res.l2 in res.validation
 
 
+def _blobs(n: int, seed: int, classes: int = 10, dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping Gaussian classes with a scale and offset per feature (what pooled features look like)."""
+    means = torch.randn(classes, dim, generator=torch.Generator().manual_seed(0)) * 0.5
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    scale = torch.linspace(0.5, 4.0, dim)
+    return (means[y] + torch.randn(n, dim, generator=g)) * scale + 3.0, y
+
+
+def _reference_probe(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) -> torch.nn.Linear:
+    """The previous version's solver: float64 full-batch L-BFGS from zero, run to convergence."""
+    mean, std = x.double().mean(0), x.double().std(0)
+    z = (x.double() - mean) / std
+    lin = torch.nn.Linear(x.shape[1], classes, dtype=torch.float64)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=1000, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(z), y) + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    out = torch.nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        w = lin.weight / std
+        out.weight.copy_(w.float())
+        out.bias.copy_((lin.bias - (w * mean).sum(1)).float())
+    return out
+
+
+def test_both_probe_solvers_give_the_float64_lbfgs_answer_within_half_a_point(monkeypatch):
+    from infodisent import probe
+
+    x, y = _blobs(3000, 1)
+    xt, yt = _blobs(8000, 2)
+    ref = probe_accuracy(_reference_probe(x, y, 10, 1e-3), xt, yt)
+    assert 0.5 < ref < 0.95  # a problem with room for solvers to differ
+    for solver, data in (("lbfgs", x), ("minibatch", x), ("minibatch", x.half())):  # float16 rows are enough
+        res = fit_linear_probe(data, y, 10, l2_grid=(1e-3,), solver=solver)
+        assert res.solver == solver and abs(probe_accuracy(res.linear, xt, yt) - ref) <= 0.005, solver
+    # the grid walked with warm starts: both solvers choose and reach the same accuracy
+    lb = fit_linear_probe(x, y, 10)
+    monkeypatch.setattr(probe, "IN_MEMORY", 1000)  # "auto" turns to minibatches beyond this many entries
+    mb = fit_linear_probe(x, y, 10)
+    assert (lb.solver, mb.solver) == ("lbfgs", "minibatch") and set(lb.validation) == set(mb.validation)
+    assert abs(probe_accuracy(lb.linear, xt, yt) - probe_accuracy(mb.linear, xt, yt)) <= 0.005
+    assert abs(probe_accuracy(lb.linear, xt, yt) - probe_accuracy(_reference_probe(x, y, 10, lb.l2), xt, yt)) <= 0.005
+    with pytest.raises(ValueError, match="choose one of auto, lbfgs, minibatch"):
+        fit_linear_probe(x, y, 10, solver="sgd")
+
+
 def test_distillation_mixes_the_labels_loss_with_matching_the_teacher():
     import torch.nn.functional as F
 

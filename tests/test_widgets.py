@@ -259,7 +259,13 @@ def test_the_panel_says_loudly_when_the_compact_head_misses_its_budget(tiny_run,
     p.start.click()
     p.wait(120)
     assert p.error is None and "done: test top-1" in p.status.value
-    assert "idw-msg-error" in p.status.value and "OUTSIDE the 0.5-point budget" in p.status.value
+    assert "idw-msg-error" in p.status.value and "no compact head within the 0.5-point budget" in p.status.value
+    assert "the dense head: no compact head kept the budget" in p.status.value
+    # the browser and the explorer of that run say it at their top, above everything they show
+    for w in (ChannelBrowser(base.out), DecisionExplorer(base.out)):
+        assert "<div class='idw-msg-error'>WARNING: no compact head" in w.children[0].value
+        assert "the dense head is shown" in w.children[0].value
+    assert "<div class='idw-msg-error'>" not in ChannelBrowser(tiny_run[2].out).children[0].value  # a dense run: quiet
 
 
 def test_a_wrong_form_is_a_message(tiny_run, tmp_path):

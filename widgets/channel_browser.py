@@ -21,7 +21,7 @@ from infodisent.plots import classes_figure, patch_image, strip, value_histogram
 from infodisent.prototypes import PrototypeIndex, StaleIndexError
 from infodisent.run import Run
 
-from .common import CSS, Messages, StaticView, encode, esc, figure_widget, guarded, image, refresh
+from .common import CSS, Messages, budget_banner, StaticView, encode, esc, figure_widget, guarded, image, refresh
 
 if TYPE_CHECKING:
     from .decision_explorer import DecisionExplorer
@@ -111,7 +111,8 @@ class ChannelBrowser(W.VBox):
                           self.side_titles["neg"], W.HBox([c for c, *_ in self.cards["neg"]])])
         self.children = [
             W.HTML(CSS + f"<div class='idw-title'>Channel browser: {esc(self.run.path.name)} "
-                   f"({self.num_channels} channels, {len(self.run.class_names)} classes)</div>"),
+                   f"({self.num_channels} channels, {len(self.run.class_names)} classes)</div>"
+                   + budget_banner(self.run)),
             W.HBox([self.channel, self.slider, self.prev, self.next, self.used_only]),
             self.messages, self.mine_button,
             W.HBox([W.VBox([self.header, patches], layout=W.Layout(width="820px")), pick_panel]),

@@ -67,6 +67,19 @@ def signed(x: float, digits: int = 3) -> str:
     return f"<span class='{cls}'>{x:+.{digits}f}</span>"
 
 
+def budget_banner(run) -> str:
+    """A red line when the run's compact head missed its accuracy budget or none kept it (the dense head is
+    shown instead); nothing otherwise, or when the run has no metrics to say."""
+    try:
+        sparse = run.metrics.sparse
+    except Exception:  # noqa: BLE001 - a run without readable metrics: nothing to say
+        return ""
+    sel = sparse.selection if sparse is not None else None
+    if sel is None or sel.within_tolerance:
+        return ""
+    return f"<div class='idw-msg-error'>{esc(sel.budget())}</div>"
+
+
 class Messages(W.HTML):
     """One line under a widget for errors and notes; a new message replaces the old one."""
 

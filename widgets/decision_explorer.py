@@ -26,7 +26,7 @@ from infodisent.prototypes import StaleIndexError
 from infodisent.render import Renderer
 from infodisent.run import Run
 
-from .common import CSS, Messages, StaticView, encode, esc, figure_widget, guarded, refresh, signed, table_html
+from .common import CSS, Messages, budget_banner, StaticView, encode, esc, figure_widget, guarded, refresh, signed, table_html
 from .common import image as image_widget
 
 SIZE = 336  # px of the main image
@@ -104,7 +104,8 @@ class DecisionExplorer(W.VBox):
                    "backbone's last map)</div>"), cams,
         ], layout=W.Layout(width="860px"))
         self.children = [
-            W.HTML(CSS + f"<div class='idw-title'>Decision explorer: {esc(self.run.path.name)}</div>"),
+            W.HTML(CSS + f"<div class='idw-title'>Decision explorer: {esc(self.run.path.name)}</div>"
+                   + budget_banner(self.run)),
             W.HBox([self.image_index, self.of_class, self.upload, self.source]),
             self.messages,
             W.HBox([left, right]),

@@ -186,7 +186,8 @@ class TrainingPanel(W.VBox):
             sel = m.sparse.selection if m.sparse is not None else None
             missed = "" if sel is None or sel.within_tolerance else f"<div class='idw-msg-error'>{esc(sel.budget())}</div>"
             self.status.value = (f"<div class='idw-msg-info'>done: test top-1 {m.infodisent.top1:.3f}"
-                                 + (f" (dense {m.sparse.dense.top1:.3f}, K = {k})" if k else "")
+                                 + (f" (dense {m.sparse.dense.top1:.3f}, K = {k})" if k else
+                                    " (the dense head: no compact head kept the budget)" if m.sparse is not None else "")
                                  + f" in {esc(cfg.out)}</div>" + missed)
             self.open_browser.disabled = self.open_explorer.disabled = False
             self.resume.value = False
