@@ -299,7 +299,7 @@ class SparseSummary(_DataMixin):
     schedule: list[int]  # channels per class of each round run (with K chosen: the candidates tried)
     finetune_epochs: int
     round_epochs: int
-    dense: Accuracy  # the dense head on the same test split (refit on every training image when K was chosen)
+    dense: Accuracy  # the dense head on the same test split (trained again on every training image when K was chosen)
     selection: KSelection | None = None  # when K was chosen on validation images
     channels_total: int | None = None  # a channel budget shared by all classes
     refit_epochs: int = 0  # K chosen: the chosen head then fine-tuned this long on every training image
