@@ -5,7 +5,7 @@ import ...``, and a second ``conftest`` module loaded after ``tests/conftest.py`
 
 The committed outputs are written on one machine; its trained numbers differ from another CPU's in the
 last bits, and training carries that on. The tutorials therefore check trained numbers within stated
-tolerances (``infodisent.notebook.check``), and this file makes every ``make test`` prove that those
+tolerances (``infodisent.tutorials.notebook.check``), and this file makes every ``make test`` prove that those
 tolerances hold: each tutorial's kernel runs with torch and oneDNN held to AVX2 kernels (not this
 machine's widest ones, whichever wrote the outputs) and with ``INFODISENT_CACHE`` in a fresh temporary
 folder, so features are extracted anew under those kernels. Runs the notebooks already trained under

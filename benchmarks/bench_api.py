@@ -22,7 +22,7 @@ import time
 import torch
 
 import infodisent
-from infodisent.render import Renderer
+from infodisent.explain.render import Renderer
 
 
 def median_time(fn, repeats: int) -> float:

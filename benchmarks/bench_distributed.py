@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from infodisent.backbone import load_backbone
-from infodisent.datasets import PartsConfig, PartsDataset
-from infodisent.features import extract_features
-from infodisent.head import HeadConfig, InfoDisentHead
-from infodisent.training import CachedSource, FitConfig, StreamingSource, make_optimizer, train_one_epoch
+from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.extract import extract_features
+from infodisent.data.sources import CachedSource, StreamingSource
+from infodisent.train.training import FitConfig, make_optimizer, train_one_epoch
 
 
 def timed(fn, repeat: int = 1) -> float:

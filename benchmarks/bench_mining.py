@@ -16,15 +16,15 @@ import tempfile
 import time
 
 import torch
-
-from infodisent.backbone import load_backbone
-from infodisent.datasets import PartsConfig, PartsDataset, build_dataset
-from infodisent.features import extract_features, find_cache
-from infodisent.head import HeadConfig, InfoDisentHead
-from infodisent.model import InfoDisent
-from infodisent.prototypes import mine_prototypes
-
 from bench_training import sync  # benchmarks/ is on sys.path when run as a script
+
+from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.model import InfoDisent
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import PartsConfig, PartsDataset, build_dataset
+from infodisent.data.extract import extract_features
+from infodisent.data.features import find_cache
+from infodisent.explain.prototypes import mine_prototypes
 
 
 def once(fn, device: torch.device) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infodisent.probe import DEFAULT_L2_GRID, _stratified_holdout, fit_linear_probe, probe_accuracy
+from infodisent.train.probe import DEFAULT_L2_GRID, _stratified_holdout, fit_linear_probe, probe_accuracy
 
 
 def blobs(n: int, d: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,11 +23,12 @@ import time
 
 import torch
 
-from infodisent.backbone import load_backbone
-from infodisent.datasets import build_dataset
-from infodisent.datasets.fabricate import fabricate
-from infodisent.head import HeadConfig, InfoDisentHead
-from infodisent.training import FitConfig, StreamingSource, make_optimizer, train_one_epoch
+from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import build_dataset
+from infodisent.data.sources import StreamingSource
+from infodisent.train.training import FitConfig, make_optimizer, train_one_epoch
+from infodisent.tutorials.fabricate import fabricate
 
 # timm's published inference rates, results/benchmark-infer-amp-nhwc-pt240-cu124-rtx4090.csv
 # (AMP, channels-last, batch 512, PyTorch 2.4, CUDA 12.4, one RTX 4090): images per second at 224 px

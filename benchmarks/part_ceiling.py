@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 import infodisent
-from infodisent.datasets import PartsDataset
-from infodisent.part_metrics import KeypointRegions, cell_parts, noisy_positions
+from infodisent.data.datasets import PartsDataset
+from infodisent.eval.part_metrics import KeypointRegions, cell_parts, noisy_positions
 
 
 def features(run, split: str) -> tuple[torch.Tensor, np.ndarray]:

@@ -17,16 +17,18 @@ from typing import Sequence
 
 import torch
 
-from . import distributed
-from .backbone import DEFAULT_BACKBONE, BackboneError
 from .config import RunConfig, demo_config
-from .datasets import DATASETS, DatasetLayoutError, ImageReadError
-from .pipeline import RunExistsError, evaluate_run, mine_run, train_run
-from .results import to_dict
+from .core.backbone import DEFAULT_BACKBONE
+from .data import distributed
+from .data.datasets import DATASETS
+from .errors import InfodisentError, InputError
+from .eval.results import to_dict
+from .pipeline import evaluate_run, mine_run, train_run
 from .run import Run
-from .sparse import SparseOptions
+from .train.sparse import SparseOptions
 
-USER_ERRORS = (BackboneError, DatasetLayoutError, ImageReadError, RunExistsError, FileNotFoundError, ValueError)
+# a user's mistake gets a message and exit status 2; anything else is a bug and keeps its traceback
+USER_ERRORS = (InfodisentError, FileNotFoundError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -57,6 +59,10 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     p.add_argument("--unconstrained", action="store_true", help="ablation: allow negative weights in W")
     p.add_argument("--loss", choices=["softmax", "sigmoid"], default=defaults.fit.loss,
                    help="sigmoid: SIDE's one-vs-rest loss")
+    p.add_argument("--teacher", type=float, nargs="?", const=1.0, default=defaults.teacher, metavar="WEIGHT",
+                   help="explain the backbone's own classifier: match its logits (weight 1: them alone; below 1 "
+                        "mixed with the labels). Needs a CNN backbone whose classifier has the dataset's classes "
+                        "(a fine-tuned model) or reads ImageNet classes (an ImageNet subset)")
     sp = SparseOptions()
     g = p.add_argument_group(
         "compact head", "By default the dense head is pruned to K channels per class and fine-tuned; K is the "
@@ -115,7 +121,7 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     head = replace(base.head, orthogonal_map=a.orthogonal_map, relaxation=a.relaxation, bias=a.bias,
                    rotation=not a.no_rotation, pooling=a.pooling, nonnegative=not a.unconstrained)
     if a.dense and a.prune_k is not None:
-        raise ValueError("--dense and --prune-k exclude each other")
+        raise InputError("--dense and --prune-k exclude each other")
     sparse = None if a.dense else SparseOptions(
         a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u, ratio=a.prune_ratio,
         round_epochs=a.round_epochs, candidates=tuple(a.prune_candidates), tolerance=a.prune_tolerance,
@@ -124,7 +130,7 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
         cache_dir=a.cache_dir, strict=a.strict, progress=not a.quiet, views=a.views,
-        use_cache=not a.no_cache, compile=a.compile, fit=fit, head=head, sparse=sparse,
+        use_cache=not a.no_cache, compile=a.compile, fit=fit, head=head, sparse=sparse, teacher=a.teacher,
     )
 
 
@@ -137,6 +143,8 @@ def _print_run(result) -> None:
     if m.sparse is not None:
         print(m.sparse.cost(m.infodisent))
         print(m.sparse.describe())
+    if m.agreement is not None:
+        print(m.agreement.sentence())
     for split, info in m.feature_cache.items():
         state = "reused (no image passed through the backbone)" if info.reused else "extracted now"
         print(f"feature cache {split}: {state} — {info.path}")
@@ -163,6 +171,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     out = evaluate_run(
         _open(a), a.split, dataset=a.dataset, root=a.root, batch_size=a.batch_size, num_workers=a.num_workers,
         strict=a.strict, progress=not a.quiet, explanations=a.explanations, k=a.k, stability=not a.no_stability,
+        sanity=a.sanity,
     )
     print(json.dumps(to_dict(out), indent=2))
     return 0
@@ -171,7 +180,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_mine(a: argparse.Namespace) -> int:
     run = _open(a)
     if a.dataset is not None and a.dataset != run.dataset_spec(a.split).name:
-        raise ValueError("mine works on the run's own dataset; use evaluate --dataset for another one")
+        raise InputError("mine works on the run's own dataset; use evaluate --dataset for another one")
     index = mine_run(run, a.split, k=a.k, use_cache=not a.no_cache, batch_size=a.batch_size,
                      num_workers=a.num_workers, strict=a.strict, progress=not a.quiet)
     m = index.meta
@@ -182,7 +191,7 @@ def cmd_mine(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import write_report  # plotly is only needed here
+    from .viz.report import write_report  # plotly is only needed here
 
     path = write_report(_open(a), a.out, max_classes=a.max_classes, channels=a.channels, prototypes=a.prototypes,
                         samples=a.samples, progress=not a.quiet)
@@ -191,7 +200,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_ablate(a: argparse.Namespace) -> int:
-    from .ablations import ablation_grid
+    from .eval.ablations import ablation_grid
 
     base = _run_config(a, _data_config(a))
     table = ablation_grid(base, channels_per_class=a.k_per_class, names=a.only, stability=not a.no_stability,
@@ -236,12 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also mine the split and compute explanation size, faithfulness and part metrics")
     ev.add_argument("--k", type=int, default=10, help="prototypes per channel and side when mining")
     ev.add_argument("--no-stability", action="store_true", help="skip the (backbone-bound) CUB stability metric")
+    ev.add_argument("--sanity", action="store_true",
+                    help="also run the sanity checks: the backbone's last stages re-initialised (cascading) and, on "
+                         "parts, a head trained on shuffled labels (Adebayo et al. 2018)")
     _common(ev)
 
     mine = sub.add_parser("mine", help="find every channel's top-k patches on a split (the prototype index)")
     mine.add_argument("run_dir")
     mine.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the run's own dataset")
-    mine.add_argument("--root", default=None)
     mine.add_argument("--split", choices=["train", "test"], default="train")
     mine.add_argument("--k", type=int, default=10, help="prototypes per channel and side")
     mine.add_argument("--no-cache", action="store_true", help="run the backbone even if a feature cache exists")

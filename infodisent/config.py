@@ -17,18 +17,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backbone import DEFAULT_BACKBONE, OFFLINE_WEIGHTS, WeightsSource
-from .datasets import DATASETS, DatasetSpec, PartsConfig
-from .head import HeadConfig
+from .core.backbone import DEFAULT_BACKBONE, OFFLINE_WEIGHTS, WeightsSource
+from .core.head import HeadConfig
+from .core.options import FitConfig, SparseOptions
+from .data.datasets import DATASETS, DatasetSpec, PartsConfig
+from .errors import InfodisentError, InputError
+from .eval.results import from_dict
 from .io import CorruptFileError, read_json
-from .results import from_dict
-from .sparse import SparseOptions
-from .training import FitConfig
 
 CONFIG_VERSION = 2
 
 
-class ConfigVersionError(ValueError):
+class ConfigVersionError(InfodisentError, ValueError):
     """A ``config.json`` written by another format version of infodisent."""
 
 
@@ -59,29 +59,34 @@ class RunConfig:
     model_kwargs: dict[str, Any] | None = None
     parts: PartsConfig | None = None  # generation settings of the parts dataset
     probe: bool = True  # also fit the linear-probe reference
+    # Explain the backbone's own classifier (the black box): training matches its logits with this weight
+    # (1.0: its logits alone, below 1 mixed with the labels); None: the labels alone.
+    teacher: float | None = None
     # The compact head by default: dense training, pruning to K channels per class (K chosen on held-out
     # training images), fine-tuning. None: the paper's dense head.
     sparse: SparseOptions | None = field(default_factory=SparseOptions)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+            raise InputError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.dataset != "parts" and self.root is None:
-            raise ValueError(f"dataset {self.dataset!r} needs a root (the folder holding its files)")
+            raise InputError(f"dataset {self.dataset!r} needs a root (the folder holding its files)")
         if self.parts is not None and self.dataset != "parts":
-            raise ValueError("parts= (generation settings) only applies to the parts dataset")
+            raise InputError("parts= (generation settings) only applies to the parts dataset")
         for name in ("batch_size", "views"):
             if getattr(self, name) < 1:
-                raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
-            raise ValueError(f"RunConfig.num_workers must be >= 0, got {self.num_workers}")
+            raise InputError(f"RunConfig.num_workers must be >= 0, got {self.num_workers}")
         if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
+            raise InputError("resume and overwrite exclude each other: continue the run, or start it again")
         if self.root is not None and not Path(self.root).is_absolute():
             # recorded absolute: a notebook or server that opens the run from another folder still finds the data
             object.__setattr__(self, "root", str(Path(self.root).resolve()))
         if self.max_classes is not None and self.max_classes < 1:
-            raise ValueError(f"RunConfig.max_classes must be >= 1, got {self.max_classes}")
+            raise InputError(f"RunConfig.max_classes must be >= 1, got {self.max_classes}")
+        if self.teacher is not None and not 0 < self.teacher <= 1:
+            raise InputError(f"RunConfig.teacher (the weight of the black box's logits) must be in (0, 1], got {self.teacher}")
 
     def dataset_spec(self, split: str) -> DatasetSpec:
         """How to build ``split`` of this run's dataset."""
@@ -126,6 +131,16 @@ class BackboneSpec:
 
 
 @dataclass(frozen=True)
+class EditRecord:
+    """Where an edited run comes from (:meth:`Run.edit <infodisent.run.Run.edit>`): the run it was made from,
+    the channels switched off, and how long it was fine-tuned with them off (U fixed)."""
+
+    source: str
+    disabled: tuple[int, ...]
+    finetune_epochs: int = 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """``config.json``: everything needed to rebuild a run's model and its dataset."""
 
@@ -136,6 +151,7 @@ class ModelConfig:
     run: RunConfig | None = None  # how it was trained (None for a head saved outside train_run)
     channels_per_class: int | None = None  # of a pruned head: the most channels any class keeps
     version: int = CONFIG_VERSION
+    edit: EditRecord | None = None  # an edited run: its provenance
 
     @property
     def num_classes(self) -> int:
@@ -153,6 +169,9 @@ class ModelConfig:
         }
         if self.run is not None:
             d["run"] = self.run.recorded()
+        if self.edit is not None:
+            d["edit"] = {"source": self.edit.source, "disabled": list(self.edit.disabled),
+                         "finetune_epochs": self.edit.finetune_epochs}
         return d
 
     @classmethod
@@ -175,6 +194,7 @@ class ModelConfig:
                 run=run,
                 channels_per_class=data.get("channels_per_class"),
                 version=version,
+                edit=from_dict(EditRecord, data["edit"]) if data.get("edit") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(where, f"not a valid run configuration: {type(e).__name__}: {e}") from e

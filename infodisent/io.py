@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .errors import InfodisentError
+
 
 def _file_mode() -> int:
     """The mode ``open()`` gives a new file under the process's umask (mkstemp's temporaries are 0600)."""
@@ -57,7 +59,7 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             np.save(f, array)
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(InfodisentError, ValueError):
     """A file that exists but cannot be read back: cut short by a crash, or overwritten."""
 
     def __init__(self, path: str | os.PathLike, reason: str, hint: str = ""):

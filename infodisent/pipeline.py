@@ -21,30 +21,46 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from . import distributed
-from .backbone import Backbone, load_backbone
 from .config import ModelConfig, RunConfig, demo_config
-from .datasets import ImageDataset, check_split
-from .evaluation import explanation_metrics
-from .features import FeatureCache, extract_features
-from .head import InfoDisentHead
-from .io import atomic_path, atomic_write_json, read_json
-from .model import InfoDisent, check_compatible, save_head
-from .monitor import Monitor
-from .probe import IN_MEMORY, fit_linear_probe
-from .prototypes import PrototypeIndex, mine_prototypes
-from .results import Accuracy, CacheUse, Evaluation, KSelection, ProbeInfo, RunMetrics, SparseSummary, from_dict, to_dict
-from .run import Run, RunFiles
-from .selection import BudgetWarning
-from .sparse import SparseOptions, refit, sparsify
-from .training import (
-    CachedSource, CheckpointMismatchError, CheckpointPaths, FeatureSource, StreamingSource, check_checkpoint,
-    classification_metrics, evaluate, fit, holdout_split, load_checkpoint, save_checkpoint,
+from .core.backbone import Backbone
+from .core.head import InfoDisentHead
+from .core.model import InfoDisent, check_compatible, save_head
+from .core.weights import load_backbone
+from .data import distributed
+from .data.datasets import ImageDataset, check_split
+from .data.extract import extract_features
+from .data.features import FeatureCache
+from .data.sources import CachedSource, FeatureSource, StreamingSource, holdout_split
+from .errors import InputError
+from .eval.evaluation import explanation_metrics
+from .eval.fidelity import agreement, black_box, classifier_columns
+from .eval.results import (
+    Accuracy,
+    CacheUse,
+    Evaluation,
+    KSelection,
+    ProbeInfo,
+    RunMetrics,
+    SparseSummary,
+    from_dict,
+    to_dict,
 )
-
-
-class RunExistsError(FileExistsError):
-    """A run directory that already holds a run (use --resume or --overwrite)."""
+from .eval.sanity import sanity_checks
+from .explain.prototypes import PrototypeIndex, mine_prototypes
+from .io import atomic_path, atomic_write_json, read_json
+from .run import Run, RunExistsError, RunFiles
+from .train.checkpoints import (
+    CheckpointMismatchError,
+    CheckpointPaths,
+    check_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .train.monitor import Monitor
+from .train.probe import IN_MEMORY, fit_linear_probe
+from .train.selection import BudgetWarning
+from .train.sparse import SparseOptions, refit, sparsify
+from .train.training import classification_metrics, evaluate, fit
 
 
 @dataclass
@@ -98,7 +114,7 @@ def _clear_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes: 
     elif started:
         if not cfg.overwrite:
             raise RunExistsError(f"{files.root} already holds a run; pass --resume to continue it or --overwrite")
-        for path in (*files.outputs(), files.report, *files.root.glob("evaluation_*.json")):
+        for path in (*files.outputs(), files.report, *files.evaluations()):
             path.unlink(missing_ok=True)
         shutil.rmtree(files.prototypes_root, ignore_errors=True)
     files.root.mkdir(parents=True, exist_ok=True)
@@ -158,7 +174,7 @@ def _sources(cfg: RunConfig, backbone: Backbone, train_ds: ImageDataset, test_ds
 
 def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_classes: int, num_features: int):
     """The linear probe: pooled features of every process's rows, fitted and written by rank 0, its
-    numbers sent to the others. Beyond :data:`~infodisent.probe.IN_MEMORY` entries (ImageNet) rank 0
+    numbers sent to the others. Beyond :data:`~infodisent.train.probe.IN_MEMORY` entries (ImageNet) rank 0
     holds the pooled matrix in float16 and the probe is fitted on minibatches."""
     probe_train = CachedSource(caches["train"], 512, view=0) if caches else train_src
     big = len(probe_train) * num_features > IN_MEMORY
@@ -179,8 +195,8 @@ def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_cla
 def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
     """Run the whole pipeline and write the run directory (``config.json`` and the head last).
 
-    ``monitor`` (:class:`~infodisent.monitor.Monitor`) hears of feature extraction and of every epoch,
-    and may stop the training after an epoch (:class:`~infodisent.monitor.TrainingStopped`; the run
+    ``monitor`` (:class:`~infodisent.train.monitor.Monitor`) hears of feature extraction and of every epoch,
+    and may stop the training after an epoch (:class:`~infodisent.train.monitor.TrainingStopped`; the run
     resumes with ``resume=True``)."""
     requested = cfg  # what config.json records (the device as asked, not this process's cuda:LOCAL_RANK)
     cfg = replace(cfg, device=distributed.setup(cfg.device))  # under torchrun: join the group
@@ -228,23 +244,26 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
         dense = Accuracy(**ckpt["dense"]) if "dense" in ckpt else None
         dense_fit = Accuracy(**ckpt["dense_fit"]) if ckpt.get("dense_fit") else None
     else:
-        history = fit(model.head, train_src, test_src, cfg.fit, ckpt_paths, cfg.resume, cfg.progress, cfg.device,
-                      monitor)
+        teacher = black_box(backbone, train_ds) if cfg.teacher is not None else None
+        fit_cfg = replace(cfg.fit, distill=cfg.teacher) if teacher is not None else cfg.fit
+        sparse_opts = replace(cfg.sparse, distill=cfg.teacher) if teacher is not None and cfg.sparse else cfg.sparse
+        history = fit(model.head, train_src, test_src, fit_cfg, ckpt_paths, cfg.resume, cfg.progress, cfg.device,
+                      monitor, teacher)
         if cfg.sparse is not None:
             if monitor is not None:  # a stop asked for during the last dense epoch: before any pruning
                 monitor.check_stop(f"after epoch {cfg.fit.epochs}, before pruning; the checkpoint resumes it")
             dense = evaluate(model.head, test_src, cfg.fit.amp)
             head, more, selection = sparsify(
-                model.head, cfg.sparse, cfg.fit, train_src, src.importance, validation=src.validation,
+                model.head, sparse_opts, fit_cfg, train_src, src.importance, validation=src.validation,
                 test=test_src, first_epoch=cfg.fit.epochs, progress=cfg.progress, device=cfg.device,
-                monitor=monitor,
+                monitor=monitor, teacher=teacher,
             )
             phases = [history.assign(phase="train"), more.assign(phase="prune")]
             if selection is not None and (cfg.sparse.refit_epochs > 0 or cfg.sparse.dense_reference):
                 # the held-out images only chose: every training image trains the final heads
-                head, dense_head, again = refit(head, model.head, cfg.sparse, cfg.fit, src.everything, test=test_src,
+                head, dense_head, again = refit(head, model.head, sparse_opts, fit_cfg, src.everything, test=test_src,
                                                 first_epoch=int(more["epoch"].max()), progress=cfg.progress,
-                                                device=cfg.device, monitor=monitor)
+                                                device=cfg.device, monitor=monitor, teacher=teacher)
                 if cfg.sparse.dense_reference:
                     dense_fit, dense = dense, evaluate(dense_head, test_src, cfg.fit.amp)
                 if len(again):
@@ -260,6 +279,8 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
     model.head.eval()
 
     head_acc = evaluate(model.head, test_src, cfg.fit.amp)
+    agreed = agreement(model, test_ds, caches.get("test"), batch_size=max(cfg.batch_size, 256)) \
+        if classifier_columns(backbone, test_ds) is not None else None
     metrics = RunMetrics(
         dataset=cfg.dataset, backbone=backbone.name, weights=backbone.weights.spec,
         num_classes=train_ds.num_classes, num_train_images=len(train_ds), num_test_images=len(test_ds),
@@ -273,6 +294,7 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
         sparse=_sparse_summary(cfg.sparse, history, dense, dense_fit, selection)
         if cfg.sparse is not None and dense is not None
         else None,
+        agreement=agreed,
     )
     if shard.main:  # the one writer of the run directory
         atomic_write_json(files.metrics, to_dict(metrics))
@@ -365,16 +387,11 @@ def mine_run(
     strict: bool = False,
     progress: bool = True,
 ) -> PrototypeIndex:
-    """Mine the prototype index of a run's split (``infodisent mine``) into ``<run>/prototypes/<split>``."""
+    """Mine the prototype index of a run's split (``infodisent mine``) into ``<run>/prototypes/<split>``:
+    :meth:`Run.mine <infodisent.run.Run.mine>` of the run (opened when given as a path)."""
     run = run if isinstance(run, Run) else Run.open(run)
-    check_split(split)
-    index = mine_prototypes(
-        run.model, run.dataset(split), run.files.prototypes(split), k=k,
-        features=run.cache(split) if use_cache else None, batch_size=batch_size, num_workers=num_workers,
-        device=run.device, strict=strict, progress=progress, head_sha256=run.model_sha256,
-    )
-    run.forget_index(split)
-    return index
+    return run.mine(check_split(split), k=k, use_cache=use_cache, batch_size=batch_size, num_workers=num_workers,
+                    strict=strict, progress=progress)
 
 
 def evaluate_run(
@@ -390,13 +407,15 @@ def evaluate_run(
     explanations: bool = False,
     k: int = 10,
     stability: bool = True,
+    sanity: bool = False,
 ) -> Evaluation:
     """Accuracy of a saved run (and of its linear probe) on a dataset split.
 
     The dataset defaults to the one the run was trained on; its class count must
     match the run's. The result is written to ``evaluation_<dataset>_<split>.json``.
-    With ``explanations``, the split is mined (``<run>/prototypes/<split>``) and
-    :func:`~infodisent.evaluation.explanation_metrics` added; for the run's own
+    With ``sanity``, :func:`~infodisent.eval.sanity.sanity_checks` runs too (own dataset only). With
+    ``explanations``, the split is mined (``<run>/prototypes/<split>``) and
+    :func:`~infodisent.eval.evaluation.explanation_metrics` added; for the run's own
     test split they also go into ``metrics.json`` (the rest of it is kept).
     """
     run = run if isinstance(run, Run) else Run.open(run)
@@ -413,16 +432,23 @@ def evaluate_run(
             probe_acc = classification_metrics(run.probe.to(x.device)(x), y)
     ex = None
     if explanations:
-        index = mine_prototypes(run.model, ds, run.files.prototypes(split) if own else None, k=k, features=cache,
-                                batch_size=batch_size, device=run.device, progress=progress,
-                                head_sha256=run.model_sha256 if own else None)
-        if own:
-            run.forget_index(split)
+        index = run.mine(split, k=k, batch_size=batch_size, progress=progress) if own else \
+            mine_prototypes(run.model, ds, None, k=k, features=cache, batch_size=batch_size, device=run.device,
+                            progress=progress)
         ex = explanation_metrics(run.model, index, ds, stability=stability)
         if own and split == "test" and run.files.metrics.is_file() and distributed.current().main:
             run.update_metrics(explanations=ex)
+    agreed = agreement(run.model, ds, cache, batch_size=max(batch_size, 256))
+    checks = None
+    if sanity:
+        if not own:
+            raise InputError("the sanity checks retrain on the run's own data: evaluate them on its own dataset")
+        checks = sanity_checks(run, split)
+    own_test = own and split == "test" and run.files.metrics.is_file() and distributed.current().main
+    if own_test and (agreed is not None or checks is not None):
+        run.update_metrics(**{k: v for k, v in (("agreement", agreed), ("sanity", checks)) if v is not None})
     out = Evaluation(str(run.path), ds.name, split, len(ds), len(source), acc, probe_acc,
-                     [b["path"] for b in cache.bad_files], ex)
+                     [b["path"] for b in cache.bad_files], ex, agreed, checks)
     if distributed.current().main:
         atomic_write_json(run.files.evaluation(ds.name, split), to_dict(out))
     return out

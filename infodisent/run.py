@@ -5,7 +5,7 @@ A run directory (written by ``infodisent train``) holds:
 - ``config.json``: the model's configuration and how it was trained (:class:`~infodisent.config.ModelConfig`)
 - ``head.safetensors``: U's parameters, ``U`` and ``W`` themselves (and the bias)
 - ``probe.safetensors``: the linear-probe reference
-- ``metrics.json``: what training measured, plus what later commands add (:class:`~infodisent.results.RunMetrics`)
+- ``metrics.json``: what training measured, plus what later commands add (:class:`~infodisent.eval.results.RunMetrics`)
 - ``history.csv``: one row per epoch; ``checkpoint.pt``: for ``--resume`` (after pruning: the pruned head)
 - ``prototypes/<split>/``: prototype indexes; ``evaluation_<dataset>_<split>.json``; ``report.html``
 
@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -32,15 +33,17 @@ import torch
 from safetensors.torch import load_file
 
 from .config import ModelConfig
-from .datasets import DatasetSpec, ImageDataset, check_split
-from .explain import Explanation, ImageLike, explain, explain_views
-from .features import FeatureCache, find_cache, stream_feature_maps
+from .core.model import InfoDisent, RunMismatchError
+from .data.datasets import DatasetSpec, ImageDataset, check_split
+from .data.features import FeatureCache, find_cache
+from .data.loader import stream_feature_maps
+from .errors import InfodisentError, InputError
+from .eval.metrics import logits_of
+from .eval.results import RunMetrics, from_dict, to_dict
+from .explain.explanation import Explanation, ImageLike, explain, explain_views
+from .explain.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
+from .explain.render import Renderer
 from .io import CorruptFileError, atomic_write_json, file_sha256, read_json
-from .metrics import logits_of
-from .model import InfoDisent, RunMismatchError
-from .prototypes import PrototypeIndex, StaleIndexError
-from .render import Renderer
-from .results import RunMetrics, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ class RunFiles:
     def evaluation(self, dataset: str, split: str) -> Path:
         return self.root / f"evaluation_{dataset}_{split}.json"
 
+    def evaluations(self) -> list[Path]:
+        """Every ``evaluation_<dataset>_<split>.json`` written so far."""
+        return sorted(self.root.glob("evaluation_*_*.json"))
+
     def outputs(self) -> tuple[Path, ...]:
         """Every file a training writes (removed by ``--overwrite``)."""
         return (self.config, self.checkpoint, self.head, self.probe, self.metrics, self.history)
@@ -96,8 +103,12 @@ class RunFiles:
         return self.config.is_file() and self.head.is_file()
 
 
-class NotARunError(FileNotFoundError):
+class NotARunError(InfodisentError, FileNotFoundError):
     """A folder that holds no finished run."""
+
+
+class RunExistsError(InfodisentError, FileExistsError):
+    """A run directory that already holds a run (use --resume or --overwrite)."""
 
 
 class Run:
@@ -173,13 +184,63 @@ class Run:
         lin.load_state_dict(state)
         return lin
 
+    def edit(self, disable: Sequence[int], out: str | Path, *, finetune_epochs: int = 0,
+             overwrite: bool = False) -> "Run":
+        """A new run at ``out`` whose head no longer uses the ``disable`` channels (e.g. a shortcut found with
+        :func:`~infodisent.eval.shortcuts.suspicious_channels`): their weights masked to 0, and with
+        ``finetune_epochs`` the other weights fine-tuned on the training feature cache with them kept off (U
+        fixed, so the channels stay the same). ``config.json`` records where it comes from (``edit``);
+        ``metrics.json`` holds the new head's test accuracy (the probe's copied, the agreement recomputed;
+        pruning and explanation metrics belong to the old head and are left out). Mine it again to browse it."""
+        from .config import EditRecord
+        from .core.head import switch_off
+        from .core.model import save_head
+        from .core.options import FitConfig
+        from .data.sources import CachedSource
+        from .eval.fidelity import agreement
+        from .train.training import evaluate, fit
+
+        target = RunFiles(Path(out))
+        if Path(out).resolve() == self.path.resolve():
+            raise InputError(f"an edit is written to a new run directory, not over {self.path}")
+        if (target.config.is_file() or target.head.is_file()) and not overwrite:
+            raise RunExistsError(f"{target.root} already holds a run; pass overwrite=True to replace it")
+        if finetune_epochs < 0:
+            raise InputError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+        head = switch_off(self.model.head, disable)
+        disabled = tuple(int(d) for d in sorted(set(int(d) for d in disable)))
+        fit_cfg = self.config.run.fit if self.config.run is not None else FitConfig()
+        if finetune_epochs:
+            fit(head, CachedSource(self.features("train"), 64, fit_cfg.seed, self.device), None,
+                replace(fit_cfg, epochs=finetune_epochs, warmup_epochs=0, train_rotation=False), progress=False,
+                device=self.device)
+            head.eval()
+        model = InfoDisent(self.model.backbone, head, list(self.class_names))
+        test = self.features("test")
+        old = self.metrics
+        acc = evaluate(head, CachedSource(test, 256, device=self.device, view=0), fit_cfg.amp)
+        agreed = agreement(model, self.dataset("test"), test, batch_size=256)
+        metrics = replace(old, infodisent=acc, ratio=acc.top1 / old.linear_probe.top1 if old.linear_probe else None,
+                          sparse=None, explanations=None, agreement=agreed,
+                          seconds={}, feature_cache={})
+        target.root.mkdir(parents=True, exist_ok=True)
+        for path in (*target.outputs(), target.report, *target.evaluations()):
+            path.unlink(missing_ok=True)
+        if self.files.probe.is_file():
+            shutil.copyfile(self.files.probe, target.probe)
+        atomic_write_json(target.metrics, to_dict(metrics))
+        save_head(head, target.head)
+        config = replace(model.config(self.config.run), edit=EditRecord(str(self.path), disabled, finetune_epochs))
+        atomic_write_json(target.config, config.to_dict())  # last: now the directory holds a run
+        return Run.open(target.root, device=self.device, cache_dir=self.cache_dir)
+
     # ------------------------------------------------------------------ data
 
     def dataset_spec(self, split: str = "test", name: str | None = None, root: str | None = None) -> DatasetSpec:
         """How to build a split of the run's own dataset, or of another one (``name``, ``root``) with its classes."""
         run = self.config.run
         if run is None and name is None:
-            raise ValueError(f"{self.path} does not record its dataset; pass name= and root=")
+            raise InputError(f"{self.path} does not record its dataset; pass name= and root=")
         if name is None or (run is not None and name == run.dataset):
             spec = run.dataset_spec(check_split(split))  # type: ignore[union-attr]
             return spec if root is None else replace(spec, root=str(root))  # e.g. the data moved
@@ -208,6 +269,18 @@ class Run:
             self._caches[split] = found or find_cache(backbone, ds, self.cache_dir)
         return self._caches[split]
 
+    def features(self, split: str = "train", *, progress: bool = False) -> FeatureCache:
+        """The split's feature-cache entry (:meth:`cache`), extracted now (one pass of its images through the
+        backbone, into the run's cache root) when there is none: what retraining a head on the run's data reads."""
+        found = self.cache(split)
+        if found is None:
+            from .data.extract import extract_features
+
+            found = extract_features(self.model.backbone, self.dataset(split), self.cache_dir, progress=progress,
+                                     device=self.device)
+            self._caches[split] = found
+        return found
+
     # ------------------------------------------------------------------ prototypes and pictures
 
     def has_index(self, split: str = "train") -> bool:
@@ -226,10 +299,18 @@ class Run:
                 raise StaleIndexError(f"{e}; re-run `infodisent mine {self.path} --split {split}`") from None
         return self._indexes[split]
 
-    def forget_index(self, split: str) -> None:
-        """Drop the kept index (and renderer) of ``split``, after it was mined again."""
-        self._indexes.pop(split, None)
+    def mine(self, split: str = "train", *, k: int = 10, use_cache: bool = True, batch_size: int = 64,
+             num_workers: int = 1, strict: bool = False, progress: bool = True) -> PrototypeIndex:
+        """Mine ``split``'s prototype index into ``<run>/prototypes/<split>`` (``infodisent mine``), from the
+        feature cache when there is one (``use_cache``), and keep it: the split's renderer starts afresh."""
+        index = mine_prototypes(
+            self.model, self.dataset(split), self.files.prototypes(split), k=k,
+            features=self.cache(split) if use_cache else None, batch_size=batch_size, num_workers=num_workers,
+            device=self.device, strict=strict, progress=progress, head_sha256=self.model_sha256,
+        )
+        self._indexes[split] = index
         self._renderers.pop(split, None)
+        return index
 
     def renderer(self, split: str = "train") -> Renderer:
         """Prototype patches of ``split``'s index and evidence pictures, with LRU caches (kept per split)."""
@@ -253,7 +334,7 @@ class Run:
             ds = self.dataset(split)
             bad = [i for i in idx if not 0 <= i < len(ds)]
             if bad:
-                raise ValueError(f"image {bad[0]} is outside the {split} split (0..{len(ds) - 1})")
+                raise InputError(f"image {bad[0]} is outside the {split} split (0..{len(ds) - 1})")
             r = self.renderer(split)
             views = [r.view(i) for i in idx]
             return explain_views(self.model, views, target, sources=idx, labels=[int(ds.labels[i]) for i in idx])
@@ -296,7 +377,7 @@ class Run:
 
     @property
     def metrics(self) -> RunMetrics:
-        """``metrics.json`` as :class:`~infodisent.results.RunMetrics` (read once)."""
+        """``metrics.json`` as :class:`~infodisent.eval.results.RunMetrics` (read once)."""
         if self._metrics is None:
             if not self.files.metrics.is_file():
                 raise FileNotFoundError(f"{self.files.metrics} does not exist (training did not finish?)")
@@ -336,4 +417,9 @@ def open_run(path: str | Path, **kwargs: Any) -> Run:
     return Run.open(path, **kwargs)
 
 
-__all__ = ["NotARunError", "Run", "RunFiles", "open_run"]
+def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str | None = None) -> InfoDisent:
+    """The model of a saved run: ``open_run(run_dir).model`` (``weights`` overrides the recorded backbone weights)."""
+    return Run.open(run_dir, device=device, weights=weights).model
+
+
+__all__ = ["NotARunError", "Run", "RunFiles", "load", "open_run"]

@@ -6,8 +6,8 @@ import signal
 import sys
 
 from infodisent.cli import _data_config, _run_config, build_parser
-from infodisent.monitor import Monitor
 from infodisent.pipeline import train_run
+from infodisent.train.monitor import Monitor
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import torch.distributed as dist
 
-from infodisent import distributed
-from infodisent.part_metrics import noisy_positions
+from infodisent.data import distributed
+from infodisent.eval.part_metrics import noisy_positions
 from infodisent.run import Run
 
 

@@ -8,7 +8,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data as skdata
 
-from infodisent.backbone import BackboneError, feature_map, load_backbone
+from infodisent.core.backbone import BackboneError, feature_map
+from infodisent.core.weights import load_backbone
 
 # Tiny random-init models, one per family of DESIGN.md §1.
 FAMILIES = {
@@ -112,7 +113,7 @@ def test_timm_weights_without_network_say_what_to_do(monkeypatch, hub_offline):
     # an environment variable set after that import does not make the client offline: still a fast, clear error
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     if not hub_offline:  # this machine: no route to the hub (checked with a short connection attempt)
-        monkeypatch.setattr("infodisent.backbone.socket.create_connection", _refused)
+        monkeypatch.setattr("infodisent.core.weights.socket.create_connection", _refused)
     with pytest.raises(BackboneError) as e:
         load_backbone("test_resnet", "timm")
     assert "--weights PATH" in str(e.value) and "offline" in str(e.value)

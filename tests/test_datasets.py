@@ -5,9 +5,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from infodisent.datasets import DatasetLayoutError, ImageReadError, build_dataset, read_image
-
 from conftest import write_image
+from infodisent.data.datasets import DatasetLayoutError, ImageReadError, build_dataset, read_image
 
 
 def make_cub(root, n_classes=3, per_class=4):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import infodisent
-from infodisent.explain import explain, explain_channel, explain_class
-from infodisent.geometry import cell_box
-from infodisent.head import HeadConfig, InfoDisentHead
-from infodisent.model import InfoDisent
+from infodisent.core.geometry import cell_box
+from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.model import InfoDisent
+from infodisent.explain.explanation import explain, explain_channel, explain_class
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,16 @@ def test_contributions_reproduce_the_logit(model_and_data):
     model, index, ds = model_and_data
     for i in (0, 7, 13):
         e = explain(model, ds.load_image(i))
-        assert e.target == e.predicted == int(np.argmax(e.logits))
+        # the method computed by hand from the backbone's maps: J = U F, v = max ReLU(J) - max ReLU(-J), W v
+        with torch.no_grad():
+            F_ = model.backbone(model.transform(ds.load_image(i)).unsqueeze(0))[0].flatten(1)  # (D, HW)
+            J = model.U @ F_
+            v = J.clamp_min(0).max(1).values - (-J).clamp_min(0).max(1).values
+            logits = model.W @ v + (model.bias if model.bias is not None else 0)
+        assert e.target == e.predicted == int(torch.argmax(logits))
+        np.testing.assert_allclose(e.logits[0], logits.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(e.contributions[0], (model.W[e.target] * v).numpy(), rtol=1e-4, atol=1e-5)
         assert e.reconstruction_error < 1e-4
-        np.testing.assert_allclose(e.contributions, e.W[e.target] * e.v)
         assert e.contributions.sum() == pytest.approx(e.logit, rel=1e-4, abs=1e-6)
         pos, neg = e.positive, e.negative
         assert (pos["contribution"] > 0).all() and (neg["contribution"] < 0).all()
@@ -101,9 +108,14 @@ def test_why_a_and_not_b(model_and_data):
     t = e.versus(b)
     assert t["difference"].is_monotonic_decreasing
     assert t["difference"].sum() == pytest.approx(e.logits[0, e.target] - e.logits[0, b], rel=1e-4, abs=1e-6)
-    row = t.set_index("channel").loc[11]
-    assert row["contribution_target"] == pytest.approx(e.W[e.target, 11] * e.v[0, 11])
-    assert row["difference"] == pytest.approx(e.W[e.target, 11] * e.v[0, 11] - e.W[b, 11] * e.v[0, 11])
+    # the same decision explained for b directly: versus is the difference of the two explanations
+    eb = explain(model, ds.load_image(5), target=b)
+    by = t.set_index("channel")
+    channels = by.index.to_numpy()
+    np.testing.assert_allclose(by["contribution_target"], e.contributions[0, channels], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(by["contribution_other"], eb.contributions[0, channels], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(by["difference"], e.contributions[0, channels] - eb.contributions[0, channels],
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_evidence_is_numbers_with_positions_and_boxes(model_and_data):

@@ -6,13 +6,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from infodisent.backbone import Backbone, load_backbone
-from infodisent.datasets import ImageReadError, PartsConfig, PartsDataset, build_dataset
-from infodisent.datasets.base import SkippedImageWarning
-from infodisent.features import FeatureCache, _entry, cache_key, extract_features, find_cache, stream_feature_maps
-from infodisent.io import CorruptFileError, read_json
-
 from conftest import write_image
+from infodisent.core.backbone import Backbone
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import ImageReadError, PartsConfig, PartsDataset, build_dataset
+from infodisent.data.datasets.base import SkippedImageWarning
+from infodisent.data.extract import extract_features
+from infodisent.data.features import FeatureCache, _entry, cache_key, find_cache
+from infodisent.data.loader import stream_feature_maps
+from infodisent.io import CorruptFileError, read_json
 
 SMALL = PartsConfig(image_size=64, train_per_class=2, test_per_class=1, scale=(0.3, 0.5))
 
@@ -262,7 +264,7 @@ def test_skip_warnings_point_at_the_callers_line(tmp_path, tiny_backbone):
 
 
 def test_map_batches_are_what_streaming_the_backbone_gives(tmp_path, tiny_backbone):
-    from infodisent.features import stream_feature_maps
+    from infodisent.data.loader import stream_feature_maps
 
     ds = PartsDataset("train", config=SMALL)
     cache = extract_features(tiny_backbone, ds, tmp_path, views=2, seed=3, progress=False)

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from infodisent.backbone import load_backbone
-from infodisent.geometry import ViewGeometry, cell_box, cell_center, upsample_map
+from infodisent.core.geometry import ViewGeometry, cell_box, cell_center, upsample_map
+from infodisent.core.weights import load_backbone
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infodisent.head import HeadConfig, InfoDisentHead
+from infodisent.core.head import HeadConfig, InfoDisentHead
 
 GOLDEN = Path(__file__).parent / "golden" / "head.npz"
 

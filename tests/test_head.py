@@ -2,7 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infodisent.head import HeadConfig, InfoDisentHead, OrthogonalRotation, gumbel_two_sided, softmax_two_sided, two_sided_max
+from infodisent.core.head import (
+    HeadConfig,
+    InfoDisentHead,
+    OrthogonalRotation,
+    gumbel_two_sided,
+    softmax_two_sided,
+    two_sided_max,
+)
 
 
 def _train_a_bit(head, steps=5):

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import infodisent
-from infodisent.explain import channel_overview, explain_channel
-from infodisent.geometry import cell_at, cell_box
-from infodisent.monitor import Monitor, TrainingStopped
-from infodisent.part_metrics import channel_purity, has_parts, parts_purity, prototype_parts
-from infodisent.plots import classes_figure, history_figure, value_histogram, versus_figure, waterfall_figure
-from infodisent.posthoc import PosthocCAM, backbone_maps
+from infodisent.core.geometry import cell_at, cell_box
+from infodisent.eval.part_metrics import channel_purity, has_parts, parts_purity, prototype_parts
+from infodisent.explain.explanation import channel_overview, explain_channel
+from infodisent.explain.posthoc import PosthocCAM, backbone_maps
+from infodisent.train.monitor import Monitor, TrainingStopped
+from infodisent.viz.plots import classes_figure, history_figure, value_histogram, versus_figure, waterfall_figure
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from infodisent.metrics import accuracy, explanation_sizes, faithfulness, global_size, size_summary
+from infodisent.eval.metrics import accuracy, explanation_sizes, faithfulness, global_size, size_summary
 
 
 def test_accuracy_top1_top5():

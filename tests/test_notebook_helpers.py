@@ -2,7 +2,7 @@
 
 import pytest
 
-from infodisent.notebook import CheckFailed, check
+from infodisent.tutorials.notebook import CheckFailed, check
 
 
 def test_a_value_within_its_tolerance_prints_the_expected_value_not_the_measured_one(capsys):

@@ -18,8 +18,8 @@ TUTORIALS = sorted((ROOT / "notebooks" / "tutorials").glob("*.ipynb"))
 REPRODUCTION = sorted((ROOT / "notebooks" / "reproduction").glob("*.ipynb"))
 
 
-def test_there_are_the_seven_tutorials_and_three_reproductions():
-    assert [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, 8)]
+def test_there_are_the_eight_tutorials_and_three_reproductions():
+    assert [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, 9)]
     assert {p.stem for p in REPRODUCTION} == {"imagenet", "fine_grained", "side"}
 
 

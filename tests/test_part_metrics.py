@@ -6,14 +6,19 @@ import pytest
 from torchvision import transforms as T
 
 import infodisent
-from infodisent.evaluation import explanation_metrics
-from infodisent.part_metrics import (
-    KeypointRegions, cell_coverage, channel_classes, cub_part_metrics, part_groups, parts_purity, pointing_game,
-)
-from infodisent.datasets import DatasetSpec
-from infodisent.prototypes import IndexMeta, PrototypeIndex
-
 from conftest import CUB50, require, write_image
+from infodisent.data.datasets import DatasetSpec
+from infodisent.eval.evaluation import explanation_metrics
+from infodisent.eval.part_metrics import (
+    KeypointRegions,
+    cell_coverage,
+    channel_classes,
+    cub_part_metrics,
+    part_groups,
+    parts_purity,
+    pointing_game,
+)
+from infodisent.explain.prototypes import IndexMeta, PrototypeIndex
 
 NO_RESIZE = T.Compose([])  # the view is the image itself
 
@@ -92,7 +97,7 @@ def test_stability_noise_is_huang_et_al_s():
     """EvalProtoPNet's perturb_img: N(0, 0.2) clipped to +-0.25 on the ImageNet-normalised input."""
     import torch
 
-    from infodisent.part_metrics import IMAGENET_STD, perturb
+    from infodisent.eval.part_metrics import IMAGENET_STD, perturb
 
     pixels = torch.full((4, 3, 64, 64), 0.5)
     noise = (perturb(pixels, generator=torch.Generator().manual_seed(0)) - pixels) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -158,9 +163,9 @@ def test_cub_purity_and_consistency(tmp_path):
 def test_explanation_metrics_of_a_run(tiny_run):
     result, _, cfg = tiny_run
     run = infodisent.open_run(cfg.out)
-    from infodisent.metrics import explanation_sizes
-    from infodisent.part_metrics import parts_purity, pointing_game
-    from infodisent.prototypes import mine_prototypes
+    from infodisent.eval.metrics import explanation_sizes
+    from infodisent.eval.part_metrics import parts_purity, pointing_game
+    from infodisent.explain.prototypes import mine_prototypes
 
     ds = run.dataset("test")
     index = mine_prototypes(run.model, ds, None, k=3, features=run.cache("test"), progress=False)
@@ -186,9 +191,9 @@ def test_explanation_metrics_of_a_run(tiny_run):
 def test_cub_metrics_on_real_birds(tmp_path):
     """Three real CUB classes through the offline backbone, with an untrained (identity U) head."""
     root = require(CUB50)
-    from infodisent.backbone import load_backbone
-    from infodisent.datasets import build_dataset
-    from infodisent.prototypes import mine_prototypes
+    from infodisent.core.weights import load_backbone
+    from infodisent.data.datasets import build_dataset
+    from infodisent.explain.prototypes import mine_prototypes
 
     bb = load_backbone()
     ds = build_dataset("cub", root, "test", max_classes=3)

@@ -3,8 +3,8 @@ import itertools
 
 import numpy as np
 
-from infodisent.datasets import PartsConfig, PartsDataset
-from infodisent.datasets.parts import PART_TYPES
+from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.datasets.parts import PART_TYPES
 
 
 def test_parts_is_deterministic_and_split_dependent():

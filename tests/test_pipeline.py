@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 import infodisent
 from infodisent.cli import main
 from infodisent.config import RunConfig
-from infodisent.datasets import PartsConfig, PartsDataset
-from infodisent.head import two_sided_max
-from infodisent.model import RunMismatchError
+from infodisent.core.head import two_sided_max
+from infodisent.core.model import RunMismatchError
+from infodisent.data.datasets import PartsConfig, PartsDataset
 from infodisent.pipeline import RunExistsError, evaluate_run, train_run
-from infodisent.training import CheckpointMismatchError, FitConfig
+from infodisent.train.checkpoints import CheckpointMismatchError
+from infodisent.train.training import FitConfig
 
 SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
 
@@ -271,8 +272,8 @@ def test_a_moved_dataset_root_is_used(tmp_path, capsys):
 
 
 def test_opening_a_run_and_its_index_reads_no_image(tiny_run, monkeypatch):
-    from infodisent.backbone import Backbone
-    from infodisent.datasets import PartsDataset
+    from infodisent.core.backbone import Backbone
+    from infodisent.data.datasets import PartsDataset
 
     _, _, cfg = tiny_run
     calls = []
@@ -301,7 +302,7 @@ def test_a_run_with_augmented_views_mines_from_its_own_cache(tmp_path):
 
 
 def test_a_probe_too_large_for_memory_gets_float16_rows_and_minibatches(tmp_path, monkeypatch):
-    from infodisent import probe
+    from infodisent.train import probe
 
     seen = []
     fit = probe.fit_linear_probe

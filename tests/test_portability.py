@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from infodisent.config import RunConfig
-from infodisent.datasets import PartsConfig
-from infodisent.features import FeatureCache
+from infodisent.data.datasets import PartsConfig
+from infodisent.data.features import FeatureCache
 from infodisent.pipeline import train_run
-from infodisent.sparse import SparseOptions
-from infodisent.training import FitConfig
+from infodisent.train.sparse import SparseOptions
+from infodisent.train.training import FitConfig
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 PARTS = PartsConfig(image_size=96, train_per_class=10, test_per_class=6)
@@ -32,9 +32,9 @@ PARTS = PartsConfig(image_size=96, train_per_class=10, test_per_class=6)
 EXTRACT = f"""
 import sys, torch
 torch.set_num_threads(2)
-from infodisent.backbone import load_backbone
-from infodisent.datasets import PartsConfig, PartsDataset
-from infodisent.features import extract_features
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.extract import extract_features
 bb = load_backbone(image_size={PARTS.image_size})  # the offline EfficientNet-Lite0: 3x3 maps
 for split in ("train", "test"):
     ds = PartsDataset(split, config={PARTS!r}, max_classes=6)

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 import infodisent
-from infodisent.cli import main
-from infodisent.datasets import ImageFolderDataset
-from infodisent.model import save_head
-from infodisent.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
-
 from conftest import write_image
+from infodisent.cli import main
+from infodisent.core.model import save_head
+from infodisent.data.datasets import ImageFolderDataset
+from infodisent.explain.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
 
 
 def _brute_force(model, cache):

@@ -4,13 +4,12 @@ import pytest
 import torch
 
 import infodisent
-from infodisent.backbone import load_backbone
-from infodisent.datasets import build_dataset
-from infodisent.config import RunConfig
-from infodisent.pipeline import evaluate_run, mine_run, train_run
-from infodisent.training import FitConfig
-
 from conftest import CUB50, IMAGENETTE, require
+from infodisent.config import RunConfig
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import build_dataset
+from infodisent.pipeline import evaluate_run, mine_run, train_run
+from infodisent.train.training import FitConfig
 
 
 def test_cub50_official_layout():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import infodisent
-from infodisent.geometry import around, cell_box
-from infodisent.render import LRU, Renderer
+from infodisent.core.geometry import around, cell_box
+from infodisent.explain.render import LRU, Renderer
 
 
 @pytest.fixture

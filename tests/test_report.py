@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import infodisent
-from infodisent import plots
 from infodisent.cli import main
+from infodisent.viz import plots
 
 
 @pytest.fixture(scope="module")

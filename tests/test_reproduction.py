@@ -11,15 +11,14 @@ import timm
 import torch
 
 import infodisent
-from infodisent import reproduction
-from infodisent.backbone import load_backbone
-from infodisent.config import RunConfig
-from infodisent.datasets import PartsConfig, PartsDataset, build_dataset
-from infodisent.datasets.fabricate import LAYOUTS, fabricate
-from infodisent.pipeline import RunExistsError
-from infodisent.training import FitConfig
-
 from conftest import write_image
+from infodisent.config import RunConfig
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import PartsConfig, PartsDataset, build_dataset
+from infodisent.pipeline import RunExistsError
+from infodisent.train.training import FitConfig
+from infodisent.tutorials import reproduction
+from infodisent.tutorials.fabricate import LAYOUTS, fabricate
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infodisent.selection import HeldOut, budget_check, calibrated_loss, choose_k, escalated, paired_loss
-from infodisent.sparse import SparseOptions
+from infodisent.train.selection import HeldOut, budget_check, calibrated_loss, choose_k, escalated, paired_loss
+from infodisent.train.sparse import SparseOptions
 
 
 def test_calibrated_loss_finds_the_temperature_that_made_the_logits():

@@ -11,15 +11,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import infodisent
-from infodisent.ablations import ablation_grid
 from infodisent.cli import main
-from infodisent.datasets import PartsConfig
-from infodisent.features import FeatureCache
-from infodisent.head import HeadConfig, InfoDisentHead
 from infodisent.config import RunConfig
+from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.data.datasets import PartsConfig
+from infodisent.data.features import FeatureCache
+from infodisent.data.sources import CachedSource, holdout_split
+from infodisent.eval.ablations import ablation_grid
 from infodisent.pipeline import train_run
-from infodisent.sparse import SparseOptions, class_importance, prune_head, shared_channels
-from infodisent.training import CachedSource, FitConfig, holdout_split, loss_fn
+from infodisent.train.sparse import SparseOptions, class_importance, prune_head, shared_channels
+from infodisent.train.training import FitConfig, loss_fn
 
 SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
 
@@ -108,8 +109,8 @@ def test_holdout_split_is_stratified_disjoint_and_seeded():
 
 
 def test_sources_hold_out_images(tiny_run, tiny_backbone):
-    from infodisent.datasets import PartsDataset
-    from infodisent.training import StreamingSource
+    from infodisent.data.datasets import PartsDataset
+    from infodisent.data.sources import StreamingSource
 
     _, _, cfg = tiny_run
     run = infodisent.open_run(cfg.out)
@@ -180,13 +181,13 @@ def test_default_run_chooses_k_on_held_out_images(tmp_path):
     assert result.metrics.infodisent.top1 == pytest.approx(refit["test_top1"].iloc[-1])
     assert result.metrics.sparse.dense_fit is not None and metrics["sparse"]["dense_fit"]["top1"] is not None
     assert list(result.metrics.table().index) == ["InfoDisent", "InfoDisent, dense (all training images)",
-                                                  "InfoDisent, dense (held-out images left out)", "linear probe (black box)"]
+                                                  "InfoDisent, dense (held-out images left out)", "linear probe"]
     resumed = train_run(replace(cfg, resume=True))  # finished: the choice is read back, nothing retrained
     assert resumed.metrics.sparse == result.metrics.sparse
 
 
 def test_refit_trains_the_dense_reference_again_and_fine_tunes_the_chosen_head_on_every_training_image(tiny_run):
-    from infodisent.sparse import refit
+    from infodisent.train.sparse import refit
 
     _, _, cfg = tiny_run
     model = infodisent.load(cfg.out)
@@ -257,7 +258,7 @@ def test_sparse_run_end_to_end(tmp_path):
     torch.testing.assert_close(resumed.model.W, W)
     assert resumed.metrics.sparse.dense == m.sparse.dense
     pd.testing.assert_frame_equal(pd.read_csv(result.run_dir / "history.csv"), history)
-    from infodisent.training import CheckpointMismatchError
+    from infodisent.train.checkpoints import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError, match="pruned with"):
         train_run(replace(cfg, resume=True, sparse=replace(cfg.sparse, channels_per_class=3)))
@@ -315,9 +316,9 @@ def test_ablation_grid_writes_one_table(tmp_path):
 
 
 def test_no_compact_head_within_budget_falls_back_to_the_dense_head_and_says_so_everywhere(tmp_path, monkeypatch, capsys):
-    from infodisent import selection
     from infodisent.cli import _print_run
-    from infodisent.report import write_report
+    from infodisent.train import selection
+    from infodisent.viz.report import write_report
 
     # every compact head "shows" a 30-point loss with a 1-point standard error: measurably outside the budget
     monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))
@@ -353,7 +354,7 @@ def test_no_compact_head_within_budget_falls_back_to_the_dense_head_and_says_so_
 
 
 def test_escalation_keeps_the_first_larger_k_within_the_budget(tmp_path, monkeypatch):
-    from infodisent import selection
+    from infodisent.train import selection
 
     calls = []
 
@@ -373,9 +374,9 @@ def test_escalation_keeps_the_first_larger_k_within_the_budget(tmp_path, monkeyp
 
 
 def test_without_escalation_a_compact_head_outside_its_budget_is_kept_and_said(tmp_path, monkeypatch, capsys):
-    from infodisent import selection
     from infodisent.cli import _print_run
-    from infodisent.report import write_report
+    from infodisent.train import selection
+    from infodisent.viz.report import write_report
 
     monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))
     cfg = tiny_cfg(tmp_path, sparse=SparseOptions(finetune_epochs=1, round_epochs=1, candidates=(1, 2), validation=0.25,

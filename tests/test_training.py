@@ -3,11 +3,13 @@ import pandas as pd
 import pytest
 import torch
 
-from infodisent.datasets import PartsConfig, PartsDataset
-from infodisent.features import extract_features
-from infodisent.head import HeadConfig, InfoDisentHead
-from infodisent.probe import fit_linear_probe, probe_accuracy
-from infodisent.training import CachedSource, CheckpointPaths, FitConfig, StreamingSource, evaluate, fit, loss_fn, lr_factor
+from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.extract import extract_features
+from infodisent.data.sources import CachedSource, StreamingSource
+from infodisent.train.checkpoints import CheckpointPaths
+from infodisent.train.probe import fit_linear_probe, probe_accuracy
+from infodisent.train.training import FitConfig, evaluate, fit, loss_fn, lr_factor
 
 
 def paths(folder):
@@ -139,7 +141,7 @@ def _reference_probe(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) 
 
 
 def test_both_probe_solvers_give_the_float64_lbfgs_answer_within_half_a_point(monkeypatch):
-    from infodisent import probe
+    from infodisent.train import probe
 
     x, y = _blobs(3000, 1)
     xt, yt = _blobs(8000, 2)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import infodisent
-from infodisent.explain import explain_channel, explain_class
-from infodisent.model import save_head
+from infodisent.core.model import save_head
+from infodisent.explain.explanation import explain_channel, explain_class
 from infodisent.widgets import ChannelBrowser, DecisionExplorer, TrainingPanel
 from infodisent.widgets.common import StaticView
 
@@ -163,6 +163,44 @@ def test_the_explorer_takes_a_decision_apart(run):
     assert e.selected == d and f"channel {d}:" in e.evidence.value
 
 
+def test_the_explorer_switches_channels_off_at_once(run):
+    e = DecisionExplorer(run, 2)
+    expl = run.explain(2)
+    top = int(expl.positive.channel.iloc[0])
+    e.channel.value = top
+    assert e.switch.value is False and e.without.value == ""
+    e.switch.value = True  # the button: the decision without the selected channel
+    assert e.off == [top] and e.messages.last == ""
+    w = expl.without([top])
+    assert f"logit of {expl.target_name} {expl.logit:.2f} → {w.logit:.2f}" in e.without.value
+    assert w.predicted_name in e.without.value
+    other = next(v for _, v in e.channel.options if v != top)
+    e.channel.value = other
+    assert e.switch.value is False  # the button shows the selected channel's state
+    e.toggle(other)
+    both = expl.without([top, other])
+    assert e.off == [top, other] and f"→ {both.logit:.2f}" in e.without.value
+    e.load(3)  # the channels stay off for the next image
+    assert f"channels {top}, {other} off" in e.without.value
+    e.toggle(top, False)
+    e.toggle(other, False)
+    assert e.off == [] and e.without.value == ""
+    e.toggle(10_000)
+    assert "outside" in e.messages.last
+
+
+def test_the_browser_lists_suspicious_channels(run):
+    from infodisent.eval.shortcuts import suspicious_channels
+
+    b = ChannelBrowser(run)
+    assert "suspicious" in [v for _, v in b.pick_by.options]  # parts data: the masks say what is on a part
+    b.pick_by.value = "suspicious"
+    want = suspicious_channels(run).channel.tolist()[:30]
+    assert [v for _, v in b.choices.options] == want and "on no part" in b.choices.options[0][0]
+    b.choices.value = want[0]
+    assert b.channel.value == want[0]
+
+
 def test_point_and_ask_and_a_click_on_the_image(run):
     e = DecisionExplorer(run, 1)
     view = e.expl.view.size[0]
@@ -248,8 +286,8 @@ def test_the_panel_trains_stops_resumes_and_opens_the_run(tiny_run, tmp_path):
 
 
 def test_the_panel_says_loudly_when_the_compact_head_misses_its_budget(tiny_run, tmp_path, monkeypatch):
-    from infodisent import selection
-    from infodisent.sparse import SparseOptions
+    from infodisent.train import selection
+    from infodisent.train.sparse import SparseOptions
 
     # the held-out images "show" a 30-point loss with a 1-point standard error: measurably outside the budget
     monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))

@@ -1,7 +1,7 @@
 """Jupyter widgets over a run: :class:`ChannelBrowser`, :class:`DecisionExplorer`, :class:`TrainingPanel`.
 
-Thin shells over :class:`~infodisent.run.Run`, :mod:`~infodisent.explain`, :mod:`~infodisent.render` and
-:mod:`~infodisent.plots` (stock ipywidgets 8, plotly ``FigureWidget``, ipyevents for clicks on images; no
+Thin shells over :class:`~infodisent.run.Run`, :mod:`~infodisent.explain.explanation`, :mod:`~infodisent.explain.render` and
+:mod:`~infodisent.viz.plots` (stock ipywidgets 8, plotly ``FigureWidget``, ipyevents for clicks on images; no
 front-end build). Each has ``.static(...)`` for places without a widget manager.
 
 Example:

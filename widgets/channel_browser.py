@@ -15,13 +15,16 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
-from infodisent.explain import channel_overview, explain_channel, explain_class
-from infodisent.part_metrics import channel_purity, has_parts, prototype_parts
-from infodisent.plots import classes_figure, patch_image, strip, value_histogram
-from infodisent.prototypes import PrototypeIndex, StaleIndexError
+from infodisent.core.options import WEIGHT_THRESHOLD
+from infodisent.errors import InputError
+from infodisent.eval.part_metrics import channel_purity, has_parts, prototype_parts
+from infodisent.eval.shortcuts import suspicious_channels
+from infodisent.explain.explanation import channel_overview, explain_channel, explain_class
+from infodisent.explain.prototypes import PrototypeIndex, StaleIndexError
 from infodisent.run import Run
+from infodisent.viz.plots import classes_figure, patch_image, strip, value_histogram
 
-from .common import CSS, Messages, budget_banner, StaticView, encode, esc, figure_widget, guarded, image, refresh
+from .common import CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded, image, refresh
 
 if TYPE_CHECKING:
     from .decision_explorer import DecisionExplorer
@@ -54,6 +57,7 @@ class ChannelBrowser(W.VBox):
         self._purity: pd.Series | None = None
         self._parts_cache: dict = {}  # parts of the images seen so far (prototype_parts' cache)
         self._overview_table: pd.DataFrame | None = None
+        self._suspects: pd.DataFrame | None = None
         d_max = self.num_channels - 1
 
         # choose a channel
@@ -84,8 +88,13 @@ class ChannelBrowser(W.VBox):
         try:
             if has_parts(self.run.dataset(split)):
                 metrics.insert(2, ("part purity", "purity"))
+                self.pick_by.options = list(self.pick_by.options) + [("suspicious: on no part", "suspicious")]
         except Exception:  # noqa: BLE001 - no dataset on this machine: no part metrics
             pass
+        self.suspicious_note = W.HTML(
+            "<div class='idw-note'>channels a class leans on whose prototypes show no annotated part, most "
+            "suspicious first: a shortcut (a watermark, a background) looks like this</div>",
+            layout=W.Layout(width="330px"))
         self.pick_metric = W.Dropdown(options=metrics, value="total_weight", layout=W.Layout(width="260px"))
         self.choices = W.Select(options=[], rows=9, layout=W.Layout(width="330px"))
         self.pick_box = W.HBox()
@@ -163,7 +172,7 @@ class ChannelBrowser(W.VBox):
 
         self.messages.info(f"mining the {self.split} split's prototype index…")
         mine_run(self.run, self.split, progress=False)
-        self._purity, self._parts_cache, self._overview_table = None, {}, None
+        self._purity, self._parts_cache, self._overview_table, self._suspects = None, {}, None, None
         if self._load_index():
             self.update_choices()
             first = self._first_channel()
@@ -179,8 +188,8 @@ class ChannelBrowser(W.VBox):
 
     @cached_property
     def used_channels(self) -> np.ndarray:
-        """Channels some class weighs (above 1e-3); the head does not change while the browser is open."""
-        return np.flatnonzero(self.model.W.detach().cpu().numpy().max(0) > 1e-3)
+        """Channels some class weighs (above ``WEIGHT_THRESHOLD``); the head does not change while the browser is open."""
+        return np.flatnonzero(self.model.W.detach().cpu().numpy().max(0) > WEIGHT_THRESHOLD)
 
     def _overview(self) -> pd.DataFrame:
         """:func:`channel_overview` of the loaded index, computed once per index."""
@@ -206,7 +215,7 @@ class ChannelBrowser(W.VBox):
         """Fill the picking list from the chosen source (a class, an image, a ranking)."""
         by = self.pick_by.value
         self.pick_box.children = [{"class": self.pick_class, "image": self.pick_image,
-                                   "ranking": self.pick_metric}[by]]
+                                   "ranking": self.pick_metric, "suspicious": self.suspicious_note}[by]]
         if self.index is None:
             return
         if by == "class":
@@ -217,12 +226,18 @@ class ChannelBrowser(W.VBox):
         elif by == "image":
             i = self.pick_image.value
             if not self.index.valid[i]:
-                raise ValueError(f"{self.split} image {i} could not be read when the index was mined")
+                raise InputError(f"{self.split} image {i} could not be read when the index was mined")
             v = np.asarray(self.index.v[i], np.float64)
             order = np.argsort(-np.abs(v), kind="stable")
             if self.used_only.value:
                 order = order[np.isin(order, self.used_channels)]
             options = [(f"ch {d}: v {v[d]:+.3f}", int(d)) for d in order[:LIST_SIZE]]
+        elif by == "suspicious":
+            if self._suspects is None:
+                self._suspects = suspicious_channels(self.run, self.split)
+            top = self._suspects.head(LIST_SIZE)
+            options = [(f"ch {d}: {100 * b:.0f}% on no part, {100 * r:.0f}% of {name}'s evidence", int(d))
+                       for d, b, r, name in zip(top["channel"], top["background"], top["reliance"], top["class_name"])]
         else:
             metric = self.pick_metric.value
             overview = self._overview()
@@ -261,7 +276,7 @@ class ChannelBrowser(W.VBox):
             return
         d = int(channel)
         if not 0 <= d < self.num_channels:
-            raise ValueError(f"channel {d} is outside 0..{self.num_channels - 1}")
+            raise InputError(f"channel {d} is outside 0..{self.num_channels - 1}")
         self.messages.clear()
         classes, shown, marks, values = self._channel(d)
         for side, word in (("pos", "positive"), ("neg", "negative")):
@@ -335,7 +350,7 @@ class ChannelBrowser(W.VBox):
 
         images = self.shown_images[side]
         if rank >= len(images):
-            raise ValueError(f"no {side} patch of rank {rank} is shown")
+            raise InputError(f"no {side} patch of rank {rank} is shown")
         i = int(images[rank])
         if self.explorer is None:
             self.explorer = DecisionExplorer(self.run, i, split=self.split)

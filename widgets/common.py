@@ -1,7 +1,7 @@
 """What the three widgets share: image encoding, a message line, guarded callbacks, figure refresh, static views.
 
 Nothing here computes or draws an explanation: numbers come from
-:mod:`infodisent.explain` (and friends), pictures from :mod:`infodisent.plots`.
+:mod:`infodisent.explain.explanation` (and friends), pictures from :mod:`infodisent.viz.plots`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import ipywidgets as W
 import plotly.graph_objects as go
-from plotly.graph_objs import FigureWidget  # noqa: F401 - imported here, once, not when a widget opens
 from PIL import Image
+from plotly.graph_objs import FigureWidget  # noqa: F401 - imported here, once, not when a widget opens
 
-from infodisent.plots import NEGATIVE, POSITIVE
+from infodisent.viz.plots import NEGATIVE, POSITIVE
 
 # one style for every widget: readable at 1280x800, positive evidence green, negative red (as in plots/report)
 CSS = f"""
@@ -162,7 +162,7 @@ class StaticView:
 
     def to_html(self) -> str:
         """One self-contained HTML page (plotly.js loaded once, images inline)."""
-        from infodisent.plots import to_data_uri
+        from infodisent.viz.plots import to_data_uri
 
         parts = [f"<h3>{esc(self.title)}</h3>", *(f"<p>{esc(n)}</p>" for n in self.notes)]
         parts += [f"<h4>{esc(k)}</h4><img src='{to_data_uri(v)}'>" for k, v in self.images.items()]

@@ -18,16 +18,18 @@ import plotly.graph_objects as go
 from ipyevents import Event
 from PIL import Image
 
-from infodisent.explain import Explanation
-from infodisent.geometry import cell_at, cell_box
-from infodisent.plots import draw_box, overlay, patch_image, strip, versus_figure, waterfall_figure
-from infodisent.posthoc import PosthocCAM, backbone_maps
-from infodisent.prototypes import StaleIndexError
-from infodisent.render import Renderer
+from infodisent.core.geometry import cell_at, cell_box
+from infodisent.errors import InputError
+from infodisent.explain.explanation import Explanation
+from infodisent.explain.posthoc import PosthocCAM, backbone_maps
+from infodisent.explain.prototypes import StaleIndexError
+from infodisent.explain.render import evidence as channel_evidence
 from infodisent.run import Run
+from infodisent.viz.plots import draw_box, overlay, patch_image, strip, versus_figure, waterfall_figure
 
-from .common import CSS, Messages, budget_banner, StaticView, encode, esc, figure_widget, guarded, refresh, signed, table_html
+from .common import CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded
 from .common import image as image_widget
+from .common import refresh, signed, table_html
 
 SIZE = 336  # px of the main image
 SMALL = 168  # px of the comparison images
@@ -57,9 +59,9 @@ class DecisionExplorer(W.VBox):
         self.expl: Explanation | None = None  # the decision, explained for the chosen class
         self._features = None  # the image's backbone maps (for the CAMs)
         self._cams = PosthocCAM(self.model)
-        self._renderer = Renderer(self.model)  # evidence pictures only: no dataset, no index
         self._cam_maps: dict[str, np.ndarray] = {}
         self.selected: int | None = None
+        self.off: list[int] = []  # channels switched off (the decision without them is shown at once)
         self.point_table = None
         self.clicked: tuple[float, float] | None = None  # view coordinates of the last click
         names = [(f"{i}: {n}", i) for i, n in enumerate(self.run.class_names)]
@@ -84,6 +86,10 @@ class DecisionExplorer(W.VBox):
         # the decision
         self.target = W.Dropdown(options=names, description="explain", layout=W.Layout(width="330px"))
         self.channel = W.Dropdown(options=[], description="channel", layout=W.Layout(width="330px"))
+        self.switch = W.ToggleButton(value=False, description="switch it off", icon="power-off",
+                                     tooltip="the decision without this channel (its weights 0 for every class)",
+                                     layout=W.Layout(width="150px"))
+        self.without = W.HTML(layout=W.Layout(width=f"{SIZE}px"))
         self.waterfall = figure_widget(420)
         self.evidence = W.HTML()
         self.prototypes = image_widget(4 * PROTO + 12, PROTO)
@@ -95,10 +101,11 @@ class DecisionExplorer(W.VBox):
         self.cam_labels = {name: W.HTML(layout=W.Layout(width=f"{SMALL + 8}px", height="36px"))
                            for name in self.cam_images}
 
-        left = W.VBox([self.picture, self.opacity, self.prediction, self.point], layout=W.Layout(width=f"{SIZE + 20}px"))
+        left = W.VBox([self.picture, self.opacity, self.prediction, self.without, self.point],
+                      layout=W.Layout(width=f"{SIZE + 20}px"))
         cams = W.HBox([W.VBox([self.cam_labels[k], self.cam_images[k]]) for k in self.cam_images])
         right = W.VBox([
-            W.HBox([self.target, self.channel]), self.waterfall,
+            W.HBox([self.target, self.channel, self.switch]), self.waterfall,
             W.HTML("<div class='idw-title'>the selected channel</div>"), self.evidence, self.prototypes,
             W.HTML("<div class='idw-title'>beside it, post-hoc maps of the same decision (torchcam, at the "
                    "backbone's last map)</div>"), cams,
@@ -125,6 +132,8 @@ class DecisionExplorer(W.VBox):
         self.target.observe(on(lambda ch: self.explain_class(ch["new"])), names="value")
         self.channel.observe(on(lambda ch: ch["new"] is not None and self.select_channel(ch["new"])), names="value")
         self.opacity.observe(on(lambda _: self.redraw()), names="value")
+        self.switch.observe(on(lambda ch: self.selected is not None and self.toggle(self.selected, ch["new"])),
+                            names="value")
         self.other.observe(on(lambda ch: self.compare(ch["new"])), names="value")
         self.load(int(image) if isinstance(image, (int, np.integer)) else image)  # an index out of range: a message
 
@@ -199,7 +208,7 @@ class DecisionExplorer(W.VBox):
             img = Image.open(io.BytesIO(bytes(f["content"])))
             img.load()
         except Exception as e:  # noqa: BLE001 - whatever PIL raises for a file that is not an image
-            raise ValueError(f"{f.get('name', 'the file')} is not an image PIL can read ({type(e).__name__})") from None
+            raise InputError(f"{f.get('name', 'the file')} is not an image PIL can read ({type(e).__name__})") from None
         self.load(img)  # explain brings it to RGB (datasets.base.to_rgb) like any image
         self.source.value = f"<div class='idw-note'>uploaded: {esc(f.get('name', ''))}</div>"
 
@@ -238,6 +247,7 @@ class DecisionExplorer(W.VBox):
         if self.clicked is not None:
             self.ask(*self.clicked)
         self.compare(self.other.value)
+        self._show_without()
 
     def _waterfall_click(self, trace, points, state) -> None:
         for i in points.point_inds:
@@ -259,6 +269,7 @@ class DecisionExplorer(W.VBox):
                 if chosen not in [v for _, v in self.channel.options]:
                     self.channel.options = list(self.channel.options) + [(f"ch {chosen}", chosen)]
                 self.channel.value = chosen
+        self._silent(self.switch, chosen in self.off)
         self._draw()
         if channel is None:
             self.evidence.value = "<div class='idw-note'>no channel contributes to this class</div>"
@@ -279,6 +290,36 @@ class DecisionExplorer(W.VBox):
         self.prototypes.layout.visibility = "visible"
         self.prototypes.value = encode(strip([patch_image(p, "crop", PROTO) for p in patches]) if patches
                                        else Image.new("RGB", (PROTO, PROTO), (255, 255, 255)))
+
+    @guarded
+    def toggle(self, channel: int, off: bool = True) -> None:
+        """Switch ``channel`` off (or on again) and show at once the decision without the channels that are off
+        (:meth:`~infodisent.explain.explanation.Explanation.without`); they stay off for the next images."""
+        if self.expl is None:
+            return
+        self.expl.channel(int(channel))  # a clear error for a channel out of range
+        channel = int(channel)
+        if off and channel not in self.off:
+            self.off.append(channel)
+        elif not off and channel in self.off:
+            self.off.remove(channel)
+        if self.selected == channel:
+            self._silent(self.switch, off)
+        self._show_without()
+
+    def _show_without(self) -> None:
+        e = self.expl
+        if e is None or not self.off:
+            self.without.value = ""
+            return
+        w = e.without(self.off)
+        changed = w.predicted != e.predicted
+        verdict = (f"<span class='idw-neg'>the prediction changes to {esc(w.predicted_name)}</span>" if changed
+                   else f"still {esc(w.predicted_name)}")
+        self.without.value = (
+            f"<div class='idw-note'>with channel{'s' if len(self.off) > 1 else ''} "
+            f"{', '.join(map(str, self.off))} off: {verdict} (p={w.probabilities[0, w.predicted]:.3f}); "
+            f"logit of {esc(e.target_name)} {e.logit:.2f} → {w.logit:.2f}</div>")
 
     def _draw(self) -> None:
         """The main image (selected channel's heatmap, its box, the clicked cell) and the CAM row."""
@@ -309,7 +350,7 @@ class DecisionExplorer(W.VBox):
 
     def renderer_evidence(self, channel: int, expl: Explanation | None = None):
         """A channel's evidence (heatmap, box) on the explained image; reads nothing from disk."""
-        return self._renderer.evidence(self.expl if expl is None else expl, channel)
+        return channel_evidence(self.expl if expl is None else expl, channel)
 
     # ------------------------------------------------------------------ why A, not B
 

@@ -1,7 +1,7 @@
 """TrainingPanel: train an InfoDisent head from a notebook without blocking it, watch it, stop it, open it.
 
 The panel is a form over :class:`~infodisent.config.RunConfig` and a view of a
-:class:`~infodisent.monitor.Monitor`: ``train_run(config, monitor=...)`` runs on
+:class:`~infodisent.train.monitor.Monitor`: ``train_run(config, monitor=...)`` runs on
 a background thread, the monitor feeds the progress bar and the curves, and
 Stop asks it to end after the current epoch (the checkpoint resumes it).
 
@@ -18,13 +18,14 @@ from dataclasses import replace
 import ipywidgets as W
 import pandas as pd
 
-from infodisent.backbone import DEFAULT_BACKBONE
 from infodisent.config import RunConfig
-from infodisent.datasets import DATASETS
-from infodisent.monitor import Monitor, Progress, TrainingStopped
+from infodisent.core.backbone import DEFAULT_BACKBONE
+from infodisent.data.datasets import DATASETS
+from infodisent.errors import InputError
 from infodisent.pipeline import train_run
-from infodisent.plots import history_figure
-from infodisent.sparse import SparseOptions
+from infodisent.train.monitor import Monitor, Progress, TrainingStopped
+from infodisent.train.sparse import SparseOptions
+from infodisent.viz.plots import history_figure
 
 from .common import CSS, Messages, esc, figure_widget, guarded, refresh
 
@@ -124,7 +125,7 @@ class TrainingPanel(W.VBox):
         else:
             sparse = replace(sparse, channels_per_class=None)
         if not self.out.value.strip():
-            raise ValueError("name a run folder")
+            raise InputError("name a run folder")
         return replace(
             self.base, out=self.out.value.strip(), dataset=self.dataset.value, root=self.root.value.strip() or None,
             backbone=self.backbone.value.strip() or DEFAULT_BACKBONE, weights=self.weights.value.strip() or "offline",

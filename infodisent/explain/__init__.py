@@ -1,0 +1,23 @@
+"""Explanations of a trained model: decisions split into channel contributions (:mod:`.explanation`),
+each channel's prototypes mined from the training images (:mod:`.prototypes`), the pictures of both
+(:mod:`.render`) and the post-hoc baselines they are compared with (:mod:`.posthoc`)."""
+
+from .explanation import (
+    ChannelEvidence,
+    ChannelExplanation,
+    ClassExplanation,
+    Coverage,
+    Explanation,
+    channel_overview,
+    class_index,
+    explain,
+    explain_channel,
+    explain_class,
+    explain_views,
+    prepare_inputs,
+)
+
+__all__ = [
+    "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Coverage", "Explanation", "channel_overview",
+    "class_index", "explain", "explain_channel", "explain_class", "explain_views", "prepare_inputs",
+]

@@ -1,0 +1,2 @@
+"""What the notebooks need and the core does not: portable checks of trained numbers (:mod:`.notebook`),
+miniature datasets in the official layouts (:mod:`.fabricate`) and the paper's tables (:mod:`.reproduction`)."""

@@ -1,0 +1,108 @@
+"""Fidelity to the user's classifier: the black box read from the cached maps, agreement, and training that
+matches the black box's logits (``--teacher``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from infodisent.cli import main
+from infodisent.config import RunConfig
+from infodisent.core.options import FitConfig
+from infodisent.core.weights import load_backbone
+from infodisent.data.datasets import PartsConfig
+from infodisent.errors import InputError
+from infodisent.eval.fidelity import BlackBox, agreement, black_box, classifier_columns, compare
+from infodisent.pipeline import evaluate_run, train_run
+from infodisent.run import Run
+
+CLASSES = 5
+
+
+@pytest.fixture(scope="module")
+def own_classifier():
+    """test_resnet with a (random) classifier of the dataset's 5 classes: a model "fine-tuned" on them."""
+    return load_backbone("test_resnet", "random", image_size=64, model_kwargs={"num_classes": CLASSES})
+
+
+def _config(tmp_path, **kw) -> RunConfig:
+    return RunConfig(
+        out=str(tmp_path / "run"), backbone="test_resnet", weights="random", image_size=64, max_classes=CLASSES,
+        model_kwargs={"num_classes": CLASSES},
+        parts=PartsConfig(image_size=64, train_per_class=12, test_per_class=6, scale=(0.3, 0.5)),
+        cache_dir=str(tmp_path / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=15), sparse=None, **kw)
+
+
+def test_which_outputs_are_the_datasets_classes(tiny_backbone, own_classifier, tmp_path):
+    ds = _config(tmp_path).dataset_spec("test").build()
+    assert classifier_columns(own_classifier, ds) == ("own", pytest.approx(np.arange(CLASSES)))
+    assert classifier_columns(tiny_backbone, ds) is None  # 1000 ImageNet outputs, and the parts classes are not ImageNet's
+
+    class Subset:  # an ImageNet-layout subset: its classes are ImageNet outputs 7, 3 and 900
+        num_classes, imagenet_index, name = 3, [7, 3, 900], "subset"
+    kind, cols = classifier_columns(tiny_backbone, Subset())
+    assert kind == "imagenet" and cols.tolist() == [7, 3, 900]
+    Subset.imagenet_index = [7, -1, 900]  # one class ImageNet does not have
+    assert classifier_columns(tiny_backbone, Subset()) is None
+    with pytest.raises(InputError, match="no black box"):
+        black_box(tiny_backbone, ds)
+
+
+def test_the_black_box_on_maps_is_the_model_on_images(own_classifier):
+    x = torch.randn(4, 3, 64, 64)
+    assert own_classifier.classifier_reads_map
+    bb = BlackBox(own_classifier, np.array([4, 0, 2]))
+    np.testing.assert_allclose(bb(own_classifier(x)), own_classifier.model(x)[:, [4, 0, 2]], rtol=1e-5, atol=1e-6)
+    vit = load_backbone("test_vit", "random")
+    assert not vit.classifier_reads_map  # tokens: its classifier reads the class token, not InfoDisent's map
+    with pytest.raises(InputError, match="does not"):
+        BlackBox(vit, np.arange(3))
+
+
+def test_compare_counts_agreement_and_kl():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    black = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    a = compare(logits, black, torch.tensor([0, 1, 2, 0]), "own")
+    assert a.top1 == 0.75 and a.num_images == 4
+    assert a.black_box.top1 == 0.75
+    p, q = torch.softmax(black, 1), torch.log_softmax(logits, 1)
+    assert a.kl == pytest.approx(float((p * (p.log() - q)).sum(1).mean()), rel=1e-6)
+    same = compare(black, black, torch.tensor([0, 1, 2, 0]), "own")
+    assert same.top1 == 1.0 and same.kl == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(InputError):
+        compare(logits[:0], black[:0], torch.tensor([], dtype=torch.long), "own")
+
+
+def test_teacher_training_follows_the_black_box(tmp_path):
+    labels_run = train_run(_config(tmp_path / "labels"))
+    teacher_run = train_run(_config(tmp_path / "teacher", teacher=1.0))
+    a_labels, a_teacher = labels_run.metrics.agreement, teacher_run.metrics.agreement
+    assert a_labels is not None and a_teacher is not None and a_teacher.classifier == "own"
+    assert a_teacher.num_images == a_labels.num_images == CLASSES * 6
+    # the random-init classifier is the black box: the labels say little about it, its own logits all
+    assert a_teacher.top1 >= 0.9 and a_teacher.top1 > a_labels.top1 + 0.2
+    assert a_teacher.kl < a_labels.kl
+    written = json.loads((tmp_path / "teacher" / "run" / "metrics.json").read_text())
+    assert written["agreement"]["top1"] == pytest.approx(a_teacher.top1)
+    assert json.loads((tmp_path / "teacher" / "run" / "config.json").read_text())["run"]["teacher"] == 1.0
+    # evaluate recomputes it from the images' cache, and the images themselves give the same numbers
+    run = Run.open(tmp_path / "teacher" / "run")
+    again = evaluate_run(run, "test", progress=False, num_workers=0).agreement
+    assert again.top1 == pytest.approx(a_teacher.top1) and again.kl == pytest.approx(a_teacher.kl, rel=1e-3)
+    streamed = agreement(run.model, run.dataset("test"), None)
+    assert streamed.top1 == pytest.approx(a_teacher.top1) and streamed.kl == pytest.approx(a_teacher.kl, rel=1e-3, abs=1e-4)
+
+
+def test_teacher_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(InputError, match="teacher"):
+        _config(tmp_path, teacher=0.0)
+    # the ImageNet classifier of a random test_resnet has no outputs for the parts classes
+    rc = main(["train", "--backbone", "test_resnet", "--weights", "random", "--image-size", "64", "--max-classes", "3",
+               "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--epochs", "1", "--dense",
+               "--num-workers", "0", "--quiet", "--teacher"])
+    assert rc == 2
+    assert "no black box" in capsys.readouterr().err
+
