@@ -67,11 +67,15 @@ def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
       normalise after pooling), prefix tokens dropped, reshaped to the patch grid.
     - Swin and other NHWC models (``output_fmt == "NHWC"``): permuted to NCHW.
     """
-    f = model.forward_features(x)
+    return _as_map(model, model.forward_features(x), x.shape[-2:])
+
+
+def _as_map(model: nn.Module, f: torch.Tensor | list | tuple, image_hw: torch.Size) -> torch.Tensor:
+    """:func:`feature_map` of what ``forward_features`` returned."""
     if isinstance(f, (list, tuple)):
         f = f[-1]
     if f.ndim == 3:
-        return _tokens_to_map(model, f, x.shape[-2:])
+        return _tokens_to_map(model, f, image_hw)
     if f.ndim != 4:
         raise BackboneError(
             f"{type(model).__name__}.forward_features returned shape {tuple(f.shape)}; "
@@ -125,8 +129,8 @@ class Backbone(nn.Module):
         with torch.no_grad():
             p = next(self.model.parameters())
             x = torch.zeros(1, *size, device=p.device, dtype=p.dtype)
-            f = feature_map(self.model, x)
-            raw = self.model.forward_features(x)
+            raw = self.model.forward_features(x)  # one forward: the map, and whether the classifier reads it
+            f = _as_map(self.model, raw, x.shape[-2:])
         self._feature_shape: tuple[int, int, int] = tuple(f.shape[1:])  # type: ignore[assignment]
         self.num_features = int(self._feature_shape[0])
         # the map is forward_features' own output (CNNs): the model's classifier reads it as it is

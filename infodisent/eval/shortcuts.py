@@ -49,6 +49,12 @@ def class_reliance(W: np.ndarray, V: np.ndarray, labels: np.ndarray) -> np.ndarr
     return out
 
 
+def _cell_share(mask: np.ndarray, transform, grid: tuple[int, int]) -> np.ndarray:
+    """``(H, W)``: the share of each grid cell of the model's view that an ``(h, w)`` image mask covers."""
+    view = ViewGeometry.from_transform(transform, (mask.shape[1], mask.shape[0])).view_mask(mask[None])
+    return cell_coverage(view, grid)[0]
+
+
 def _off_parts(index, dataset, transform, channel: int, cache: dict, min_coverage: float) -> list[bool] | None:
     """For each of ``channel``'s top positive patches, whether it lies off every part: on ``parts``, all parts
     together cover less than ``min_coverage`` of its grid cell (a thin part, a rocket or a leg, still counts);
@@ -60,9 +66,7 @@ def _off_parts(index, dataset, transform, channel: int, cache: dict, min_coverag
 
         def covered(i: int) -> np.ndarray:
             if ("any", i) not in cache:
-                masks = dataset.masks(i)
-                view = ViewGeometry.from_transform(transform, (masks.shape[2], masks.shape[1])).view_mask(masks)
-                cache[("any", i)] = cell_coverage(view.any(0, keepdims=True), index.grid)[0]
+                cache[("any", i)] = _cell_share(dataset.masks(i).any(0), transform, index.grid)
             return cache[("any", i)]
 
         return [bool(covered(int(i))[r, c] < min_coverage) for i, r, c in zip(rows["image"], rows["row"], rows["col"])]
@@ -129,20 +133,16 @@ def mark_channels(index, dataset, transform, channels: Sequence[int], min_covera
     """Ground truth for a planted shortcut (``parts`` with ``shortcut_class``): per channel, the share of its
     top positive patches whose grid cell the mark covers (at least ``min_coverage`` of it, as a part would;
     :meth:`~infodisent.data.datasets.PartsDataset.mark_box`)."""
-    from ..core.geometry import ViewGeometry
-    from .part_metrics import cell_coverage
-
     covered: dict[int, np.ndarray] = {}
 
     def cells(i: int) -> np.ndarray:
         if i not in covered:
             size = dataset.config.image_size
-            mask = np.zeros((1, size, size), bool)
+            mask = np.zeros((size, size), bool)
             box = dataset.mark_box(i)
             if box is not None:
-                mask[0, box[1]:box[3], box[0]:box[2]] = True
-            view = ViewGeometry.from_transform(transform, (size, size)).view_mask(mask)
-            covered[i] = cell_coverage(view, index.grid)[0] >= min_coverage
+                mask[box[1]:box[3], box[0]:box[2]] = True
+            covered[i] = _cell_share(mask, transform, index.grid) >= min_coverage
         return covered[i]
 
     out = {}
