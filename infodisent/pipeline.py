@@ -58,7 +58,7 @@ from .train.checkpoints import (
 )
 from .train.monitor import Monitor
 from .train.probe import IN_MEMORY, fit_linear_probe
-from .train.selection import BudgetWarning
+from .train.selection import BudgetWarning, ScaleWarning, scale_warning
 from .train.sparse import SparseOptions, refit, sparsify
 from .train.training import classification_metrics, evaluate, fit
 
@@ -210,6 +210,8 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
     train_ds = cfg.dataset_spec("train").build()
     test_ds = cfg.dataset_spec("test").build()
     _prepare_run_dir(cfg, files, backbone.name, train_ds.num_classes)
+    if cfg.sparse is not None and cfg.sparse.chosen and shard.main and (beyond := scale_warning(train_ds.num_classes)):
+        warnings.warn(beyond, ScaleWarning, stacklevel=2)
     head_cfg = replace(cfg.head, num_features=backbone.num_features, num_classes=train_ds.num_classes)
     model = InfoDisent(backbone, InfoDisentHead(head_cfg), train_ds.classes)
     ckpt_paths = CheckpointPaths(files.checkpoint, files.history)

@@ -13,6 +13,7 @@ import torch
 import infodisent
 from infodisent.cli import main
 from infodisent.errors import InputError
+from infodisent.eval.results import LabelRandomisation, SanityChecks
 from infodisent.eval.sanity import (
     backbone_stages,
     label_randomisation,
@@ -87,6 +88,14 @@ def test_label_randomisation_and_the_cli(tiny_run, capsys, tmp_path):
     assert 0 <= shuffled.purity <= 1 and 0 < shuffled.purity_chance <= 1
     assert 0 <= shuffled.pointing_game <= 1 and 0 < shuffled.pointing_game_chance < 1
     assert 0 <= shuffled.top1 <= 1
+    # the label-free reference: the same head untrained, scored the same way
+    assert 0 <= shuffled.purity_untrained <= 1 and 0 <= shuffled.pointing_game_untrained <= 1
+    line = SanityChecks(split="test", images=0, channels=0, labels=shuffled).sentence()
+    assert f"untrained head {shuffled.purity_untrained:.3f}" in line and f"chance {shuffled.purity_chance:.3f}" in line
+    older = {k: v for k, v in shuffled.to_dict().items() if "untrained" not in k}  # metrics.json of a version before
+    assert LabelRandomisation.from_dict(older).purity_untrained is None
+    assert "untrained" not in SanityChecks(split="test", images=0, channels=0,
+                                           labels=LabelRandomisation.from_dict(older)).sentence()
     rc = main(["evaluate", str(run.path), "--sanity", "--quiet", "--num-workers", "0"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)

@@ -1,6 +1,7 @@
 """SIDE-style sparse heads, the ablation flags and the grid command."""
 
 import json
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -392,6 +393,22 @@ def test_without_escalation_a_compact_head_outside_its_budget_is_kept_and_said(t
     assert "WARNING: K=" in out and "loses 30.0 points" in out and "OUTSIDE the 0.5-point budget" in out
     html = write_report(result.run_dir).read_text()
     assert "class='warning'" in html and "OUTSIDE the 0.5-point budget" in html
+
+
+def test_a_class_count_beyond_what_the_default_was_measured_on_is_said_before_training(tmp_path, monkeypatch):
+    from infodisent.train import selection
+
+    assert selection.scale_warning(selection.MEASURED_CLASSES) is None
+    assert f"this dataset has {selection.MEASURED_CLASSES + 1}" in selection.scale_warning(selection.MEASURED_CLASSES + 1)
+    monkeypatch.setattr(selection, "MEASURED_CLASSES", 2)  # the tiny data's classes are "beyond" it
+    sp = SparseOptions(finetune_epochs=1, round_epochs=1, candidates=(1, 2), validation=0.25)
+    with pytest.warns(selection.ScaleWarning, match="measured on up to 2 classes") as caught:
+        train_run(tiny_cfg(tmp_path / "chosen", sparse=sp, cache_dir=str(tmp_path / "cache")))
+    assert sum(issubclass(w.category, selection.ScaleWarning) for w in caught) == 1
+    with warnings.catch_warnings():  # K given, or no pruning: nothing was promised by the data's choice
+        warnings.simplefilter("error", selection.ScaleWarning)
+        train_run(tiny_cfg(tmp_path / "given", sparse=SparseOptions(channels_per_class=2, finetune_epochs=1,
+                                                                     round_epochs=1), cache_dir=str(tmp_path / "cache")))
 
 
 def test_cli_pruning_options_reach_the_run_config():

@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -110,16 +112,22 @@ def agreement(model: InfoDisent, dataset: ImageDataset, cache: FeatureCache | No
             theirs.append(bb(batch.maps))
             labels.append(torch.as_tensor(np.asarray(dataset.labels)[batch.indices]))
     else:
-        ds = DatasetSpec.of(dataset).build(model.backbone.transform)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
         net = model.backbone.model.eval().to(device)
         cols_t = torch.as_tensor(columns, device=device)
-        for x, y, _ in loader:
-            x = x.to(device)
+        for x, y in image_batches(model.backbone, dataset, batch_size, num_workers, device):
             ours.append(model.head(model.backbone(x)))
             theirs.append(net(x).float()[:, cols_t])
             labels.append(y)
     return compare(torch.cat(ours), torch.cat(theirs), torch.cat(labels), kind)
 
 
-__all__ = ["BlackBox", "agreement", "black_box", "classifier_columns", "compare"]
+def image_batches(backbone: Backbone, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
+                  device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` batches of ``dataset`` in the backbone's view, the images on ``device``: one pass
+    for what the cached maps cannot give (the black box of a classifier that does not read them)."""
+    ds = DatasetSpec.of(dataset).build(backbone.transform)
+    for x, y, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
+        yield x.to(device), y
+
+
+__all__ = ["BlackBox", "agreement", "black_box", "classifier_columns", "compare", "image_batches"]

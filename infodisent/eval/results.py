@@ -261,8 +261,11 @@ class Randomised(_DataMixin):
 @dataclass(frozen=True)
 class LabelRandomisation(_DataMixin):
     """The label randomisation check: a head trained as the run's was, on the training images with their labels
-    shuffled. Its part purity and pointing game (on the evaluated split) beside the trained run's and beside
-    chance (purity of random patches; the pointing game's random point), and its top-1 (chance: 1 / C)."""
+    shuffled. Its part purity and pointing game (on the evaluated split) beside the trained run's, beside the
+    same head untrained (the backbone's own channels, picked with no label: what a frozen backbone gives
+    before any training) and beside chance (purity of random patches; the pointing game's random point),
+    and its top-1 (chance: 1 / C). What the labels teach is the distance from the untrained head to the
+    trained run; what is left of it under shuffled labels, training taught without them."""
 
     top1: float
     purity: float
@@ -271,6 +274,13 @@ class LabelRandomisation(_DataMixin):
     pointing_game: float
     pointing_game_trained: float | None
     pointing_game_chance: float
+    purity_untrained: float | None = None  # None: written by a version without this reference
+    pointing_game_untrained: float | None = None
+
+
+def _refs(trained: float | None, untrained: float | None, chance: float) -> str:
+    named = (("trained", trained), ("untrained head", untrained), ("chance", chance))
+    return ", ".join(f"{name} {x:.3f}" for name, x in named if x is not None)
 
 
 @dataclass(frozen=True)
@@ -290,8 +300,10 @@ class SanityChecks(_DataMixin):
                  f"correlation {m.ranking_spearman:.2f}; top-1 {m.top1:.2f}" for m in self.model]
         if self.labels is not None:
             s = self.labels
-            lines.append(f"sanity, labels shuffled: purity {s.purity:.3f} (chance {s.purity_chance:.3f}), pointing "
-                         f"game {s.pointing_game:.3f} (chance {s.pointing_game_chance:.3f}), top-1 {s.top1:.3f}")
+            lines.append(f"sanity, labels shuffled: purity {s.purity:.3f} "
+                         f"({_refs(s.purity_trained, s.purity_untrained, s.purity_chance)}), pointing game "
+                         f"{s.pointing_game:.3f} ({_refs(s.pointing_game_trained, s.pointing_game_untrained, s.pointing_game_chance)}), "
+                         f"top-1 {s.top1:.3f}")
         return "\n".join(lines)
 
 

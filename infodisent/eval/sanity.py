@@ -7,7 +7,9 @@ An explanation worth reading depends on what the model learnt. Two checks break 
   the ranking of their contributions are compared with the trained model's (Spearman rank correlation,
   SSIM). Maps that stay alike would show the input, not the model.
 - **Label randomisation** (:func:`label_randomisation`): a head is trained as the run's was on the training
-  images with shuffled labels; its part purity and pointing game should fall to chance.
+  images with shuffled labels; its part purity and pointing game should fall to what a head that never saw a
+  label gives (the same head untrained), and far below the trained run's. With a frozen backbone that is
+  not random chance: the backbone's channels fire on objects before any head is trained.
 
 A stage is what timm's ``feature_info`` names (ResNet's ``layer4``; EfficientNet's ``blocks.6``) together
 with the modules after it up to the next one (EfficientNet's last stage holds ``conv_head`` and ``bn2``).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -165,11 +167,42 @@ def purity_chance(dataset, transform, grid: tuple[int, int], channels: int, k: i
     return float(np.mean(scores))
 
 
+class _Scored(NamedTuple):
+    purity: float
+    pointing_game: float
+    pointing_game_chance: float
+    top1: float
+    used: int  # channels with a weight above WEIGHT_THRESHOLD
+    grid: tuple[int, int]
+
+
+def _scores(run: "Run", head: InfoDisentHead, ds, test, k: int) -> _Scored:
+    """Purity, pointing game and top-1 of ``head`` on the run's backbone, its prototypes mined on ``test``."""
+    head.eval()
+    model = InfoDisent(run.model.backbone, head, list(run.class_names))
+    index = mine_prototypes(model, ds, None, k=k, features=test, device=run.device, progress=False)
+    W = model.W.double().cpu().numpy()
+    bias = None if model.bias is None else model.bias.double().cpu().numpy()
+    used = np.flatnonzero(W.max(0) > WEIGHT_THRESHOLD)
+    pur = parts_purity(index, ds, model.transform, channels=used)
+    pg = pointing_game(index, ds, model.transform, W, bias)
+    valid = index.valid
+    predicted = logits_of(np.asarray(index.v[valid], np.float64), W, bias).argmax(1)
+    top1 = float((predicted == index.labels[valid]).mean())
+    return _Scored(float(pur["purity"].mean()), float(pg["hit"].mean()), float(pg["chance"].mean()), top1, len(used),
+                   index.grid)
+
+
 def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: int = 10) -> LabelRandomisation:
     """The label randomisation check (needs the synthetic ``parts`` dataset, whose masks score purity and the
     pointing game, and the run's training feature cache): a head trained as the run's was (its FitConfig; a
-    compact run's head pruned to the same K), on the training images with their labels shuffled."""
-    from ..train.sparse import sparsify
+    compact run's head pruned to the same K), on the training images with their labels shuffled.
+
+    Two references beside it: chance (random patches; a random point), and the same head untrained (U the
+    identity, so its channels are the backbone's own, each class's K picked by its initial weights): what a
+    frozen backbone gives with no label at all. A head that learnt nothing from the labels scores near the
+    untrained head, which lies well above chance when the backbone's channels already fire on objects."""
+    from ..train.sparse import prune_head, sparsify
     from ..train.training import fit
 
     ds = run.dataset(split)
@@ -183,33 +216,28 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
     if fit_cfg is None:
         raise InputError(f"{run.path} does not record how it was trained: the check trains the same way")
     head_cfg = replace(run.model.head.config, pruned=False)
+    kept = run.model.channels_per_class
+    plain = CachedSource(shuffled, 256, fit_cfg.seed, run.device, view=0)
+    torch.manual_seed(fit_cfg.seed)
+    untrained = InfoDisentHead(head_cfg).to(run.device)
+    if kept is not None:  # the labels do not enter: importance is W v with W at its start
+        untrained = prune_head(untrained, plain, kept)
     torch.manual_seed(fit_cfg.seed)
     head = InfoDisentHead(head_cfg).to(run.device)
     source = CachedSource(shuffled, run.config.run.batch_size, fit_cfg.seed, run.device)
     fit(head, source, None, fit_cfg, progress=False, device=run.device)
-    kept = run.model.channels_per_class
     if kept is not None:
         opts = SparseOptions(channels_per_class=kept, finetune_epochs=(run.config.run.sparse or SparseOptions()).finetune_epochs)
-        plain = CachedSource(shuffled, 256, fit_cfg.seed, run.device, view=0)
         head, _, _ = sparsify(head, opts, fit_cfg, source, plain, progress=False, device=run.device)
-    head.eval()
-    model = InfoDisent(run.model.backbone, head, list(run.class_names))
-    index = mine_prototypes(model, ds, None, k=k, features=test, device=run.device, progress=False)
-    W = model.W.double().cpu().numpy()
-    used = np.flatnonzero(W.max(0) > WEIGHT_THRESHOLD)
-    pur = parts_purity(index, ds, model.transform, channels=used)
-    pg = pointing_game(index, ds, model.transform, W, None if model.bias is None else model.bias.double().cpu().numpy())
-    valid = index.valid
-    bias = None if model.bias is None else model.bias.double().cpu().numpy()
-    predicted = logits_of(np.asarray(index.v[valid], np.float64), W, bias).argmax(1)
-    top1 = float((predicted == index.labels[valid]).mean())
+    shown, before = _scores(run, head, ds, test, k), _scores(run, untrained, ds, test, k)
     ex = run.metrics.explanations
     parts = ex.parts if ex is not None and ex.split == split else None
     return LabelRandomisation(
-        top1=top1, purity=float(pur["purity"].mean()), purity_trained=parts.purity if parts else None,
-        purity_chance=purity_chance(ds, model.transform, index.grid, max(len(used), 1), k, seed),
-        pointing_game=float(pg["hit"].mean()), pointing_game_trained=parts.pointing_game if parts else None,
-        pointing_game_chance=float(pg["chance"].mean()))
+        top1=shown.top1, purity=shown.purity, purity_trained=parts.purity if parts else None,
+        purity_chance=purity_chance(ds, run.model.transform, shown.grid, max(shown.used, 1), k, seed),
+        pointing_game=shown.pointing_game, pointing_game_trained=parts.pointing_game if parts else None,
+        pointing_game_chance=shown.pointing_game_chance, purity_untrained=before.purity,
+        pointing_game_untrained=before.pointing_game)
 
 
 def sanity_checks(run: "Run", split: str = "test", *, images: int = 32, channels: int = 3, cascade: int = 3,

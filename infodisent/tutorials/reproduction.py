@@ -32,10 +32,11 @@ from ..config import RunConfig
 from ..core.backbone import Backbone
 from ..data.datasets import PartsConfig
 from ..errors import InputError
+from ..eval.fidelity import classifier_columns, image_batches
 from ..eval.results import Accuracy
 from ..run import Run
 from ..train.sparse import SparseOptions
-from ..train.training import FitConfig
+from ..train.training import FitConfig, classification_metrics
 from .fabricate import fabricate
 
 PROFILES = ("smoke", "cpu-real", "full")
@@ -181,24 +182,20 @@ def black_box_accuracy(backbone: Backbone, dataset, batch_size: int = 64, num_wo
     """Top-1 and top-5 of the backbone's own ImageNet classifier on an ImageNet-layout split (the "black box"
     column of the paper's table), among the split's classes: on ImageNet-1k the usual 1000-way accuracy, on a
     subset (Imagenette) the same task InfoDisent's head solves. None when the classes are not ImageNet's."""
-    index = getattr(dataset, "imagenet_index", None)
-    if index is None or min(index) < 0:
+    cols = classifier_columns(backbone, dataset)
+    if cols is None or cols[0] != "imagenet":
         return None
     if len(dataset) == 0:
         raise InputError("black_box_accuracy: the split has no images")
-    from ..data.datasets import DatasetSpec
-    ds = DatasetSpec.of(dataset).build(backbone.transform)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
-    columns = torch.as_tensor(index)
-    model = backbone.model.eval().to(device)
-    top1 = top5 = n = 0
-    for x, y, _ in loader:
-        logits = model(x.to(device)).float().cpu()[:, columns]  # the dataset's classes, in its order
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1 += int((top[:, 0] == y).sum())
-        top5 += int((top == y[:, None]).any(1).sum())
-        n += len(y)
-    return Accuracy(top1=top1 / n, top5=top5 / n)
+    net = backbone.model.eval().to(device)
+    columns = torch.as_tensor(cols[1], device=device)  # the dataset's classes, in its order
+    logits, labels = [], []
+    with torch.no_grad():
+        for x, y in image_batches(backbone, dataset, batch_size, num_workers, device):
+            logits.append(net(x).float()[:, columns].cpu())
+            labels.append(y)
+    acc = classification_metrics(torch.cat(logits), torch.cat(labels))
+    return Accuracy(top1=acc.top1, top5=acc.top5)
 
 
 def summary(run: Run, **extra: Any) -> dict[str, Any]:
