@@ -193,15 +193,17 @@ def _scores(run: "Run", head: InfoDisentHead, ds, test, k: int) -> _Scored:
                    index.grid)
 
 
-def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: int = 10) -> LabelRandomisation:
+def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: int = 10,
+                        untrained_seeds: int = 3) -> LabelRandomisation:
     """The label randomisation check (needs the synthetic ``parts`` dataset, whose masks score purity and the
     pointing game, and the run's training feature cache): a head trained as the run's was (its FitConfig; a
     compact run's head pruned to the same K), on the training images with their labels shuffled.
 
     Two references beside it: chance (random patches; a random point), and the same head untrained (U the
-    identity, so its channels are the backbone's own, each class's K picked by its initial weights): what a
-    frozen backbone gives with no label at all. A head that learnt nothing from the labels scores near the
-    untrained head, which lies well above chance when the backbone's channels already fire on objects."""
+    identity, so its channels are the backbone's own, each class's K picked by its initial weights; the mean
+    over ``untrained_seeds`` initialisations from the run's seed on): what a frozen backbone gives with no
+    label at all. A head that learnt nothing from the labels scores near the untrained head, which lies well
+    above chance when the backbone's channels already fire on objects."""
     from ..train.sparse import prune_head, sparsify
     from ..train.training import fit
 
@@ -218,10 +220,11 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
     head_cfg = replace(run.model.head.config, pruned=False)
     kept = run.model.channels_per_class
     plain = CachedSource(shuffled, 256, fit_cfg.seed, run.device, view=0)
-    torch.manual_seed(fit_cfg.seed)
-    untrained = InfoDisentHead(head_cfg).to(run.device)
-    if kept is not None:  # the labels do not enter: importance is W v with W at its start
-        untrained = prune_head(untrained, plain, kept)
+    untrained = []
+    for i in range(max(untrained_seeds, 1)):
+        torch.manual_seed(fit_cfg.seed + i)
+        h = InfoDisentHead(head_cfg).to(run.device)
+        untrained.append(prune_head(h, plain, kept) if kept is not None else h)  # W v at W's start: no label
     torch.manual_seed(fit_cfg.seed)
     head = InfoDisentHead(head_cfg).to(run.device)
     source = CachedSource(shuffled, run.config.run.batch_size, fit_cfg.seed, run.device)
@@ -229,15 +232,16 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
     if kept is not None:
         opts = SparseOptions(channels_per_class=kept, finetune_epochs=(run.config.run.sparse or SparseOptions()).finetune_epochs)
         head, _, _ = sparsify(head, opts, fit_cfg, source, plain, progress=False, device=run.device)
-    shown, before = _scores(run, head, ds, test, k), _scores(run, untrained, ds, test, k)
+    shown = _scores(run, head, ds, test, k)
+    before = [_scores(run, h, ds, test, k) for h in untrained]
     ex = run.metrics.explanations
     parts = ex.parts if ex is not None and ex.split == split else None
     return LabelRandomisation(
         top1=shown.top1, purity=shown.purity, purity_trained=parts.purity if parts else None,
         purity_chance=purity_chance(ds, run.model.transform, shown.grid, max(shown.used, 1), k, seed),
         pointing_game=shown.pointing_game, pointing_game_trained=parts.pointing_game if parts else None,
-        pointing_game_chance=shown.pointing_game_chance, purity_untrained=before.purity,
-        pointing_game_untrained=before.pointing_game)
+        pointing_game_chance=shown.pointing_game_chance, purity_untrained=float(np.mean([b.purity for b in before])),
+        pointing_game_untrained=float(np.mean([b.pointing_game for b in before])))
 
 
 def sanity_checks(run: "Run", split: str = "test", *, images: int = 32, channels: int = 3, cascade: int = 3,

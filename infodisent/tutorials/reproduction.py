@@ -80,7 +80,7 @@ def real_data(name: str, root: str | Path | None = None) -> Path:
     return path
 
 
-def _smoke(out: Path, dataset: str, epochs: int = 6) -> RunConfig:
+def _smoke(out: Path, dataset: str, epochs: int = 3) -> RunConfig:
     root = fabricate(dataset, out / "data" / dataset, classes=6, train_per_class=10, test_per_class=5)
     return RunConfig(out=str(out / dataset), dataset=dataset, root=str(root), num_workers=0, overwrite=True,
                      fit=FitConfig(epochs=epochs), sparse=None)
@@ -150,7 +150,7 @@ def side_configs(profile: str, out: str | Path = "runs/reproduction/side", root:
     if isinstance(ks, (str, bytes)) or not all(isinstance(k, int) and k >= 1 for k in ks):
         raise InputError(f"ks must be channel counts (integers >= 1), got {ks!r} (papermill: -y 'KS: [5, 1]')")
     if check_profile(profile) == "smoke":
-        base = RunConfig(out="", dataset="parts", num_workers=0, fit=FitConfig(epochs=8), max_classes=6,
+        base = RunConfig(out="", dataset="parts", num_workers=0, fit=FitConfig(epochs=3), max_classes=6,
                          parts=PartsConfig(image_size=128, train_per_class=10, test_per_class=5))
     elif profile == "cpu-real":
         base = RunConfig(out="", dataset="cub", root=str(real_data("cub50", root)), num_workers=1,
@@ -161,7 +161,7 @@ def side_configs(profile: str, out: str | Path = "runs/reproduction/side", root:
         base = RunConfig(out="", dataset="imagenet", root=str(root), backbone=backbone, weights=weights,
                          device=device, use_cache=False, batch_size=256, num_workers=8, fit=FitConfig(epochs=epochs))
     # shorter fine-tuning off the GPU: the smoke profile checks the pipeline, cpu-real must fit a CPU session
-    finetune, rounds = {"smoke": (4, 2), "cpu-real": (6, 2)}.get(profile, (10, 3))
+    finetune, rounds = {"smoke": (2, 1), "cpu-real": (6, 2)}.get(profile, (10, 3))
     if profile == "smoke":
         ks = ks[:2]
     runs = {"dense": replace(base, out=str(out / "dense"), sparse=None, overwrite=True)}
