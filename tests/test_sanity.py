@@ -92,6 +92,8 @@ def test_label_randomisation_and_the_cli(tiny_run, capsys, tmp_path):
     assert 0 <= shuffled.purity_untrained <= 1 and 0 <= shuffled.pointing_game_untrained <= 1
     line = SanityChecks(split="test", images=0, channels=0, labels=shuffled).sentence()
     assert f"untrained head {shuffled.purity_untrained:.3f}" in line and f"chance {shuffled.purity_chance:.3f}" in line
+    with pytest.raises(InputError, match="untrained_seeds must be at least 1"):
+        label_randomisation(run, untrained_seeds=0)
     older = {k: v for k, v in shuffled.to_dict().items() if "untrained" not in k}  # metrics.json of a version before
     assert LabelRandomisation.from_dict(older).purity_untrained is None
     assert "untrained" not in SanityChecks(split="test", images=0, channels=0,

@@ -207,6 +207,8 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
     from ..train.sparse import prune_head, sparsify
     from ..train.training import fit
 
+    if untrained_seeds < 1:
+        raise InputError(f"untrained_seeds must be at least 1, got {untrained_seeds}")
     ds = run.dataset(split)
     if not hasattr(ds, "masks"):
         raise InputError(f"the label randomisation check scores part purity and the pointing game, which need the "
@@ -221,7 +223,7 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
     kept = run.model.channels_per_class
     plain = CachedSource(shuffled, 256, fit_cfg.seed, run.device, view=0)
     untrained = []
-    for i in range(max(untrained_seeds, 1)):
+    for i in range(untrained_seeds):
         torch.manual_seed(fit_cfg.seed + i)
         h = InfoDisentHead(head_cfg).to(run.device)
         untrained.append(prune_head(h, plain, kept) if kept is not None else h)  # W v at W's start: no label

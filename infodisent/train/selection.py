@@ -148,4 +148,5 @@ def choose_k(tried: dict[int, HeldOut], dense: HeldOut, options: SparseOptions) 
         loss_gap_se={str(a): e for a, (_, e) in sorted(gaps.items())}, lost=lost, noise=noise)
 
 
-__all__ = ["MEASURED_CLASSES", "BudgetWarning", "HeldOut", "ScaleWarning", "budget_check", "calibrated_loss", "choose_k", "escalated", "paired", "paired_loss", "scale_warning"]
+__all__ = ["MEASURED_CLASSES", "BudgetWarning", "HeldOut", "ScaleWarning", "budget_check", "calibrated_loss", "choose_k",
+           "escalated", "paired", "paired_loss", "scale_warning"]
