@@ -40,7 +40,6 @@ from ..data.sources import CachedSource
 from ..errors import InputError
 from ..explain.explanation import explain
 from ..explain.prototypes import mine_prototypes
-from .metrics import logits_of
 from .part_metrics import cell_parts, parts_purity, pointing_game
 from .results import LabelRandomisation, Randomised, SanityChecks
 
@@ -186,9 +185,7 @@ def _scores(run: "Run", head: InfoDisentHead, ds, test, k: int) -> _Scored:
     used = np.flatnonzero(W.max(0) > WEIGHT_THRESHOLD)
     pur = parts_purity(index, ds, model.transform, channels=used)
     pg = pointing_game(index, ds, model.transform, W, bias)
-    valid = index.valid
-    predicted = logits_of(np.asarray(index.v[valid], np.float64), W, bias).argmax(1)
-    top1 = float((predicted == index.labels[valid]).mean())
+    top1 = float((pg["predicted"] == pg["label"]).mean())  # the pointing game's rows: every valid image
     return _Scored(float(pur["purity"].mean()), float(pg["hit"].mean()), float(pg["chance"].mean()), top1, len(used),
                    index.grid)
 
