@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from infodisent.core.head import (
     HeadConfig,
@@ -183,3 +184,32 @@ def test_pruned_forward_computes_only_kept_channels_with_the_same_logits_and_gra
     head.eval()
     with torch.no_grad():  # the cached inference weights
         torch.testing.assert_close(head(x), head.forward_details(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_rotation_rows_match_the_full_cayley_matrix_in_value_and_gradient_without_forming_it(monkeypatch):
+    """A pruned head's few rows of U come from a solve with K right-hand sides (Cayley map, any base);
+    the full matrix's rows are the reference. Many rows, or U cached, take the full matrix."""
+    torch.manual_seed(0)
+    rot = OrthogonalRotation(32)
+    par = rot.linear.parametrizations.weight
+    with torch.no_grad():
+        par.original.normal_(0, 0.2)  # a rotation far from the identity
+        par[0].base.copy_(torch.linalg.qr(torch.randn(32, 32))[0])  # and a base that is not
+    index = torch.tensor([3, 7, 8, 30])
+    fast, full = rot.rows(index), rot.matrix()[index]
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast @ fast.T, torch.eye(4), rtol=0, atol=1e-6)  # orthonormal rows
+    probe = torch.randn(4, 32)
+    g_fast = torch.autograd.grad((fast * probe).sum(), par.original)[0]
+    g_full = torch.autograd.grad((full * probe).sum(), par.original)[0]
+    assert g_fast.abs().max() > 0.1
+    torch.testing.assert_close(g_fast, g_full, rtol=0, atol=1e-5)
+    calls = []
+    solve = torch.linalg.solve
+    # the path taken: the restricted solve has 4 right-hand sides, the full one 32
+    monkeypatch.setattr(torch.linalg, "solve", lambda a, b: calls.append(tuple(b.shape)) or solve(a, b))
+    rot.rows(index)
+    rot.rows(torch.arange(20))  # more than half the rows: the full matrix
+    with parametrize.cached():
+        rot.rows(index)  # U cached: its rows
+    assert calls == [(32, 4), (32, 32), (32, 32)]
