@@ -213,3 +213,26 @@ def test_rotation_rows_match_the_full_cayley_matrix_in_value_and_gradient_withou
     with parametrize.cached():
         rot.rows(index)  # U cached: its rows
     assert calls == [(32, 4), (32, 32), (32, 32)]
+
+
+def test_rotation_matrix_skips_an_identity_base_with_the_same_bits_and_keeps_any_other(monkeypatch):
+    torch.manual_seed(1)
+    rot = OrthogonalRotation(16)
+    par = rot.linear.parametrizations.weight
+    with torch.no_grad():
+        par.original.normal_(0, 0.3)
+    probe = torch.randn(16, 16)
+    mine, torchs = rot.matrix(), rot.linear.weight  # base I: the product with it is skipped, exactly
+    assert torch.equal(mine, torchs) and not torch.equal(mine, torch.eye(16))
+    g_mine = torch.autograd.grad((mine * probe).sum(), par.original)[0]
+    g_torch = torch.autograd.grad((torchs * probe).sum(), par.original)[0]
+    assert torch.equal(g_mine, g_torch) and g_mine.abs().max() > 0.1
+    products = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append(1) or matmul(a, b))
+    rot.matrix()
+    assert products == []  # no B @ Q
+    with torch.no_grad():
+        par[0].base.copy_(torch.linalg.qr(torch.randn(16, 16))[0])  # a base that is not I: torch's map
+    torch.testing.assert_close(rot.matrix(), rot.linear.weight, rtol=0, atol=0)
+    assert not torch.equal(rot.matrix(), mine)
