@@ -169,7 +169,8 @@ class OrthogonalRotation(nn.Module):
         Under the Cayley map with the trivialization's base B the identity (every head until a U is
         assigned to it), U is ``(I - A/2)^-1 (I + A/2)`` itself: torch's ``B @`` that product, a D x D
         matrix product forward and two backward, is skipped (the same bits: a product with I is exact),
-        which saves about 40% of each training step's rotation."""
+        which saves about a quarter of each training step's rotation (0.146 s against 0.202 s forward and
+        backward at D = 1280 on the 2-core CPU)."""
         cayley = self._cayley()
         if cayley is None or not cayley[2]:
             return self.linear.weight
@@ -195,7 +196,7 @@ class OrthogonalRotation(nn.Module):
         (I + A/2)``, B the trivialization's base, A skew) few rows need not form all of U: since
         ``(I - A/2)^T = I + A/2``, ``B[index] (I - A/2)^-1 = solve(I + A/2, B[index]^T)^T``, a solve with K
         right-hand sides instead of D, and no D x D product with B. A pruned head's fine-tuning keeps
-        a few dozen of 1280 channels, so each step's rotation costs about a fifth as much, forward and
+        a few dozen of 1280 channels, so each step's rotation costs about a third as much, forward and
         backward. The same rows as ``matrix()[index]`` up to rounding; every other case (many rows,
         another map, U cached by ``parametrize.cached()``) takes those."""
         cayley = self._cayley() if 2 * len(index) <= self.dim else None
