@@ -6,12 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean chromium lab
+.PHONY: demo test test-fast bench setup clean chromium lab
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,9 +31,15 @@ chromium:
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
-# the tutorials and reproduction notebooks, in JupyterLab (the venv's kernel)
+# the inner loop: the unit tests, without the tutorials, the browser, several processes or real-data training
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow" --deselect tests/test_browser.py --deselect tests/test_distributed.py \
+	    --deselect tests/test_notebooks.py::test_reproduction_smoke_profile_runs_with_papermill
+
+# JupyterLab at the repository root (the venv's kernel): a new notebook here opens runs/demo as the README says;
+# the tutorials (notebooks/tutorials/) and reproduction notebooks keep their paths relative to their own folder
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --notebook-dir=.
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py

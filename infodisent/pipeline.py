@@ -33,7 +33,7 @@ from .data.features import FeatureCache
 from .data.sources import CachedSource, FeatureSource, StreamingSource, holdout_split
 from .errors import InputError
 from .eval.evaluation import explanation_metrics
-from .eval.fidelity import agreement, black_box, classifier_columns
+from .eval.fidelity import agreement, black_box, classifier_columns, classifier_mismatch
 from .eval.results import (
     Accuracy,
     CacheUse,
@@ -192,6 +192,15 @@ def _probe(cfg: RunConfig, files: RunFiles, caches, train_src, test_src, num_cla
     return distributed.broadcast_object(result)
 
 
+def _check_classifier(cfg: RunConfig, backbone: Backbone, dataset: ImageDataset) -> None:
+    """Before anything is trained: a classifier size asked for (``model_kwargs["num_classes"]``,
+    ``--num-classes``) must be the dataset's, and ``--teacher`` needs a classifier for its classes."""
+    asked = (cfg.model_kwargs or {}).get("num_classes")
+    if (asked or cfg.teacher is not None) and classifier_columns(backbone, dataset) is None:
+        flag = "--teacher: there is no black box to match" if cfg.teacher is not None else f"--num-classes {asked}"
+        raise InputError(f"{flag}: {classifier_mismatch(backbone, dataset)}")
+
+
 def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
     """Run the whole pipeline and write the run directory (``config.json`` and the head last).
 
@@ -209,6 +218,7 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
                              device=cfg.device)
     train_ds = cfg.dataset_spec("train").build()
     test_ds = cfg.dataset_spec("test").build()
+    _check_classifier(cfg, backbone, train_ds)
     _prepare_run_dir(cfg, files, backbone.name, train_ds.num_classes)
     if cfg.sparse is not None and cfg.sparse.chosen and shard.main and (beyond := scale_warning(train_ds.num_classes)):
         warnings.warn(beyond, ScaleWarning, stacklevel=2)

@@ -61,13 +61,34 @@ def tiny_run(tmp_path_factory):
     return result, index, cfg
 
 
+# the tutorials whose committed outputs were made on real data beside the project
+TUTORIAL_DATA = {"02_own_data.ipynb": CUB50, "08_trust_and_fix.ipynb": IMAGENETTE}
+
+
 def pytest_collection_modifyitems(config, items):
     """Tutorial 2 runs on CUB-200-2011 species 1-50 where it is beside the project, and its committed outputs are
     those: without the data it falls back to a fabricated copy, whose outputs cannot match. Tutorial 8 compares
-    the head with the backbone's ImageNet classifier on Imagenette's classes."""
-    needs = {"02_own_data.ipynb": CUB50, "08_trust_and_fix.ipynb": IMAGENETTE}
+    the head with the backbone's ImageNet classifier on Imagenette's classes. Without their data both are skipped,
+    and the run says so at its start and at its end (not only in the skip list)."""
     for item in items:
-        path = needs.get(Path(str(item.fspath)).name)
+        path = TUTORIAL_DATA.get(Path(str(item.fspath)).name)
         if path is not None and not path.exists():
             item.add_marker(pytest.mark.skip(reason=f"real data not found at {path}: the notebook's committed "
                                                     "outputs were made on it"))
+
+
+def _missing_data_lines() -> list[str]:
+    missing = {name: path for name, path in TUTORIAL_DATA.items() if not path.exists()}
+    if not missing:
+        return []
+    return [f"NOT CHECKED: tutorial {name}, whose real data is missing ({path})" for name, path in missing.items()] \
+        + ["data/README.md says how to build those subsets (data/make_subsets.py)"]
+
+
+def pytest_report_header(config):
+    return _missing_data_lines() or None
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _missing_data_lines():
+        terminalreporter.write_line(line, yellow=True, bold=True)

@@ -120,7 +120,7 @@ def test_two_processes_evaluate_explanations_as_one(one_process, tmp_path):
 
 
 def test_two_processes_stream_the_one_process_head(tmp_path):
-    flags = ["--no-cache", "--epochs", "2"]
+    flags = ["--no-cache", "--epochs", "1", "--finetune-epochs", "1", "--prune-ratio", "1"]  # each epoch streams
     _train(tmp_path / "one", tmp_path / "cache", *flags)
     _train(tmp_path / "two", tmp_path / "cache", *flags, "--num-workers", "1", procs=2)
     assert _head_gap(tmp_path / "one", tmp_path / "two") < HEAD_TOL

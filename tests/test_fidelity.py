@@ -106,3 +106,51 @@ def test_teacher_errors_are_clear(tmp_path, capsys):
     assert rc == 2
     assert "no black box" in capsys.readouterr().err
 
+
+
+def _fine_tuned(path, classes: int) -> str:
+    """test_resnet with a classifier of ``classes`` outputs, saved as a user's fine-tuned model would be."""
+    from safetensors.torch import save_file
+
+    model = load_backbone("test_resnet", "random", image_size=64, model_kwargs={"num_classes": classes}).model
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.5)  # a classifier that prefers some images
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def _folder(root, classes=("heron", "wren"), train=10, test=5):
+    from conftest import write_image
+
+    for split, n in (("train", train), ("test", test)):
+        for c, name in enumerate(classes):
+            for i in range(n):
+                write_image(root / split / name / f"{i}.png", seed=1000 * c + 100 * (split == "test") + i, size=(64, 64))
+    return root
+
+
+def test_a_fine_tuned_classifier_of_the_users_classes_goes_through_the_cli(tmp_path, capsys):
+    root = _folder(tmp_path / "data")
+    weights = _fine_tuned(tmp_path / "ft.safetensors", 2)
+    common = ["--dataset", "folder", "--root", str(root), "--backbone", "test_resnet", "--image-size", "64",
+              "--cache-dir", str(tmp_path / "c"), "--epochs", "25", "--lr", "0.05", "--dense", "--num-workers", "0",
+              "--quiet"]
+    rc = main(["train", *common, "--weights", weights, "--teacher", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    a = metrics["agreement"]
+    assert a["classifier"] == "own" and a["num_images"] == 10
+    assert a["top1"] >= 0.8  # trained on the black box's logits alone: it follows them on unseen images
+    assert "agree" in out
+    # the classifier's size came from the file, and the run reopens with it
+    run = Run.open(tmp_path / "run")
+    assert run.model.backbone.num_classifier_classes == 2 and run.model.backbone.model_kwargs == {"num_classes": 2}
+    # --num-classes that says the same is accepted; one that contradicts the file is refused, naming both
+    rc = main(["train", *common, "--weights", weights, "--num-classes", "3", "--out", str(tmp_path / "r3")])
+    assert rc == 2 and "classifier of 2 classes" in capsys.readouterr().err
+    # a classifier of another size than the dataset's classes: --teacher says so before anything trains
+    other = _fine_tuned(tmp_path / "ft3.safetensors", 3)
+    rc = main(["train", *common, "--weights", other, "--teacher", "--out", str(tmp_path / "r4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has 3 classes and folder has 2" in err and "ft3.safetensors" in err
+    assert not (tmp_path / "r4").exists()

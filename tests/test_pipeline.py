@@ -285,6 +285,29 @@ def test_opening_a_run_and_its_index_reads_no_image(tiny_run, monkeypatch):
     assert calls == []
 
 
+def test_a_runs_model_is_rebuilt_without_a_forward_of_the_backbone(run, tmp_path, monkeypatch):
+    """config.json records the map's shape and whether the classifier reads it; a run written without them
+    (an older run) still opens, by one forward of a blank image."""
+    result, _ = run
+    trained = result.model.backbone
+    net = type(trained.model)
+    forward = net.forward_features
+    calls = []
+    monkeypatch.setattr(net, "forward_features", lambda self, x: calls.append(len(x)) or forward(self, x))
+    recorded = json.loads((result.run_dir / "config.json").read_text())
+    assert recorded["backbone"]["feature_shape"] == [96, 2, 2] and recorded["backbone"]["classifier_reads_map"] is True
+    opened = infodisent.open_run(result.run_dir).model.backbone
+    assert calls == []
+    assert (opened.feature_shape(), opened.classifier_reads_map) == (trained.feature_shape(), trained.classifier_reads_map)
+    older = tmp_path / "older"
+    shutil.copytree(result.run_dir, older)
+    del recorded["backbone"]["classifier_reads_map"]
+    (older / "config.json").write_text(json.dumps(recorded))
+    probed = infodisent.open_run(older).model.backbone
+    assert calls == [1]
+    assert (probed.feature_shape(), probed.classifier_reads_map) == (trained.feature_shape(), True)
+
+
 def test_a_run_with_augmented_views_mines_from_its_own_cache(tmp_path):
     from infodisent.pipeline import mine_run
 

@@ -115,7 +115,18 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, model: nn.Module, name: str, weights: WeightsSource, data_config: dict[str, Any],
-                 model_kwargs: dict[str, Any] | None = None):
+                 model_kwargs: dict[str, Any] | None = None, *,
+                 feature_shape: tuple[int, int, int] | None = None, classifier_reads_map: bool | None = None):
+        """Args:
+            model: the timm model (frozen here: no gradients, eval mode).
+            name: its timm name.
+            weights: where its weights came from.
+            data_config: timm's data config (input size, mean, std, interpolation, crop).
+            model_kwargs: ``timm.create_model``'s extra arguments. Default None.
+            feature_shape: ``(D, H, W)`` of the map at the input size, and
+            classifier_reads_map: whether the model's classifier reads that map (CNNs), both as a run's
+                ``config.json`` recorded them. Default None: one forward of a blank image finds them.
+        """
         super().__init__()
         self.model = model
         self.name = name
@@ -125,17 +136,23 @@ class Backbone(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
-        size = self.data_config["input_size"]
-        with torch.no_grad():
-            p = next(self.model.parameters())
-            x = torch.zeros(1, *size, device=p.device, dtype=p.dtype)
-            raw = self.model.forward_features(x)  # one forward: the map, and whether the classifier reads it
-            f = _as_map(self.model, raw, x.shape[-2:])
-        self._feature_shape: tuple[int, int, int] = tuple(f.shape[1:])  # type: ignore[assignment]
+        if feature_shape is None or classifier_reads_map is None:
+            feature_shape, classifier_reads_map = self._probe()
+        self._feature_shape: tuple[int, int, int] = tuple(int(n) for n in feature_shape)  # type: ignore[assignment]
         self.num_features = int(self._feature_shape[0])
-        # the map is forward_features' own output (CNNs): the model's classifier reads it as it is
-        self.classifier_reads_map = isinstance(raw, torch.Tensor) and raw.shape == f.shape and bool(torch.equal(raw, f)) \
+        self.classifier_reads_map = bool(classifier_reads_map)
+
+    @torch.no_grad()
+    def _probe(self) -> tuple[tuple[int, int, int], bool]:
+        """One forward of a blank image: the map's ``(D, H, W)``, and whether the model's classifier reads the
+        map as it is (CNNs: the map is ``forward_features``' own output)."""
+        p = next(self.model.parameters())
+        x = torch.zeros(1, *self.data_config["input_size"], device=p.device, dtype=p.dtype)
+        raw = self.model.forward_features(x)
+        f = _as_map(self.model, raw, x.shape[-2:])
+        reads = isinstance(raw, torch.Tensor) and raw.shape == f.shape and bool(torch.equal(raw, f)) \
             and hasattr(self.model, "forward_head")
+        return tuple(f.shape[1:]), reads  # type: ignore[return-value]
 
     @property
     def num_classifier_classes(self) -> int:

@@ -258,9 +258,12 @@ class InfoDisentHead(nn.Module):
 
     @property
     def U(self) -> torch.Tensor:
-        """The orthogonal matrix (identity when the rotation is disabled), (D, D)."""
+        """The orthogonal matrix (identity when the rotation is disabled), (D, D). In eval mode without
+        autograd, the one :meth:`inference_weights` keeps (formed once per head state)."""
         if not self.config.rotation:
             return torch.eye(self.config.num_features, device=self.W.device)
+        if not self.training and not torch.is_grad_enabled():
+            return self.inference_weights()[0]
         return self.rotation.matrix()
 
     @contextmanager
@@ -279,7 +282,9 @@ class InfoDisentHead(nn.Module):
         key = self._state_key()
         if self._inference is None or self._inference[0] != key:
             with torch.no_grad():
-                self._inference = (key, self.U.detach().clone(), self.W.detach().clone())
+                U = self.rotation.matrix() if self.config.rotation else \
+                    torch.eye(self.config.num_features, device=self.W.device)
+                self._inference = (key, U.detach().clone(), self.W.detach().clone())
         return self._inference[1], self._inference[2]
 
     def pool(self, J: torch.Tensor) -> tuple[torch.Tensor, PoolResult | None]:

@@ -65,7 +65,8 @@ class InfoDisent(nn.Module):
 
     @property
     def U(self) -> torch.Tensor:
-        return self.head.U.detach()
+        """The head's orthogonal matrix, detached, (D, D): of a head in eval mode, formed once per head state."""
+        return self.head.inference_weights()[0] if not self.head.training else self.head.U.detach()
 
     @property
     def W(self) -> torch.Tensor:
@@ -95,7 +96,8 @@ class InfoDisent(nn.Module):
         """What ``config.json`` holds for this model (``run``: how it was trained)."""
         bb = self.backbone
         return ModelConfig(
-            backbone=BackboneSpec(bb.name, bb.weights, bb.num_features, tuple(bb.feature_shape())),
+            backbone=BackboneSpec(bb.name, bb.weights, bb.num_features, tuple(bb.feature_shape()),
+                                  bb.classifier_reads_map),
             data=dict(bb.data_config), head=self.head.config, class_names=tuple(self.class_names), run=run,
             channels_per_class=self.channels_per_class,
         )
@@ -115,8 +117,10 @@ class InfoDisent(nn.Module):
         spec = config.backbone
         weights = weights or spec.weights.spec
         kwargs = config.run.model_kwargs if config.run is not None else None
+        known = spec.classifier_reads_map is not None  # the map's shape as recorded: no probing forward
         backbone = load_backbone(spec.name, weights, image_size=config.data["input_size"][-1], model_kwargs=kwargs,
-                                 device=device)
+                                 device=device, feature_shape=tuple(spec.feature_shape) if known else None,
+                                 classifier_reads_map=spec.classifier_reads_map)
         for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode"):
             if k in config.data:
                 backbone.data_config[k] = config.data[k]
@@ -164,9 +168,10 @@ def load_head(path: Path, config: HeadConfig) -> InfoDisentHead:
     except RuntimeError as e:
         raise RunMismatchError(f"{path} does not fit the head described by config.json "
                                f"({str(e).splitlines()[-1].strip()[:200]})") from None
-    if "U" in tensors and not torch.allclose(head.U.detach(), tensors["U"], atol=1e-4):
-        raise CorruptFileError(path, "its stored U does not match its parameters")
     head.eval()
+    U, _ = head.inference_weights()  # formed once here, and kept for inference until a parameter changes
+    if "U" in tensors and not torch.allclose(U, tensors["U"], atol=1e-4):
+        raise CorruptFileError(path, "its stored U does not match its parameters")
     return head
 
 

@@ -157,6 +157,8 @@ def load_backbone(
     image_size: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    feature_shape: tuple[int, int, int] | None = None,
+    classifier_reads_map: bool | None = None,
 ) -> Backbone:
     """Build a frozen timm backbone.
 
@@ -167,8 +169,13 @@ def load_backbone(
             from the hub), ``"random"`` (timm's random init with seed 0, for tests), or a path to a
             ``.safetensors`` / torch state-dict file.
         image_size: square input size; default: the model's own configuration.
-        model_kwargs: extra constructor arguments for ``timm.create_model``.
-        device: where the model lives.
+        model_kwargs: extra constructor arguments for ``timm.create_model``. Default None. A weights
+            file whose classifier has another number of classes than the model's default (a model
+            fine-tuned on other classes) sets ``num_classes`` from the file; a ``num_classes`` given
+            here that contradicts the file is refused.
+        device: where the model lives. Default ``"cpu"``.
+        feature_shape, classifier_reads_map: what a run's ``config.json`` recorded of the map (see
+            :class:`~infodisent.core.backbone.Backbone`); default None: found by one forward.
     """
     _check_name(name)
     kwargs = dict(model_kwargs or {})
@@ -200,6 +207,16 @@ def load_backbone(
         else:
             path = Path(spec).expanduser().resolve()
             state = read_weights_file(path)
+            classes = _file_classifier_size(model, state)
+            if classes is not None and classes != model.num_classes:
+                if "num_classes" in kwargs:
+                    raise BackboneError(
+                        f"{path} holds a classifier of {classes} classes, and num_classes={kwargs['num_classes']} "
+                        f"was asked (--num-classes): leave it out to take the file's {classes}")
+                kwargs["num_classes"] = classes  # a fine-tuned model: its classifier's size comes from the file
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model = timm.create_model(name, pretrained=False, **kwargs)
             expected = model.state_dict()
             missing, unexpected = _diff_keys(expected, state)
             mismatched = _shape_mismatch(expected, state)
@@ -216,7 +233,22 @@ def load_backbone(
         if hasattr(model, "set_input_size") and hasattr(model, "patch_embed"):
             model.set_input_size(img_size=(int(image_size), int(image_size)))
     model.to(device)
-    return Backbone(model, name, source, data_config, kwargs)
+    return Backbone(model, name, source, data_config, kwargs, feature_shape=feature_shape,
+                    classifier_reads_map=classifier_reads_map)
+
+
+def _file_classifier_size(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """How many classes the classifier in ``state`` has, where ``state`` holds ``model``'s classifier (a
+    linear layer under the name timm's ``get_classifier()`` has) with another number of outputs; None
+    where it holds none or the same size, and where the classifier is not a linear layer."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(classifier, nn.Linear):
+        return None
+    name = next((k for k, m in model.named_modules() if m is classifier), None)
+    weight = state.get(f"{name}.weight") if name else None
+    if weight is None or weight.ndim != 2 or weight.shape[1] != classifier.in_features:
+        return None
+    return int(weight.shape[0])
 
 
 def _check_weights_path(spec: str) -> None:

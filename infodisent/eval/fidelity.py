@@ -49,6 +49,22 @@ def classifier_columns(backbone: Backbone, dataset: ImageDataset) -> tuple[str, 
     return None
 
 
+def classifier_mismatch(backbone: Backbone, dataset: ImageDataset) -> str:
+    """Why ``backbone``'s own classifier cannot be read on ``dataset``'s classes, and what to do: one
+    sentence for an error message."""
+    n, c = backbone.num_classifier_classes, dataset.num_classes
+    where = f"the classifier in {backbone.weights.path}" if backbone.weights.kind == "file" \
+        else f"{backbone.name}'s classifier ({backbone.weights.kind} weights)"
+    if n == 0:
+        return f"{where} has no outputs (num_classes=0); load the model with its classifier"
+    if n == 1000:
+        return (f"{where} has ImageNet's 1000 classes, and {dataset.name}'s {c} classes are not ImageNet "
+                "classes (an ImageNet-layout dataset of wnid folders is read on its own columns); pass a "
+                "model fine-tuned on these classes (--weights FILE)")
+    return (f"{where} has {n} classes and {dataset.name} has {c}: a classifier fine-tuned on this dataset has "
+            f"one output per class, in the dataset's class order")
+
+
 class BlackBox(nn.Module):
     """The backbone's own classifier on InfoDisent's feature maps, its outputs restricted to the dataset's
     classes: ``BlackBox(backbone, columns)(maps) -> (B, C)`` logits (a teacher for :func:`~infodisent.train.training.fit`)."""
@@ -72,10 +88,7 @@ def black_box(backbone: Backbone, dataset: ImageDataset) -> BlackBox:
     """The backbone's classifier for ``dataset``'s classes, or an error saying why there is none."""
     cols = classifier_columns(backbone, dataset)
     if cols is None:
-        raise InputError(
-            f"{backbone.name}'s own classifier has {backbone.num_classifier_classes} classes and {dataset.name} "
-            f"has {dataset.num_classes}, which are not ImageNet classes: there is no black box to match "
-            "(load a model fine-tuned on these classes with weights=<file>)")
+        raise InputError(f"there is no black box to match: {classifier_mismatch(backbone, dataset)}")
     kind, columns = cols
     return BlackBox(backbone, columns, kind)
 
@@ -130,4 +143,4 @@ def image_batches(backbone: Backbone, dataset: ImageDataset, batch_size: int = 6
         yield x.to(device), y
 
 
-__all__ = ["BlackBox", "agreement", "black_box", "classifier_columns", "compare", "image_batches"]
+__all__ = ["BlackBox", "agreement", "black_box", "classifier_columns", "classifier_mismatch", "compare", "image_batches"]

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return tp.from_dict(value)
         if not isinstance(value, dict):
             raise TypeError(f"{where}: expected an object for {tp.__name__}, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
+        hints = _type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp) if f.init}
         unknown = set(value) - names
         if unknown:
@@ -108,6 +109,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise TypeError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
     return value
+
+
+@functools.cache
+def _type_hints(tp: type) -> dict[str, Any]:
+    """A dataclass's resolved field types, once per class: resolving compiles every string annotation."""
+    return typing.get_type_hints(tp)
 
 
 class _DataMixin:

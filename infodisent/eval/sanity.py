@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
@@ -100,6 +99,8 @@ def _minmax(a: np.ndarray) -> np.ndarray:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
+    from scipy.stats import spearmanr  # here: scipy.stats is slow to import, and only this check needs it
+
     return float(spearmanr(a.ravel(), b.ravel()).statistic)
 
 

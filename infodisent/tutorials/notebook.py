@@ -7,11 +7,13 @@ it was written. The tutorials therefore show trained numbers in cells whose outp
 compare (tagged ``nbval-ignore-output``) and check them in the next cell by what they mean:
 
     >>> check("compact top-1", run.metrics.infodisent.top1, 0.78, within=0.03)
-    ✓ compact top-1 = 0.78 ± 0.03
+    ✓ compact top-1 within 0.03 of 0.78
 
-The printed line is the same on every machine (nbval compares it); a value outside its tolerance raises
+The printed line says what was checked, never a measured value, so it is the same on every machine (nbval
+compares it) and never contradicts the table above it; a value outside its tolerance raises
 :class:`CheckFailed`, naming the value, so the cell fails. Exact identities get ``within`` at the
-arithmetic's precision (``check("sum - logit", err, 0, within=1e-5)``); counts and names get none.
+arithmetic's precision (``check("sum - logit", err, 0, within=1e-5)``); counts and names get none, and a
+condition is checked against True (``check("W ≥ 0", bool((W >= 0).all()), True)`` prints ``✓ W ≥ 0``).
 """
 
 from __future__ import annotations
@@ -33,16 +35,29 @@ def _fmt(x: Any) -> str:
 
 
 def check(what: str, value: Any, expected: Any, within: float = 0.0) -> None:
-    """Print ``✓ what = expected ± within`` when ``|value - expected| <= within`` (or ``value == expected``
-    for anything but numbers), else raise :class:`CheckFailed` with the value."""
+    """Check a notebook's number and print what was checked, not the number.
+
+    Args:
+        what: what the value is, as the printed line names it.
+        value: the measured value.
+        expected: the value it must have: a number, or anything compared with ``==`` (``True`` for a
+            condition).
+        within: the tolerance for numbers, ``|value - expected| <= within``. Default 0 (exact).
+
+    Prints ``✓ what within W of E`` for a number within a tolerance, ``✓ what = E`` for an exact value
+    and ``✓ what`` for a condition that holds; otherwise raises :class:`CheckFailed`, naming the value.
+    """
     if isinstance(value, (int, float)) and isinstance(expected, (int, float)) and not isinstance(value, bool):
         ok = math.isfinite(value) and abs(value - expected) <= within + 1e-12
     else:
         ok = value == expected
-    stated = f"{_fmt(expected)} ± {_fmt(within)}" if within else _fmt(expected)
+    stated = f"within {_fmt(within)} of {_fmt(expected)}" if within else _fmt(expected)
     if not ok:
         raise CheckFailed(f"{what} is {_fmt(value)}, expected {stated}")
-    print(f"✓ {what} = {stated}")
+    if expected is True:
+        print(f"✓ {what}")
+    else:
+        print(f"✓ {what} {stated}" if within else f"✓ {what} = {stated}")
 
 
 def setup(threads: int | None = 2) -> None:

@@ -80,8 +80,8 @@ def real_data(name: str, root: str | Path | None = None) -> Path:
     return path
 
 
-def _smoke(out: Path, dataset: str, epochs: int = 3) -> RunConfig:
-    root = fabricate(dataset, out / "data" / dataset, classes=6, train_per_class=10, test_per_class=5)
+def _smoke(out: Path, dataset: str, epochs: int = 2) -> RunConfig:
+    root = fabricate(dataset, out / "data" / dataset, classes=6, train_per_class=6, test_per_class=4)
     return RunConfig(out=str(out / dataset), dataset=dataset, root=str(root), num_workers=0, overwrite=True,
                      fit=FitConfig(epochs=epochs), sparse=None)
 
