@@ -112,7 +112,7 @@ def demo_config(out: str = "runs/demo", **overrides: Any) -> RunConfig:
 
 def tutorial_config(out: str = "runs/tutorial", **overrides: Any) -> RunConfig:
     """The tutorials' run: the demo's setting on a smaller parts dataset (15 classes, 16 training and 8 test
-    images each, 12 dense epochs, shorter fine-tuning), about 2 minutes on a 2-core CPU, a second with
+    images each, 12 dense epochs, shorter fine-tuning), about a minute on a 2-core CPU, a second with
     :func:`open_or_train` once it exists."""
     cfg = RunConfig(out=out, dataset="parts", parts=PartsConfig(train_per_class=16, test_per_class=8),
                     fit=FitConfig(epochs=12), sparse=SparseOptions(finetune_epochs=6, round_epochs=2),

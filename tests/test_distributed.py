@@ -90,33 +90,24 @@ def test_two_processes_train_the_one_process_head(one_process):
         assert f1.shape == f2.shape and np.abs(f1.astype(np.float32) - f2.astype(np.float32)).max() < 2e-2
 
 
-def test_two_processes_mine_the_one_process_index(one_process):
-    run = one_process / "one"
-    index = run / "prototypes" / "train"
-    common = ["--cache-dir", str(one_process / "cache_one"), "--quiet", "--k", "5", "--num-workers", "0"]
-    for source in ([], ["--no-cache"]):  # from the cache, and streamed through the backbone
-        _cli("mine", str(run), *source, *common)
-        single = {f: (index / f).read_bytes() for f in ("index.csv", "v.npy", "positions.npy", "labels.npy")}
-        _cli("mine", str(run), *source, *common, procs=2)
-        for f, content in single.items():  # per-process top-k lists merged: exactly the one-process index
-            assert (index / f).read_bytes() == content, f"{f} differs ({source or 'cache'})"
-        assert len(pd.read_csv(index / "index.csv")) > 0
-
-
-def test_two_processes_evaluate_explanations_as_one(one_process, tmp_path):
-    run, common = one_process / "one", ["--cache-dir", str(one_process / "cache_one"), "--quiet", "--num-workers", "0"]
-    results = []
+def test_two_processes_mine_and_evaluate_as_one(one_process, tmp_path):
+    """Mining (from the cache and streamed), the explanation metrics and CUB stability's noisy passes, each
+    shared out over two processes, give the one-process results (one launch per process count)."""
+    run, cache = one_process / "one", one_process / "cache_one"
     for procs in (1, 2):
-        out = _cli("evaluate", str(run), "--explanations", "--k", "5", *common, procs=procs)
-        results.append(json.loads(out.stdout))
-    assert results[0]["explanations"]["parts"]["purity"] == results[1]["explanations"]["parts"]["purity"]
-    assert results[0] == results[1]
+        _cli(str(run), str(cache), str(tmp_path / f"procs_{procs}"), procs=procs, script="ddp_mine_evaluate.py")
+    one, two = tmp_path / "procs_1", tmp_path / "procs_2"
+    for source in ("cache", "stream"):  # per-process top-k lists merged: exactly the one-process index
+        for f in ("index.csv", "v.npy", "positions.npy", "labels.npy"):
+            assert (two / source / f).read_bytes() == (one / source / f).read_bytes(), f"{f} differs ({source})"
+        assert len(pd.read_csv(one / source / "index.csv")) > 0
+    e1, e2 = (json.loads((d / "evaluation.json").read_text()) for d in (one, two))
+    assert e1["explanations"]["parts"]["purity"] == e2["explanations"]["parts"]["purity"]
+    assert e1 == e2
     # CUB stability's noisy passes, shared out by batch: the one-process positions, noise included
-    for procs in (1, 2):
-        _cli(str(run), str(tmp_path / f"noise_{procs}.npz"), procs=procs, script="ddp_noise.py")
-    one, two = np.load(tmp_path / "noise_1.npz"), np.load(tmp_path / "noise_2.npz")
-    assert one["clean"].shape == (90, 96) and np.array_equal(one["clean"], two["clean"])
-    assert np.array_equal(one["noisy"], two["noisy"]) and not np.array_equal(one["clean"], one["noisy"])
+    n1, n2 = np.load(one / "noise.npz"), np.load(two / "noise.npz")
+    assert n1["clean"].shape == (90, 96) and np.array_equal(n1["clean"], n2["clean"])
+    assert np.array_equal(n1["noisy"], n2["noisy"]) and not np.array_equal(n1["clean"], n1["noisy"])
 
 
 def test_two_processes_stream_the_one_process_head(tmp_path):

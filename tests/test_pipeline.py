@@ -213,6 +213,14 @@ def test_bad_run_files_are_named(run, tmp_path):
         infodisent.open_run(tmp_path)
 
 
+def test_a_relative_run_path_that_is_not_there_says_where_it_was_read_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as a notebook's kernel, started in the notebook's own folder
+    with pytest.raises(infodisent.NotARunError) as caught:
+        infodisent.open_run("runs/demo")
+    said = str(caught.value)
+    assert said.startswith("runs/demo does not exist") and str(tmp_path) in said and "make demo" in said
+
+
 def test_a_run_that_failed_before_training_can_be_retried(tmp_path):
     cfg = tiny_cfg(tmp_path, fit=FitConfig(epochs=2), max_classes=3)
     original = infodisent.pipeline._probe

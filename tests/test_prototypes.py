@@ -134,7 +134,9 @@ def test_mine_cli(tiny_run, tmp_path, capsys):
     assert meta["k"] == 3 and meta["dataset"]["split"] == "test" and meta["num_images"] == 18
     assert meta["source"] == "cache"  # the run's own cache root, from its config
     assert main(["mine", str(tmp_path / "missing"), "--quiet"]) == 2
-    assert "not an InfoDisent run directory" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    assert main(["mine", str(tmp_path), "--quiet"]) == 2
+    assert "not an InfoDisent run directory (missing config.json, head.safetensors)" in capsys.readouterr().err
     assert main(["mine", str(run), "--k", "0", "--quiet"]) == 2
     assert "k (prototypes per channel" in capsys.readouterr().err
 
