@@ -150,8 +150,8 @@ def side_configs(profile: str, out: str | Path = "runs/reproduction/side", root:
     if isinstance(ks, (str, bytes)) or not all(isinstance(k, int) and k >= 1 for k in ks):
         raise InputError(f"ks must be channel counts (integers >= 1), got {ks!r} (papermill: -y 'KS: [5, 1]')")
     if check_profile(profile) == "smoke":
-        base = RunConfig(out="", dataset="parts", num_workers=0, fit=FitConfig(epochs=3), max_classes=6,
-                         parts=PartsConfig(image_size=128, train_per_class=10, test_per_class=5))
+        base = RunConfig(out="", dataset="parts", num_workers=0, fit=FitConfig(epochs=2), max_classes=6,
+                         parts=PartsConfig(image_size=128, train_per_class=6, test_per_class=4))
     elif profile == "cpu-real":
         base = RunConfig(out="", dataset="cub", root=str(real_data("cub50", root)), num_workers=1,
                          fit=FitConfig(epochs=epochs))
