@@ -127,7 +127,8 @@ class Run:
         self.files = RunFiles(self.path)
         if not self.files.is_run():
             missing = [p.name for p in (self.files.config, self.files.head) if not p.is_file()]
-            what = "does not exist" if not self.path.exists() else f"is not an InfoDisent run directory (missing {', '.join(missing)})"
+            what = "does not exist" if not self.path.exists() else \
+                f"is not an InfoDisent run directory (missing {', '.join(missing)})"
             where = "" if self.path.is_absolute() else (
                 f"; a relative path is read from the current folder, {Path.cwd()} (a notebook's kernel starts in "
                 "the notebook's own folder; `make demo` writes runs/demo at the repository root)")

@@ -260,10 +260,14 @@ class InfoDisentHead(nn.Module):
     def U(self) -> torch.Tensor:
         """The orthogonal matrix (identity when the rotation is disabled), (D, D). In eval mode without
         autograd, the one :meth:`inference_weights` keeps (formed once per head state)."""
-        if not self.config.rotation:
-            return torch.eye(self.config.num_features, device=self.W.device)
         if not self.training and not torch.is_grad_enabled():
             return self.inference_weights()[0]
+        return self._rotation_matrix()
+
+    def _rotation_matrix(self) -> torch.Tensor:
+        """U formed from its parameters now (the identity when the rotation is disabled)."""
+        if not self.config.rotation:
+            return torch.eye(self.config.num_features, device=self.W.device)
         return self.rotation.matrix()
 
     @contextmanager
@@ -282,9 +286,7 @@ class InfoDisentHead(nn.Module):
         key = self._state_key()
         if self._inference is None or self._inference[0] != key:
             with torch.no_grad():
-                U = self.rotation.matrix() if self.config.rotation else \
-                    torch.eye(self.config.num_features, device=self.W.device)
-                self._inference = (key, U.detach().clone(), self.W.detach().clone())
+                self._inference = (key, self._rotation_matrix().detach().clone(), self.W.detach().clone())
         return self._inference[1], self._inference[2]
 
     def pool(self, J: torch.Tensor) -> tuple[torch.Tensor, PoolResult | None]:
