@@ -1,4 +1,4 @@
-"""The ``infodisent`` command: ``demo``, ``train``, ``evaluate``, ``mine``, ``report``, ``ablate``.
+"""The ``infodisent`` command: ``demo``, ``train``, ``evaluate``, ``mine``, ``report``, ``ablate``, ``select``.
 
 argparse lives here only; each subcommand turns its arguments into the
 library's dataclasses and calls one function of :mod:`infodisent.pipeline`.
@@ -80,8 +80,8 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
                    help="keep the chosen compact head even when it misses the budget (said loudly) instead of "
                         "trying larger K and then the dense head")
     g.add_argument("--refit-epochs", type=int, default=sp.refit_epochs,
-                   help="once K is chosen, fine-tune the chosen head and the dense reference this long on every "
-                        "training image, held-out ones included (0: no refit)")
+                   help="once K is chosen, fine-tune every kept head (the chosen one and the other candidates) this "
+                        "long on every training image, held-out ones included (0: no refit)")
     g.add_argument("--loss-se", type=float, default=sp.loss_se,
                    help="K: the smallest candidate within this many standard errors of the best calibrated held-out loss")
     g.add_argument("--validation", type=float, default=sp.validation,
@@ -94,6 +94,12 @@ def _train_args(p: argparse.ArgumentParser, defaults: RunConfig) -> None:
     g.add_argument("--prune-ratio", type=int, default=sp.ratio,
                    help="each pruning round keeps 1/ratio of the channels per class (1: prune to K at once)")
     g.add_argument("--finetune-fixed-u", action="store_true", help="fine-tune only W after pruning (U as trained)")
+    g.add_argument("--frontier", type=int, nargs="*", default=list(sp.frontier),
+                   help="channels per class also trained and kept beside the candidates, never chosen by the rule "
+                        "(the frontier `infodisent select` picks from; none: --frontier with no value)")
+    g.add_argument("--finetune-lr-min", type=float, default=sp.finetune_lr_min,
+                   help="a fine-tune after pruning runs at the training rates times the share of evidence the prune "
+                        "removed, at least this share of them (the refit goes on at each head's own rate)")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
     p.add_argument("--no-cache", action="store_true", help="stream images through the backbone every epoch")
     p.add_argument("--compile", action="store_true", help="streaming: run the backbone through torch.compile")
@@ -130,7 +136,8 @@ def _run_config(a: argparse.Namespace, base: RunConfig) -> RunConfig:
         a.prune_k, a.finetune_epochs, finetune_rotation=not a.finetune_fixed_u, ratio=a.prune_ratio,
         round_epochs=a.round_epochs, candidates=tuple(a.prune_candidates), tolerance=a.prune_tolerance,
         loss_se=a.loss_se, escalate=not a.no_escalate, refit_epochs=a.refit_epochs,
-        validation=a.validation, channels_total=a.channels_total)
+        validation=a.validation, channels_total=a.channels_total, finetune_lr_min=a.finetune_lr_min,
+        frontier=tuple(a.frontier))
     return replace(
         base, out=a.out, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
         cache_dir=a.cache_dir, strict=a.strict, progress=not a.quiet, views=a.views,
@@ -175,7 +182,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     out = evaluate_run(
         _open(a), a.split, dataset=a.dataset, root=a.root, batch_size=a.batch_size, num_workers=a.num_workers,
         strict=a.strict, progress=not a.quiet, explanations=a.explanations, k=a.k, stability=not a.no_stability,
-        sanity=a.sanity,
+        sanity=a.sanity, frontier=not a.shown_only,
     )
     print(json.dumps(to_dict(out), indent=2))
     return 0
@@ -200,6 +207,33 @@ def cmd_report(a: argparse.Namespace) -> int:
     path = write_report(_open(a), a.out, max_classes=a.max_classes, channels=a.channels, prototypes=a.prototypes,
                         samples=a.samples, progress=not a.quiet)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_select(a: argparse.Namespace) -> int:
+    from .eval.results import frontier_table
+
+    run = Run.open(a.run_dir)
+    if a.k is not None or a.chosen:
+        m = run.metrics
+        if not m.frontier:
+            raise InputError(f"{run.path} keeps no other head: it was trained unpruned, or before runs kept "
+                             "their frontier (train it again)")
+        if a.chosen:
+            k = m.selected.chosen if m.selected is not None else run.channels_per_class
+        elif a.k == "dense" or a.k.isdigit():
+            k = None if a.k == "dense" else int(a.k)
+        else:
+            raise InputError(f"--k takes channels per class or 'dense', got {a.k!r}")
+        run = run.select(k)
+        m = run.metrics
+        print(f"{run.path} now shows K={'dense' if run.channels_per_class is None else run.channels_per_class} "
+              f"(test top-1 {m.infodisent.top1:.3f}); training chose "
+              f"K={m.selected.chosen if m.selected is not None else run.channels_per_class}"
+              + (f" (`infodisent select {run.path} --chosen` shows it again)" if m.selected is not None else ""))
+    if not run.metrics.frontier:
+        raise InputError(f"{run.path} keeps no frontier: it was trained unpruned, or before runs kept their heads")
+    print(frontier_table(run.metrics.frontier).to_string(float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
@@ -249,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also mine the split and compute explanation size, faithfulness and part metrics")
     ev.add_argument("--k", type=int, default=10, help="prototypes per channel and side when mining")
     ev.add_argument("--no-stability", action="store_true", help="skip the (backbone-bound) CUB stability metric")
+    ev.add_argument("--shown-only", action="store_true",
+                    help="with --explanations: score the head shown alone, not every head of the run's frontier")
     ev.add_argument("--sanity", action="store_true",
                     help="also run the sanity checks: the backbone's last stages re-initialised (cascading) and, on "
                          "parts, a head trained on shuffled labels (Adebayo et al. 2018)")
@@ -271,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--samples", type=int, default=6, help="test images explained")
     rep.add_argument("--device", default="cpu")
     rep.add_argument("--quiet", action="store_true")
+
+    sel = sub.add_parser("select", help="print the run's accuracy-readability frontier; with --k, show that kept head")
+    sel.add_argument("run_dir")
+    which = sel.add_mutually_exclusive_group()
+    which.add_argument("--k", default=None, help="channels per class of a kept head, or 'dense'")
+    which.add_argument("--chosen", action="store_true", help="show again the head training chose")
+    sel.set_defaults(func=cmd_select)
 
     demo.set_defaults(func=cmd_demo)
     train.set_defaults(func=cmd_train)

@@ -38,6 +38,7 @@ from .eval.results import (
     Accuracy,
     CacheUse,
     Evaluation,
+    FrontierPoint,
     KSelection,
     ProbeInfo,
     RunMetrics,
@@ -58,7 +59,8 @@ from .train.checkpoints import (
 )
 from .train.monitor import Monitor
 from .train.probe import IN_MEMORY, fit_linear_probe
-from .train.selection import BudgetWarning, ScaleWarning, scale_warning
+from .train.frontier import frontier_point
+from .train.selection import BudgetWarning, HeldOut, ScaleWarning, scale_warning
 from .train.sparse import SparseOptions, refit, sparsify
 from .train.training import classification_metrics, evaluate, fit
 
@@ -117,6 +119,7 @@ def _clear_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes: 
         for path in (*files.outputs(), files.report, *files.evaluations()):
             path.unlink(missing_ok=True)
         shutil.rmtree(files.prototypes_root, ignore_errors=True)
+        shutil.rmtree(files.kept_root, ignore_errors=True)
     files.root.mkdir(parents=True, exist_ok=True)
 
 
@@ -240,6 +243,7 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
 
     t0 = time.perf_counter()
     dense = dense_fit = selection = None
+    frontier: list[FrontierPoint] = []
     if ckpt is not None and ckpt.get("phase") == "pruned":  # a finished pruning: nothing left to train
         check_checkpoint(ckpt, head_cfg, files.checkpoint)
         recorded = ckpt.get("sparse")
@@ -255,6 +259,7 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
         history = pd.read_csv(files.history)
         dense = Accuracy(**ckpt["dense"]) if "dense" in ckpt else None
         dense_fit = Accuracy(**ckpt["dense_fit"]) if ckpt.get("dense_fit") else None
+        frontier = [from_dict(FrontierPoint, p) for p in ckpt.get("frontier") or []]
     else:
         teacher = black_box(backbone, train_ds) if cfg.teacher is not None else None
         fit_cfg = replace(cfg.fit, distill=cfg.teacher) if teacher is not None else cfg.fit
@@ -265,28 +270,36 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
             if monitor is not None:  # a stop asked for during the last dense epoch: before any pruning
                 monitor.check_stop(f"after epoch {cfg.fit.epochs}, before pruning; the checkpoint resumes it")
             dense = evaluate(model.head, test_src, cfg.fit.amp)
-            head, more, selection = sparsify(
+            pruned = sparsify(
                 model.head, sparse_opts, fit_cfg, train_src, src.importance, validation=src.validation,
                 test=test_src, first_epoch=cfg.fit.epochs, progress=cfg.progress, device=cfg.device,
                 monitor=monitor, teacher=teacher,
             )
+            head, more, selection = pruned.head, pruned.history, pruned.selection
+            kept, dense_head = {k: h for k, (_, h) in pruned.candidates.items()}, model.head
             phases = [history.assign(phase="train"), more.assign(phase="prune")]
             if selection is not None and (cfg.sparse.refit_epochs > 0 or cfg.sparse.dense_reference):
                 # the held-out images only chose: every training image trains the final heads
-                head, dense_head, again = refit(head, model.head, sparse_opts, fit_cfg, src.everything, test=test_src,
-                                                first_epoch=int(more["epoch"].max()), progress=cfg.progress,
-                                                device=cfg.device, monitor=monitor, teacher=teacher)
+                head, dense_head, again, kept = refit(
+                    head, model.head, sparse_opts, fit_cfg, src.everything, candidates=kept, lost=pruned.lost,
+                    test=test_src,
+                    first_epoch=int(more["epoch"].max()), progress=cfg.progress, device=cfg.device,
+                    monitor=monitor, teacher=teacher)
                 if cfg.sparse.dense_reference:
                     dense_fit, dense = dense, evaluate(dense_head, test_src, cfg.fit.amp)
                 if len(again):
-                    again.loc[again["phase"] == "refit", "channels_per_class"] = selection.channels_per_class
                     phases.append(again)
+            frontier = _frontier(head, dense_head, kept, pruned.candidates, selection, test_src, cfg.fit.amp)
+            if shard.main:
+                for point in frontier:
+                    save_head(dense_head if point.channels_per_class is None else kept[point.channels_per_class],
+                              _kept_head_file(files, point.key))
             model = InfoDisent(model.backbone, head, model.class_names)
             history = pd.concat(phases, ignore_index=True)
             if selection is not None and not selection.within_tolerance and shard.main:  # a miss, or the fallback
                 warnings.warn(selection.budget(), BudgetWarning, stacklevel=2)
             if shard.main:
-                _save_pruned(ckpt_paths, model.head, history, dense, dense_fit, cfg.sparse, selection)
+                _save_pruned(ckpt_paths, model.head, history, dense, dense_fit, cfg.sparse, selection, frontier)
     t_train = time.perf_counter() - t0
     model.head.eval()
 
@@ -307,6 +320,7 @@ def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
         if cfg.sparse is not None and dense is not None
         else None,
         agreement=agreed,
+        frontier=frontier,
     )
     if shard.main:  # the one writer of the run directory
         atomic_write_json(files.metrics, to_dict(metrics))
@@ -361,7 +375,7 @@ def _result_fields(recorded: dict | None) -> dict | None:
 
 
 def _recorded_sparse(sparse: SparseOptions) -> dict:
-    return {**asdict(sparse), "candidates": list(sparse.candidates)}
+    return {**asdict(sparse), "candidates": list(sparse.candidates), "frontier": list(sparse.frontier)}
 
 
 def _with_defaults(recorded: dict | None) -> dict | None:
@@ -378,14 +392,48 @@ def _sparse_summary(sparse: SparseOptions, history: pd.DataFrame, dense: Accurac
                          sparse.channels_total, refit_epochs, dense_fit)
 
 
+def _frontier(shown: InfoDisentHead, dense: InfoDisentHead, kept: dict[int, InfoDisentHead],
+              scored: dict[int, tuple[HeldOut | None, InfoDisentHead]], selection: KSelection | None,
+              test: FeatureSource, amp: bool) -> list[FrontierPoint]:
+    """Every kept head scored on the test split (:func:`frontier_point`), the dense reference first."""
+    held_dense = (None if selection is None else
+                  {"validation_top1": selection.dense_top1, "validation_loss": selection.dense_loss})
+    points = [replace(frontier_point(dense, test, None, shown=shown is dense, amp=amp), **(held_dense or {}))]
+    for k in sorted(kept, reverse=True):
+        points.append(frontier_point(kept[k], test, k, held=scored[k][0] if k in scored else None,
+                                     shown=kept[k] is shown, amp=amp))
+    return points
+
+
+def _kept_head_file(files: RunFiles, key: str) -> Path:
+    """Where kept head ``key`` is written (its folder made)."""
+    path = files.kept(key).head
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _save_pruned(paths: CheckpointPaths, head: InfoDisentHead, history: pd.DataFrame, dense: Accuracy,
-                 dense_fit: Accuracy | None, sparse: SparseOptions, selection: KSelection | None) -> None:
+                 dense_fit: Accuracy | None, sparse: SparseOptions, selection: KSelection | None,
+                 frontier: list[FrontierPoint]) -> None:
     """The checkpoint of a pruned run holds the pruned head (with the dense head's accuracy, the
-    pruning settings and how K was chosen), not the dense one (unless no compact head kept the budget)."""
+    pruning settings, how K was chosen and the frontier, whose heads are written before it), not the dense
+    one (unless no compact head kept the budget)."""
     save_checkpoint(paths, head, history, epoch=int(history["epoch"].max()), step=0, phase="pruned",
                     extra={"dense": to_dict(dense), "dense_fit": to_dict(dense_fit) if dense_fit is not None else None,
                            "sparse": _recorded_sparse(sparse),
-                           "selection": to_dict(selection) if selection is not None else None})
+                           "selection": to_dict(selection) if selection is not None else None,
+                           "frontier": [to_dict(p) for p in frontier]})
+
+
+def _score_frontier(run: Run, split: str, ds: ImageDataset, k: int, batch_size: int, progress: bool) -> None:
+    """``evaluate --explanations`` on every kept head besides the one shown (its frontier point)."""
+    for point in run.metrics.frontier:
+        if point.shown:
+            continue
+        other = run.with_k(point.key)
+        index = other.mine(split, k=k, batch_size=batch_size, progress=progress)
+        if distributed.current().main:  # the one writer of metrics.json
+            other.update_metrics(explanations=explanation_metrics(other.model, index, ds, stability=False))
 
 
 def mine_run(
@@ -420,6 +468,7 @@ def evaluate_run(
     k: int = 10,
     stability: bool = True,
     sanity: bool = False,
+    frontier: bool = True,
 ) -> Evaluation:
     """Accuracy of a saved run (and of its linear probe) on a dataset split.
 
@@ -428,11 +477,16 @@ def evaluate_run(
     With ``sanity``, :func:`~infodisent.eval.sanity.sanity_checks` runs too (own dataset only). With
     ``explanations``, the split is mined (``<run>/prototypes/<split>``) and
     :func:`~infodisent.eval.evaluation.explanation_metrics` added; for the run's own
-    test split they also go into ``metrics.json`` (the rest of it is kept).
+    test split they also go into ``metrics.json`` (the rest of it is kept), and with ``frontier`` (the
+    default) every other head the run keeps is mined and scored too (into its frontier point, without the
+    stability metric, which passes noisy images through the backbone: purity and consistency place it).
     """
     run = run if isinstance(run, Run) else Run.open(run)
     ds = run.dataset(split, dataset, root)
     own = run.dataset_spec(split, dataset, root) == run.dataset_spec(split)
+    if not run.shown and sanity:
+        raise InputError("the sanity checks are recorded for the head shown: evaluate them there, "
+                         "or `infodisent select` this head first")
     cache = extract_features(run.model.backbone, ds, run.cache_dir, batch_size=batch_size,
                              num_workers=num_workers, strict=strict, progress=progress, device=run.device)
     source = CachedSource(cache, max(batch_size, 256), device=run.device, view=0)
@@ -448,21 +502,24 @@ def evaluate_run(
             mine_prototypes(run.model, ds, None, k=k, features=cache, batch_size=batch_size, device=run.device,
                             progress=progress)
         ex = explanation_metrics(run.model, index, ds, stability=stability)
-        if own and split == "test" and run.files.metrics.is_file() and distributed.current().main:
-            run.update_metrics(explanations=ex)
+        if own and split == "test" and run.files.metrics.is_file():
+            if distributed.current().main:
+                run.update_metrics(explanations=ex)
+            if run.shown and frontier:  # every process: mining is shared under torchrun
+                _score_frontier(run, split, ds, k, batch_size, progress)
     agreed = agreement(run.model, ds, cache, batch_size=max(batch_size, 256))
     checks = None
     if sanity:
         if not own:
             raise InputError("the sanity checks retrain on the run's own data: evaluate them on its own dataset")
         checks = sanity_checks(run, split)
-    own_test = own and split == "test" and run.files.metrics.is_file() and distributed.current().main
+    own_test = own and split == "test" and run.files.metrics.is_file() and distributed.current().main and run.shown
     if own_test and (agreed is not None or checks is not None):
         run.update_metrics(**{k: v for k, v in (("agreement", agreed), ("sanity", checks)) if v is not None})
     out = Evaluation(str(run.path), ds.name, split, len(ds), len(source), acc, probe_acc,
                      [b["path"] for b in cache.bad_files], ex, agreed, checks)
     if distributed.current().main:
-        atomic_write_json(run.files.evaluation(ds.name, split), to_dict(out))
+        atomic_write_json(run.head_files.evaluation(ds.name, split), to_dict(out))
     return out
 
 

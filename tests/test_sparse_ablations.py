@@ -21,7 +21,7 @@ from infodisent.data.sources import CachedSource, holdout_split
 from infodisent.eval.ablations import ablation_grid
 from infodisent.pipeline import train_run
 from infodisent.train.sparse import SparseOptions, class_importance, prune_head, shared_channels
-from infodisent.train.training import FitConfig, loss_fn
+from infodisent.train.training import FitConfig, loss_fn, lr_factor
 
 SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
 
@@ -171,8 +171,12 @@ def test_default_run_chooses_k_on_held_out_images(tmp_path):
     assert metrics["sparse"]["selection"]["top1"] == {str(a): b for a, b in sorted(tried.items())}
     assert metrics["sparse"]["dense"]["top1"] == pytest.approx(result.metrics.sparse.dense.top1)
     hist = pd.read_csv(result.run_dir / "history.csv")
-    assert hist["validation_top1"].dropna().tolist() == pytest.approx([tried[a] for a in sorted(tried, reverse=True)])
-    assert hist["validation_loss"].dropna().tolist() == pytest.approx([losses[a] for a in sorted(losses, reverse=True)])
+    # every head fine-tuned as a final one, largest K first: the frontier's 16 (scored, never chosen), then the
+    # candidates
+    scored = hist.dropna(subset=["validation_top1"])
+    assert scored["channels_per_class"].tolist() == [16, 4, 2, 1]
+    assert scored["validation_top1"].tolist()[1:] == pytest.approx([tried[a] for a in sorted(tried, reverse=True)])
+    assert scored["validation_loss"].tolist()[1:] == pytest.approx([losses[a] for a in sorted(losses, reverse=True)])
     # the held-out images only chose: then both heads were fine-tuned on every training image
     refit, reference = hist[hist["phase"] == "refit"], hist[hist["phase"] == "dense reference"]
     assert len(refit) == 5 == result.metrics.sparse.refit_epochs and (refit["channels_per_class"] == k).all()
@@ -197,6 +201,8 @@ def test_refit_trains_the_dense_reference_again_and_fine_tunes_the_chosen_head_o
     seen = []
 
     class Counting:  # every training image, counted as the refit reads them
+        batch_size = src.batch_size  # what the schedule's steps per epoch are counted with
+
         def __len__(self):
             return len(src)
 
@@ -207,8 +213,9 @@ def test_refit_trains_the_dense_reference_again_and_fine_tunes_the_chosen_head_o
 
     before = {k: v.clone() for k, v in pruned.state_dict().items()}
     fit_config = FitConfig(epochs=3)
-    chosen, dense, hist = refit(pruned, model.head, SparseOptions(refit_epochs=2), fit_config, Counting(),
-                                progress=False)
+    chosen, dense, hist, kept = refit(pruned, model.head, SparseOptions(refit_epochs=2), fit_config, Counting(),
+                                      progress=False)
+    assert list(kept) == [2] and kept[2] is chosen  # no other candidate: the chosen head alone is kept
     assert sum(seen) == (3 + 2) * len(src)  # the dense reference's 3 epochs, the chosen head's 2
     assert hist["phase"].tolist() == ["dense reference"] * 3 + ["refit"] * 2
     assert chosen.config.pruned and not dense.config.pruned
@@ -216,18 +223,33 @@ def test_refit_trains_the_dense_reference_again_and_fine_tunes_the_chosen_head_o
     assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in before.items())  # a copy was fine-tuned
     assert not torch.equal(chosen.W, pruned.W)
     # the reference starts afresh from the run's seed: the same head every time, not the one passed in
-    again, dense2, _ = refit(pruned, model.head, SparseOptions(refit_epochs=0), fit_config, Counting(), progress=False)
+    again, dense2, _, _ = refit(pruned, model.head, SparseOptions(refit_epochs=0), fit_config, Counting(), progress=False)
     assert torch.equal(dense.W, dense2.W) and not torch.equal(dense.W, model.head.W)
     assert torch.equal(again.W, pruned.W)  # no refit epochs: the chosen head as it was
     # the fallback: the chosen head is the dense one, and the reference trained on every image is shipped
     seen.clear()
-    only, same, hist = refit(model.head, model.head, SparseOptions(), fit_config, Counting(), progress=False)
+    only, same, hist, _ = refit(model.head, model.head, SparseOptions(), fit_config, Counting(), progress=False)
     assert only is same and torch.equal(only.W, dense.W) and sum(seen) == 3 * len(src)
     assert hist["phase"].tolist() == ["dense reference"] * 3
     # without a dense reference, the dense head passed in stays the reference
-    _, kept, _ = refit(pruned, model.head, SparseOptions(dense_reference=False), fit_config, Counting(),
-                       progress=False)
+    _, kept, _, _ = refit(pruned, model.head, SparseOptions(dense_reference=False), fit_config, Counting(),
+                          progress=False)
     assert torch.equal(kept.W, model.head.W)
+    # other candidates: each refit as the chosen one is, at the lowest fine-tuning rate, after it
+    other = prune_head(model.head, src, 1)
+    seen.clear()
+    chosen, _, hist, kept = refit(pruned, model.head, SparseOptions(refit_epochs=2, dense_reference=False), fit_config,
+                                  Counting(), candidates={1: other, 2: pruned}, lost={1: 0.8}, progress=False)
+    assert sorted(kept) == [1, 2] and kept[2] is chosen and sum(seen) == 4 * len(src)
+    assert hist["phase"].tolist() == ["refit"] * 2 + ["refit candidate"] * 2
+    assert hist["channels_per_class"].tolist() == [2, 2, 1, 1] and hist["epoch"].tolist() == [1, 2, 3, 4]
+    # each at the rate of its last fine-tune (cosine-decayed within the refit; lr is the rate after the epoch):
+    # K=2's share unknown, the lowest rate; K=1 lost 80% of the dense evidence, 0.8 of the training rate
+    steps = -(-len(src) // 16)  # per epoch
+    lr_at = lambda epoch, base: base * lr_factor(epoch * steps - 1, 2 * steps, 0)  # noqa: E731 - the epoch's last step
+    assert hist["lr"].tolist() == pytest.approx([lr_at(1, 0.1 * fit_config.lr), lr_at(2, 0.1 * fit_config.lr),
+                                                 lr_at(1, 0.8 * fit_config.lr), lr_at(2, 0.8 * fit_config.lr)])
+    torch.testing.assert_close(kept[1].weight_mask, other.weight_mask)
 
 
 def test_sparse_run_end_to_end(tmp_path):
@@ -240,10 +262,13 @@ def test_sparse_run_end_to_end(tmp_path):
     assert m.sparse.channels_per_class == 2
     assert m.sparse.dense.top1 == pytest.approx(hist["test_top1"][2])  # the dense head, after its last epoch
     assert m.infodisent.top1 == pytest.approx(hist["test_top1"].iloc[-1])  # the pruned, fine-tuned head
-    assert m.sparse.schedule == [32, 8, 2]  # 4x fewer channels per round, from D=96
+    # 4x fewer channels per round, from D=96, and the frontier's K = 16 beside them, pruned from the 32 round
+    assert m.sparse.schedule == [32, 16, 8, 2]
     hist = pd.read_csv(result.run_dir / "history.csv")
-    assert list(hist["phase"]) == ["train"] * 3 + ["prune"] * 4 and list(hist["epoch"]) == list(range(1, 8))
-    assert list(hist["channels_per_class"][3:]) == [32, 8, 2, 2]
+    assert list(hist["phase"]) == ["train"] * 3 + ["prune"] * 6 and list(hist["epoch"]) == list(range(1, 10))
+    assert list(hist["channels_per_class"][3:]) == [32, 16, 16, 8, 2, 2]
+    # a given K keeps the dense head and the frontier's 16 beside it
+    assert [p.key for p in m.frontier] == ["dense", "16", "2"] and m.point(2).shown
     W = load_file(str(result.run_dir / "head.safetensors"))["W"]
     assert ((W > 0).sum(1) <= 2).all()
     ckpt = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
@@ -338,8 +363,12 @@ def test_no_compact_head_within_budget_falls_back_to_the_dense_head_and_says_so_
     hist = pd.read_csv(result.run_dir / "history.csv")
     prune = hist[hist["phase"] == "prune"]
     # each escalated K was fine-tuned as a final head (a round's head for the rest of its epochs) and scored
-    assert prune.groupby("channels_per_class").size().to_dict() == {1: 2, 2: 2, 4: 2, 8: 1 + 1, 32: 1 + 1}
-    assert prune["validation_top1"].notna().sum() == 5
+    # (and the frontier's 16, scored beside them)
+    assert prune.groupby("channels_per_class").size().to_dict() == {1: 2, 2: 2, 4: 2, 8: 1 + 1, 16: 2, 32: 1 + 1}
+    assert prune["validation_top1"].notna().sum() == 6
+    # every one is kept, the dense head shown
+    assert [(p.key, p.shown) for p in result.metrics.frontier] == [
+        ("dense", True), ("32", False), ("16", False), ("8", False), ("4", False), ("2", False), ("1", False)]
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["sparse"]["selection"]["fallback"] is True and metrics["sparse"]["channels_per_class"] is None
     assert metrics["sparse"]["selection"]["escalated"] == [4, 8, 32]

@@ -299,6 +299,9 @@ def test_the_panel_says_loudly_when_the_compact_head_misses_its_budget(tiny_run,
     assert p.error is None and "done: test top-1" in p.status.value
     assert "idw-msg-error" in p.status.value and "no compact head within the 0.5-point budget" in p.status.value
     assert "the dense head: no compact head kept the budget" in p.status.value
+    # it ends on the frontier: every head kept (the dense one shown), what each step down in K costs
+    assert p.frontier_box.layout.display is None and list(p.frontier.data[0].x)[:2] == [1, 2]
+    assert "Each step down in K: " in p.frontier_note.value and "infodisent select" in p.frontier_note.value
     # the browser and the explorer of that run say it at their top, above everything they show
     for w in (ChannelBrowser(base.out), DecisionExplorer(base.out)):
         assert "<div class='idw-msg-error'>WARNING: no compact head" in w.children[0].value

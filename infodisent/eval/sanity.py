@@ -231,7 +231,7 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
     fit(head, source, None, fit_cfg, progress=False, device=run.device)
     if kept is not None:
         opts = SparseOptions(channels_per_class=kept, finetune_epochs=(run.config.run.sparse or SparseOptions()).finetune_epochs)
-        head, _, _ = sparsify(head, opts, fit_cfg, source, plain, progress=False, device=run.device)
+        head = sparsify(head, opts, fit_cfg, source, plain, progress=False, device=run.device).head
     shown = _scores(run, head, ds, test, k)
     before = [_scores(run, h, ds, test, k) for h in untrained]
     ex = run.metrics.explanations

@@ -25,7 +25,7 @@ from plotly.colors import sample_colorscale, unlabel_rgb
 
 from ..core.geometry import Box
 from ..errors import InputError
-from ..eval.results import Faithfulness
+from ..eval.results import Accuracy, Faithfulness, FrontierPoint
 from ..explain.explanation import Explanation
 from ..explain.render import Patch, Renderer, evidence
 
@@ -313,6 +313,54 @@ def faithfulness_figure(faith: Faithfulness) -> go.Figure:
         fig.add_trace(go.Scatter(x=k, y=curves[b].tolist(), name="remove k random", mode="lines+markers",
                                  line_color="#616161", showlegend=col == 1), 1, col)
         fig.update_xaxes(title_text="channels removed (k)", row=1, col=col)
+    fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 50, "b": 50})
+    return fig
+
+
+def frontier_figure(points: Sequence[FrontierPoint], probe: Accuracy | None = None,
+                    chosen: int | None = None) -> go.Figure:
+    """The accuracy-readability frontier (``run.metrics.frontier``): test top-1 against K, and, once
+    ``evaluate --explanations`` scored the heads, purity and consistency against K.
+
+    Args:
+        points: the kept heads; the dense one is drawn as a line across (and a point at the right edge).
+        probe: the linear probe's accuracy, drawn as a dotted line (default None: not drawn).
+        chosen: the K the run's rule chose (default None: not marked); the head shown is ringed.
+    """
+    from plotly.subplots import make_subplots
+
+    compact = sorted((p for p in points if p.channels_per_class is not None), key=lambda p: p.channels_per_class)
+    dense = next((p for p in points if p.channels_per_class is None), None)
+    readable = any(p.purity is not None for p in compact)
+    fig = make_subplots(rows=1, cols=2 if readable else 1, subplot_titles=(
+        "test top-1", "readability: purity and consistency")[:2 if readable else 1])
+    ks = [p.channels_per_class for p in compact]
+    hover = [f"K={p.channels_per_class}: top-1 {p.test.top1:.3f}, {p.local_size:.1f} channels per decision, "
+             f"{p.global_size} in all" for p in compact]
+    fig.add_trace(go.Scatter(x=ks, y=[p.test.top1 for p in compact], mode="lines+markers", name="compact heads",
+                             line_color="#1565c0", hovertext=hover, hoverinfo="text"), 1, 1)
+    for y, name, dash in ((dense.test.top1 if dense else None, "dense head", "dash"),
+                          (probe.top1 if probe else None, "linear probe", "dot")):
+        if y is not None:
+            fig.add_trace(go.Scatter(x=[min(ks, default=1), max(ks, default=1)], y=[y, y], mode="lines", name=name,
+                                     line={"color": "#616161", "dash": dash}), 1, 1)
+    marks = [(p, "the rule's K", "star", 15) for p in compact if p.channels_per_class == chosen]
+    marks += [(p, "shown", "circle-open", 20) for p in compact if p.shown]
+    for p, name, symbol, size in marks:
+        fig.add_trace(go.Scatter(x=[p.channels_per_class], y=[p.test.top1], mode="markers", name=name,
+                                 marker={"symbol": symbol, "size": size, "color": "#ef6c00",
+                                         "line": {"width": 2, "color": "#ef6c00"}}), 1, 1)
+    if readable:
+        for attr, color in (("purity", "#2e7d32"), ("consistency", "#6a1b9a")):
+            got = [(p.channels_per_class, getattr(p, attr)) for p in compact if getattr(p, attr) is not None]
+            if got:
+                fig.add_trace(go.Scatter(x=[a for a, _ in got], y=[b for _, b in got], mode="lines+markers",
+                                         name=attr, line_color=color), 1, 2)
+                ref = getattr(dense, attr) if dense is not None else None
+                if ref is not None:
+                    fig.add_trace(go.Scatter(x=[min(ks), max(ks)], y=[ref, ref], mode="lines", name=f"{attr}, dense",
+                                             line={"color": color, "dash": "dash"}), 1, 2)
+    fig.update_xaxes(type="log", title_text="channels per class (K)", tickvals=ks, ticktext=[str(k) for k in ks])
     fig.update_layout(height=340, margin={"l": 50, "r": 20, "t": 50, "b": 50})
     return fig
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..eval.results import RunMetrics
+from ..eval.results import RunMetrics, frontier_steps, frontier_table
 from ..explain.explanation import explain_class
 from ..explain.prototypes import StaleIndexError
 from ..io import atomic_write_text
@@ -69,6 +69,8 @@ def _metrics_section(metrics: RunMetrics, fig: _Figures) -> str:
     if sel is not None and sel.loss:  # how K was chosen, and, loudly, a missed accuracy budget or the fallback
         style = "" if sel.within_tolerance else " class='warning'"
         parts.append(f"<p{style}>{html.escape(sel.budget())}.</p>")
+    if metrics.frontier:
+        parts.append(_frontier_section(metrics, fig))
     if metrics.agreement is not None:
         parts.append(f"<p>{html.escape(metrics.agreement.sentence())}.</p>")
     if metrics.sanity is not None:
@@ -87,6 +89,25 @@ def _metrics_section(metrics: RunMetrics, fig: _Figures) -> str:
         parts.append("<p class='muted'>No explanation metrics yet: run <code>infodisent evaluate RUN_DIR "
                      "--explanations</code> and rebuild the report.</p>")
     return "\n".join(parts)
+
+
+def _frontier_section(metrics: RunMetrics, fig: _Figures) -> str:
+    """Every kept head: what each K costs in accuracy and buys in readability, and how to show another."""
+    sel = metrics.sparse.selection if metrics.sparse is not None else None
+    chosen = metrics.selected.chosen if metrics.selected is not None else (sel.channels_per_class if sel else None)
+    steps = frontier_steps(metrics.frontier)
+    shown = next((p for p in metrics.frontier if p.shown), None)
+    note = (f"<p class='warning'>Shown: K={shown.key}, selected after training (the rule chose "
+            f"K={'dense' if chosen is None else chosen}).</p>" if metrics.selected is not None and shown else "")
+    missing = "" if any(p.purity is not None for p in metrics.frontier) else (
+        "<p class='muted'>Purity and consistency appear here once <code>infodisent evaluate RUN_DIR "
+        "--explanations</code> has scored the heads.</p>")
+    said = f"<p>{html.escape(steps)}.</p>" if steps else ""
+    return (f"<h3>Accuracy and readability: every head the run keeps</h3>{note}{said}"
+            + fig(plots.frontier_figure(metrics.frontier, metrics.linear_probe, chosen))
+            + frontier_table(metrics.frontier).to_html(float_format=lambda v: f"{v:.3f}", na_rep="–")
+            + missing + "<p class='muted'>Show another: <code>infodisent select RUN_DIR --k K</code> "
+            "(<code>run.with_k(K)</code> in Python).</p>")
 
 
 def _class_section(run: Run, classes: list[int], channels: int, prototypes: int) -> str:
@@ -167,7 +188,7 @@ def write_report(
     ]
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>InfoDisent report: {html.escape(run.path.name)}"
            f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
-    out = Path(out) if out is not None else run.files.report
+    out = Path(out) if out is not None else run.head_files.report
     atomic_write_text(out, doc)
     return out
 

@@ -1,0 +1,65 @@
+"""The accuracy-readability frontier: every head a pruned run keeps, scored the same way on the test split.
+
+Pruning fine-tunes a head for each candidate K (and for each K an escalation tries); :func:`refit` gives
+each the same last fine-tune on every training image. :func:`frontier_point` then scores a kept head:
+test accuracy and loss, the size of its explanations (how many channels a person has to read), and its
+held-out scores, so that a user can pick K after training (:meth:`infodisent.run.Run.with_k`,
+``infodisent select``) knowing what each step down in K costs and buys.
+
+Example:
+    >>> point = frontier_point(head, test, 5, held=scores, shown=True)
+    >>> point.test.top1, point.local_size
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.head import InfoDisentHead
+from ..data import distributed
+from ..data.sources import FeatureSource
+from ..eval.metrics import size_summary
+from ..eval.results import FrontierPoint
+from .selection import HeldOut
+from .training import _autocast, classification_metrics
+
+
+@torch.no_grad()
+def frontier_point(head: InfoDisentHead, test: FeatureSource, channels_per_class: int | None, *,
+                   held: HeldOut | None = None, shown: bool = False, amp: bool = True) -> FrontierPoint:
+    """Score one kept head on ``test``.
+
+    Args:
+        head: the head (pruned, or the dense reference).
+        test: the test split's features (every process's share under torchrun: the scores are of all of them).
+        channels_per_class: its K (None: the dense head).
+        held: its scores on the held-out images K was chosen on (default None: K was given).
+        shown: whether it is the head the run shows (default False).
+        amp: bfloat16 autocast on CUDA (default True).
+    """
+    head.eval()
+    logits, labels, vs = [], [], []
+    with head.frozen_parameters():
+        for x, y in test.batches(None):
+            with _autocast(x.device, amp):
+                out = head.forward_details(x)
+            logits.append(out.logits.float().cpu())
+            vs.append(out.v.float().cpu())
+            labels.append(y.cpu())
+        W = head.W.detach().double().cpu().numpy()
+        bias = None if head.bias is None else head.bias.detach().double().cpu().numpy()
+    if distributed.current().active:
+        pieces = distributed.gather_objects((logits, labels, vs))
+        logits, labels, vs = (distributed.unshard([p[i] for p in pieces]) for i in range(3))
+    logits, labels, vs = torch.cat(logits), torch.cat(labels), torch.cat(vs)
+    size = size_summary(vs.double().numpy(), W, bias)
+    return FrontierPoint(
+        channels_per_class=channels_per_class, test=classification_metrics(logits, labels),
+        local_size=size.local_size, global_size=size.global_size,
+        weights_per_class=float(np.round(size.nonzero_weights_per_class, 4)), shown=shown,
+        validation_top1=held.top1 if held is not None else None,
+        validation_loss=held.loss if held is not None else None)
+
+
+__all__ = ["frontier_point"]
