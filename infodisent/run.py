@@ -320,6 +320,7 @@ class Run:
         disabled = tuple(int(d) for d in sorted(set(int(d) for d in disable)))
         fit_cfg = self.config.run.fit if self.config.run is not None else FitConfig()
         if finetune_epochs:
+            torch.manual_seed(fit_cfg.seed)  # the same edit whatever ran before it in this process
             fit(head, CachedSource(self.features("train"), 64, fit_cfg.seed, self.device), None,
                 replace(fit_cfg, epochs=finetune_epochs, warmup_epochs=0, train_rotation=False), progress=False,
                 device=self.device)

@@ -76,7 +76,10 @@ def test_two_processes_train_the_one_process_head(one_process):
         assert two[key]["top1"] == pytest.approx(one[key]["top1"], abs=1e-9)
     assert two["num_test_evaluated"] == one["num_test_evaluated"] == 90
     h1, h2 = (pd.read_csv(root / r / "history.csv") for r in ("one", "two"))
-    assert h1["epoch"].tolist() == h2["epoch"].tolist() == list(range(1, 8))  # 3 dense + 2 rounds + 2 fine-tuning
+    # 3 dense + 2 rounds + the frontier's K=16 (2) + 2 fine-tuning
+    assert h1["epoch"].tolist() == h2["epoch"].tolist() == list(range(1, 10))
+    assert [p["channels_per_class"] for p in two["frontier"]] == [p["channels_per_class"] for p in one["frontier"]] \
+        == [None, 16, 3]
     assert np.allclose(h1["train_loss"], h2["train_loss"], atol=1e-6)
     assert (h1["train_top1"] == h2["train_top1"]).all()
     assert sorted(p.name for p in (root / "two").iterdir()) == sorted(p.name for p in (root / "one").iterdir())
@@ -129,7 +132,7 @@ def test_a_killed_two_process_run_resumes_with_one_or_two_processes(one_process,
         shutil.copytree(killed, again)
         _train(again, one_process / "cache_one", "--resume", procs=procs)
         assert _head_gap(one_process / "one", again) < HEAD_TOL, f"resumed with {procs}"
-        assert pd.read_csv(again / "history.csv")["epoch"].tolist() == list(range(1, 8))
+        assert pd.read_csv(again / "history.csv")["epoch"].tolist() == list(range(1, 10))
 
 
 def test_sharded_batches_are_the_global_batches_split_by_rank():
