@@ -16,7 +16,11 @@ its remaining slots and, by default, ``U``, so that channels can
 re-specialise for the few classes they now serve. Both matter. On the parts
 demo (12 dense epochs, test accuracy 0.913), pruning straight to 5 gives 0.32,
 0.37 after fine-tuning with U fixed and 0.86 with U trained; the rounds give
-0.94.
+0.94. Each fine-tune starts at the training rates times the share of the dense
+head's evidence the head has lost (:func:`finetune_rates`): a head the masks
+barely moved stays near the dense optimum, one that lost most of its evidence
+gets the full rate. Every head fine-tuned as a final one is kept (the frontier,
+:mod:`infodisent.train.frontier`).
 A channel's importance to class ``c`` is its mean contribution
 ``W[c, d] * v_d`` over the training images of class ``c``: the evidence it
 actually supplies, not its raw weight. SIDE also swaps softmax for a
@@ -159,10 +163,12 @@ def sparsify(
 ) -> Pruned:
     """SIDE's second stage: prune ``head`` in rounds, fine-tuning after each; returns the pruned head,
     the history of its epochs (numbered on from ``first_epoch``), when K is chosen the choice, and every
-    head fine-tuned as a final one (each candidate and each K escalation tried; with K given, that head).
+    head fine-tuned as a final one (each candidate, each K escalation tried and the ``options.frontier`` K
+    beside them; with K given, that head and the frontier's K).
 
     ``importance``: the images that rank the channels (the un-augmented training view); ``validation``
-    (needed when K is chosen): the held-out images K is chosen on; ``test``: evaluated each epoch for the history.
+    (needed when K is chosen): the held-out images K is chosen on; ``test``: evaluated at the end of each
+    fine-tune for the history.
     """
     if options.chosen and validation is None:
         raise InputError("choosing K needs validation images")
