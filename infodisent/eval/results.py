@@ -487,6 +487,10 @@ def frontier_steps(points: list[FrontierPoint]) -> str:
     return "Each step down in K: " + "; ".join(steps)
 
 
+def _measured(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
 def frontier_table(points: list[FrontierPoint]) -> pd.DataFrame:
     """The frontier as a table, one row per kept head, largest K first (the dense head on top)."""
     rows = sorted(points, key=lambda p: -(p.channels_per_class or 10**9))
@@ -494,7 +498,7 @@ def frontier_table(points: list[FrontierPoint]) -> pd.DataFrame:
         "K": [p.key for p in rows], "test top-1": [p.test.top1 for p in rows],
         "test loss": [p.test.loss for p in rows], "held-out top-1": [p.validation_top1 for p in rows],
         "local size": [p.local_size for p in rows], "global size": [p.global_size for p in rows],
-        "purity": [p.purity for p in rows], "consistency": [p.consistency for p in rows],
+        "purity": [_measured(p.purity) for p in rows], "consistency": [_measured(p.consistency) for p in rows],
         "shown": [p.shown for p in rows]}).set_index("K")
 
 

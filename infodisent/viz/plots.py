@@ -325,7 +325,8 @@ def frontier_figure(points: Sequence[FrontierPoint], probe: Accuracy | None = No
     Args:
         points: the kept heads; the dense one is drawn as a line across (and a point at the right edge).
         probe: the linear probe's accuracy, drawn as a dotted line (default None: not drawn).
-        chosen: the K the run's rule chose (default None: not marked); the head shown is ringed.
+        chosen: the K the run's rule chose, before any escalation (default None: not marked); the head shown
+            is ringed.
     """
     from plotly.subplots import make_subplots
 

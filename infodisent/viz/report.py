@@ -95,6 +95,7 @@ def _frontier_section(metrics: RunMetrics, fig: _Figures) -> str:
     """Every kept head: what each K costs in accuracy and buys in readability, and how to show another."""
     sel = metrics.sparse.selection if metrics.sparse is not None else None
     chosen = metrics.selected.chosen if metrics.selected is not None else (sel.channels_per_class if sel else None)
+    rule = sel.rule_k if sel is not None and sel.rule_k is not None else chosen  # before any escalation
     steps = frontier_steps(metrics.frontier)
     shown = next((p for p in metrics.frontier if p.shown), None)
     note = (f"<p class='warning'>Shown: K={shown.key}, selected after training (the rule chose "
@@ -104,7 +105,7 @@ def _frontier_section(metrics: RunMetrics, fig: _Figures) -> str:
         "--explanations</code> has scored the heads.</p>")
     said = f"<p>{html.escape(steps)}.</p>" if steps else ""
     return (f"<h3>Accuracy and readability: every head the run keeps</h3>{note}{said}"
-            + fig(plots.frontier_figure(metrics.frontier, metrics.linear_probe, chosen))
+            + fig(plots.frontier_figure(metrics.frontier, metrics.linear_probe, rule))
             + frontier_table(metrics.frontier).to_html(float_format=lambda v: f"{v:.3f}", na_rep="–")
             + missing + "<p class='muted'>Show another: <code>infodisent select RUN_DIR --k K</code> "
             "(<code>run.with_k(K)</code> in Python).</p>")
