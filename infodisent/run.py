@@ -41,7 +41,7 @@ from .data.features import FeatureCache, find_cache
 from .data.loader import stream_feature_maps
 from .errors import InfodisentError, InputError
 from .eval.metrics import logits_of
-from .eval.results import RunMetrics, from_dict, to_dict
+from .eval.results import RunMetrics, from_dict, head_key, to_dict
 from .explain.explanation import Explanation, ImageLike, explain, explain_views
 from .explain.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
 from .explain.render import Renderer
@@ -190,6 +190,11 @@ class Run:
         """K of the head this handle shows (None: a dense head)."""
         return self.config.channels_per_class if self.config.head.pruned else None
 
+    @property
+    def head_key(self) -> str:
+        """The shown head's key among the kept ones: its K, or ``"dense"``."""
+        return head_key(self.channels_per_class)
+
     def with_k(self, k: int | str | None) -> "Run":
         """The same run with another of its kept heads (``metrics.json["frontier"]``): ``k`` channels per class,
         or ``"dense"`` (or None) for the dense reference. Everything a :class:`Run` does works on it: its
@@ -205,18 +210,15 @@ class Run:
         if point.shown:
             return root
         if point.key not in root._kept_runs:
-            other = Run.__new__(Run)
-            other.__dict__.update({name: value for name, value in root.__dict__.items()
-                                   if name not in ("model", "probe")})
-            other._parent, other.kept_key, other._kept_runs = root, point.key, {}
-            other.head_files = root.files.kept(point.key)
-            if not other.head_files.head.is_file():
-                raise NotARunError(f"{other.head_files.head} is missing: the head K={point.key} of "
+            head_files = root.files.kept(point.key)
+            if not head_files.head.is_file():
+                raise NotARunError(f"{head_files.head} is missing: the head K={point.key} of "
                                    f"{root.path}'s frontier was not kept")
+            other = Run(root.path, device=root.device, weights=root._weights, cache_dir=root.cache_dir)
+            other._parent, other.kept_key, other.head_files = root, point.key, head_files
             other.config = replace(root.config, channels_per_class=point.channels_per_class,
                                    head=replace(root.config.head, pruned=point.channels_per_class is not None))
             other._datasets, other._caches = root._datasets, root._caches  # the same images
-            other._indexes, other._renderers, other._metrics = {}, {}, None
             root._kept_runs[point.key] = other
         return root._kept_runs[point.key]
 
@@ -527,7 +529,7 @@ class Run:
                              f"{', '.join(sorted(set(parts) - {'explanations'}))} belong to the head shown")
         if "explanations" in parts:
             for point in data.get("frontier") or []:
-                key = "dense" if point.get("channels_per_class") is None else str(point["channels_per_class"])
+                key = head_key(point.get("channels_per_class"))
                 if key == self.kept_key or (self.kept_key is None and point.get("shown")):
                     point["explanations"] = to_dict(parts["explanations"])
         if self.kept_key is None:

@@ -199,7 +199,7 @@ class ChannelBrowser(W.VBox):
         self.model = self.run.model
         self.__dict__.pop("used_channels", None)
         self._purity, self._parts_cache, self._overview_table, self._suspects = None, {}, None, None
-        key = "dense" if self.run.channels_per_class is None else str(self.run.channels_per_class)
+        key = self.run.head_key
         if self.k.value != key:
             self.k.value = key
         if not self.run.has_index(self.split):  # the first time this head is browsed: its own index, mined now

@@ -89,7 +89,7 @@ def k_selector(run) -> W.Dropdown:
         points = []
     options = [(f"K={p.key}: top-1 {p.test.top1:.3f}, {p.local_size:.1f} channels per decision"
                 + (" (shown)" if p.shown else ""), p.key) for p in points]
-    current = "dense" if run.channels_per_class is None else str(run.channels_per_class)
+    current = run.head_key
     return W.Dropdown(options=options, value=current if any(v == current for _, v in options) else None,
                       description="head", tooltip="another head the run keeps: fewer channels per class read easier",
                       layout=W.Layout(width="420px", display=None if len(options) > 1 else "none"))

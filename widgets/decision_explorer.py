@@ -180,7 +180,7 @@ class DecisionExplorer(W.VBox):
         self.model = self.run.model
         self._cams = PosthocCAM(self.model)
         self.off = []
-        key = "dense" if self.run.channels_per_class is None else str(self.run.channels_per_class)
+        key = self.run.head_key
         if self.k.value != key:
             self._silent(self.k, key)
         self.load(self._image)

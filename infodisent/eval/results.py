@@ -424,6 +424,15 @@ class SparseSummary(_DataMixin):
                 f"against {self.dense.top1:.3f} dense ({100 * d:+.1f} points)")
 
 
+def head_key(k: int | str | None) -> str:
+    """A kept head's key, as :meth:`infodisent.run.Run.with_k`, ``infodisent select`` and ``heads/<key>/``
+    name it: its K, or ``"dense"`` for None.
+
+    Args:
+        k: channels per class, ``"dense"`` or None."""
+    return "dense" if k is None else str(k)
+
+
 @dataclass(frozen=True)
 class FrontierPoint(_DataMixin):
     """One head a pruned run keeps (``metrics.json["frontier"]``, one per K tried and the dense reference):
@@ -446,7 +455,7 @@ class FrontierPoint(_DataMixin):
     @property
     def key(self) -> str:
         """``"dense"`` or the K, as :meth:`infodisent.run.Run.with_k` and ``infodisent select`` take it."""
-        return "dense" if self.channels_per_class is None else str(self.channels_per_class)
+        return head_key(self.channels_per_class)
 
     @property
     def purity(self) -> float | None:
@@ -535,7 +544,7 @@ class RunMetrics(_DataMixin):
 
     def point(self, k: int | str | None) -> FrontierPoint:
         """The frontier's point of ``k`` (an int, ``"dense"`` or None for the dense head); an error names those kept."""
-        key = "dense" if k is None else str(k)
+        key = head_key(k)
         for p in self.frontier:
             if p.key == key:
                 return p
@@ -582,5 +591,5 @@ __all__ = [
     "LabelRandomisation", "Randomised", "SanityChecks",
     "Accuracy", "Agreement", "CacheUse", "CubPartScores", "Evaluation", "ExplanationMetrics", "Faithfulness",
     "FrontierPoint", "KSelection", "PartScores", "ProbeInfo", "RunMetrics", "Selected", "Sizes", "SparseSummary",
-    "frontier_steps", "frontier_table", "from_dict", "to_dict",
+    "frontier_steps", "frontier_table", "from_dict", "head_key", "to_dict",
 ]

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from ..core.head import InfoDisentHead
-from ..data import distributed
 from ..data.sources import FeatureSource
 from ..eval.metrics import size_summary
 from ..eval.results import FrontierPoint
 from .selection import HeldOut
-from .training import _autocast, classification_metrics
+from .training import classification_metrics, forward_all
 
 
 @torch.no_grad()
@@ -38,21 +37,10 @@ def frontier_point(head: InfoDisentHead, test: FeatureSource, channels_per_class
         shown: whether it is the head the run shows (default False).
         amp: bfloat16 autocast on CUDA (default True).
     """
-    head.eval()
-    logits, labels, vs = [], [], []
-    with head.frozen_parameters():
-        for x, y in test.batches(None):
-            with _autocast(x.device, amp):
-                out = head.forward_details(x)
-            logits.append(out.logits.float().cpu())
-            vs.append(out.v.float().cpu())
-            labels.append(y.cpu())
+    logits, labels, vs = forward_all(head, test, amp, values=True)
+    with torch.no_grad():
         W = head.W.detach().double().cpu().numpy()
         bias = None if head.bias is None else head.bias.detach().double().cpu().numpy()
-    if distributed.current().active:
-        pieces = distributed.gather_objects((logits, labels, vs))
-        logits, labels, vs = (distributed.unshard([p[i] for p in pieces]) for i in range(3))
-    logits, labels, vs = torch.cat(logits), torch.cat(labels), torch.cat(vs)
     size = size_summary(vs.double().numpy(), W, bias)
     return FrontierPoint(
         channels_per_class=channels_per_class, test=classification_metrics(logits, labels),

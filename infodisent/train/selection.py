@@ -48,12 +48,11 @@ def scale_warning(num_classes: int) -> str | None:
     """What a run that chooses K on ``num_classes`` classes should hear first, or None within what was measured."""
     if num_classes <= MEASURED_CLASSES:
         return None
-    return (f"the compact default was measured on up to {MEASURED_CLASSES} classes (CUB-100: 8 channels per class, "
-            f"1.6 points of test top-1 below the dense head) and this dataset has {num_classes}: expect compactness "
-            f"to cost more. The run measures it (the 'cost of compactness' line and metrics.json's sparse.dense); "
-            f"--dense trains the dense head alone. Readability falls as K grows (CUB-100 consistency: 0.334 at "
-            f"K=8, 0.423 at K=5): --prune-k 5 asks for it")
-
+    return (f"the compact default was measured on up to {MEASURED_CLASSES} classes (docs/results/cub100.md) and "
+            f"this dataset has {num_classes}: expect compactness to cost more, and the held-out images to choose "
+            f"K less surely. The run measures it (the 'cost of compactness' line, metrics.json's sparse.dense) and "
+            f"keeps every K it trains (metrics.json's frontier): 'infodisent select RUN --k K' shows another "
+            f"without retraining; --dense trains the dense head alone")
 
 Z_ONE_SIDED_95 = 1.645  # standard errors a loss must exceed the tolerance by to count as measured
 

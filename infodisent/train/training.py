@@ -154,22 +154,44 @@ def _teacher_logits(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a whole source; U and W are computed once."""
+def forward_all(head: InfoDisentHead, source: FeatureSource, amp: bool = True, values: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits, labels and, when asked, the pooled channel values ``v`` of a whole source, on the CPU in
+    float32; U and W are computed once. Under torchrun every process gets all of them, in the one-process
+    order.
+
+    Args:
+        head: the head (put in eval mode).
+        source: the features.
+        amp: bfloat16 autocast on CUDA (default True).
+        values: also return ``v`` (N, D) (default False: None; a pruned head then computes only the
+            channels some class keeps).
+    """
     head.eval()
-    logits, labels = [], []
+    logits, labels, vs = [], [], []
     with head.frozen_parameters():
         for x, y in source.batches(None):
             with _autocast(x.device, amp):
-                logits.append(head(x).float().cpu())
+                if values:
+                    out = head.forward_details(x)
+                    logits.append(out.logits.float().cpu())
+                    vs.append(out.v.float().cpu())
+                else:
+                    logits.append(head(x).float().cpu())
             labels.append(y.cpu())
-    if distributed.current().active:  # every process: all the logits, in the one-process order
-        pieces = distributed.gather_objects((logits, labels))
-        logits = distributed.unshard([p[0] for p in pieces])
-        labels = distributed.unshard([p[1] for p in pieces])
+    if distributed.current().active:
+        pieces = distributed.gather_objects((logits, labels, vs))
+        logits, labels, vs = (distributed.unshard([p[i] for p in pieces]) for i in range(3))
     if not logits:
-        return torch.zeros(0, head.config.num_classes), torch.zeros(0, dtype=torch.long)
-    return torch.cat(logits), torch.cat(labels)
+        return (torch.zeros(0, head.config.num_classes), torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, head.config.num_features) if values else None)
+    return torch.cat(logits), torch.cat(labels), torch.cat(vs) if values else None
+
+
+def predict(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a whole source; U and W are computed once (:func:`forward_all`)."""
+    logits, labels, _ = forward_all(head, source, amp)
+    return logits, labels
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
