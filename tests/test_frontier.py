@@ -175,6 +175,9 @@ def test_report_draws_the_frontier(chosen_run):
     names = [t.name for t in fig.data]
     assert names[:3] == ["compact heads", "dense head", "linear probe"] and "the rule's K" in names
     assert list(fig.data[0].x) == [1, 2, 4, 16] and "purity" in names  # scored by the evaluation above
+    peer = frontier_figure(m.frontier, peers={"a peer": [(4.0, 0.3), (1.5, 0.1)]})
+    drawn = next(t for t in peer.data if t.name == "a peer")  # beside the compact heads, in K's order
+    assert list(drawn.x) == [1.5, 4.0] and list(drawn.y) == [0.1, 0.3] and drawn.xaxis == "x"
     html = write_report(run, samples=0, max_classes=1, channels=1, prototypes=1, progress=False).read_text()
     assert "every head the run keeps" in html and "Each step down in K" in html and "infodisent select" in html
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 from functools import lru_cache
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -318,7 +319,8 @@ def faithfulness_figure(faith: Faithfulness) -> go.Figure:
 
 
 def frontier_figure(points: Sequence[FrontierPoint], probe: Accuracy | None = None,
-                    chosen: int | None = None) -> go.Figure:
+                    chosen: int | None = None,
+                    peers: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> go.Figure:
     """The accuracy-readability frontier (``run.metrics.frontier``): test top-1 against K, and, once
     ``evaluate --explanations`` scored the heads, purity and consistency against K.
 
@@ -327,6 +329,8 @@ def frontier_figure(points: Sequence[FrontierPoint], probe: Accuracy | None = No
         probe: the linear probe's accuracy, drawn as a dotted line (default None: not drawn).
         chosen: the K the run's rule chose, before any escalation (default None: not marked); the head shown
             is ringed.
+        peers: other sparse layers' test top-1, by name: (weights per class, top-1) pairs drawn beside the
+            compact heads (default None: none), e.g. glm-saga's (``benchmarks/peers.py``).
     """
     from plotly.subplots import make_subplots
 
@@ -340,6 +344,12 @@ def frontier_figure(points: Sequence[FrontierPoint], probe: Accuracy | None = No
              f"{p.global_size} in all" for p in compact]
     fig.add_trace(go.Scatter(x=ks, y=[p.test.top1 for p in compact], mode="lines+markers", name="compact heads",
                              line_color="#1565c0", hovertext=hover, hoverinfo="text"), 1, 1)
+    for (name, curve), color in zip((peers or {}).items(), itertools.cycle(("#c62828", "#00838f", "#6d4c41"))):
+        curve = sorted(curve)
+        fig.add_trace(go.Scatter(x=[a for a, _ in curve], y=[b for _, b in curve], mode="lines+markers", name=name,
+                                 line={"color": color}, marker={"symbol": "square"},
+                                 hovertext=[f"{name}: {a:.1f} weights per class, top-1 {b:.3f}" for a, b in curve],
+                                 hoverinfo="text"), 1, 1)
     for y, name, dash in ((dense.test.top1 if dense else None, "dense head", "dash"),
                           (probe.top1 if probe else None, "linear probe", "dot")):
         if y is not None:
