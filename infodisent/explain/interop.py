@@ -1,0 +1,177 @@
+"""InfoDisent's decisions for the field's own tools: an input-space attribution, a Captum ``Attribution``
+and a Quantus ``explain_func``.
+
+An InfoDisent logit has an exact spatial form. The two-sided max takes each channel's strongest positive
+response at one cell of the feature grid and its strongest negative response at another, so the logit
+of class ``c`` minus its bias is the sum of a *logit map* over the grid: ``W[c, d] * pos_d`` at the cell
+where channel ``d`` peaks, ``-W[c, d] * neg_d`` where it dips, summed over the channels (an average-pooling
+head, an ablation, spreads ``W[c, d] * J_d / (H W)`` over every cell). :func:`input_attribution` spreads
+each cell's value evenly over the input pixels that cell covers (and over the colour channels), so the
+attribution's sum is the logit minus the bias exactly, in one forward pass: the completeness property that
+Integrated Gradients approximates with tens of passes.
+
+- :class:`InfoDisentAttribution` follows Captum's ``Attribution`` interface (``attribute(inputs,
+  target=...)`` returning the inputs' shape), so it takes the place of ``LayerGradCam`` or
+  ``IntegratedGradients`` in Captum code and works with ``captum.attr.visualization``.
+- :func:`quantus_explain_func` is Quantus's ``explain_func`` (numpy in, numpy out); the model Quantus
+  scores is :class:`~infodisent.core.model.InfoDisent` itself, one ``nn.Module`` from images to logits.
+
+Captum is needed for :class:`InfoDisentAttribution` alone (the ``[interop]`` extra); the rest needs torch.
+
+Example:
+    >>> attr = input_attribution(run.model, images, target=3)         # (B, 3, S, S)
+    >>> attr.sum((1, 2, 3)) == run.model(images)[:, 3] - bias         # to float rounding
+    >>> InfoDisentAttribution(run.model).attribute(images, target=3)  # the same, Captum's way
+    >>> quantus.Sparseness()(run.model, x, y, explain_func=quantus_explain_func)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.model import InfoDisent
+from ..errors import InputError
+
+try:  # Captum is optional (the [interop] extra): InfoDisentAttribution says so when it is missing
+    from captum.attr import Attribution as _Attribution
+except ImportError:
+    _Attribution = None
+
+
+def _targets(target: int | torch.Tensor | np.ndarray | None, logits: torch.Tensor) -> torch.Tensor:
+    """One class per image: the given ones, or the predicted ones for None."""
+    if target is None:
+        return logits.argmax(1)
+    t = torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target, dtype=torch.long)
+    t = t.to(logits.device).reshape(-1)
+    if len(t) == 1:
+        t = t.expand(len(logits))
+    if len(t) != len(logits):
+        raise InputError(f"{len(t)} targets for {len(logits)} images: give one class, or one per image")
+    if (t < 0).any() or (t >= logits.shape[1]).any():
+        raise InputError(f"target classes must be in [0, {logits.shape[1]}); got {t.tolist()}")
+    return t
+
+
+@torch.no_grad()
+def channel_maps(model: InfoDisent, images: torch.Tensor, target: int | torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each channel's share of the logit on the feature grid: ``(B, D, H, W)`` (summing over channels and
+    cells gives the logit minus the bias), and the target classes ``(B,)``.
+
+    Args:
+        model: the InfoDisent model.
+        images: preprocessed images ``(B, 3, S, S)``, as the model takes them.
+        target: one class for every image, one per image, or None for the predicted class (default).
+    """
+    out = model.outputs(images.to(model.device))
+    t = _targets(target, out.logits)
+    w = model.W[t].to(out.J.dtype)  # (B, D)
+    b, d, h, wd = out.J.shape
+    if model.head.config.pooling == "avg":
+        return w[:, :, None, None] * out.J / (h * wd), t
+    maps = torch.zeros(b, d, h * wd, dtype=out.J.dtype, device=out.J.device)
+    maps.scatter_add_(2, out.pool.pos_index[..., None], (w * out.pool.pos_values)[..., None])
+    maps.scatter_add_(2, out.pool.neg_index[..., None], -(w * out.pool.neg_values)[..., None])
+    return maps.reshape(b, d, h, wd), t
+
+
+def logit_map(model: InfoDisent, images: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+    """The decision on the feature grid, ``(B, H, W)``: its cells sum to the logit minus the bias.
+
+    Args:
+        model: the InfoDisent model.
+        images: preprocessed images ``(B, 3, S, S)``.
+        target: one class, one per image, or None for the predicted class (default).
+    """
+    return channel_maps(model, images, target)[0].sum(1)
+
+
+def spread(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Spread grid maps ``(..., H, W)`` over ``size = (S_h, S_w)`` pixels: each pixel gets its cell's value
+    divided by the number of pixels that cell covers (pixel ``y`` lies in cell ``floor(y H / S_h)``), so
+    every map keeps its sum exactly.
+
+    Args:
+        cells: maps on the feature grid.
+        size: the input's height and width.
+    """
+    h, w = cells.shape[-2:]
+    rows = torch.div(torch.arange(size[0], device=cells.device) * h, size[0], rounding_mode="floor")
+    cols = torch.div(torch.arange(size[1], device=cells.device) * w, size[1], rounding_mode="floor")
+    area = torch.bincount(rows, minlength=h)[:, None] * torch.bincount(cols, minlength=w)[None, :]
+    return (cells / area.to(cells.dtype))[..., rows[:, None], cols[None, :]]
+
+
+def input_attribution(model: InfoDisent, images: torch.Tensor, target: int | torch.Tensor | None = None, *,
+                      per_channel: bool = False) -> torch.Tensor:
+    """The decision spread over the input: ``(B, 3, S, S)`` like ``images``, summing to the logit minus the
+    bias (each cell's value spread evenly over its pixels and the three colour channels).
+
+    Args:
+        model: the InfoDisent model.
+        images: preprocessed images ``(B, 3, S, S)``.
+        target: one class, one per image, or None for the predicted class (default).
+        per_channel: instead, each feature channel's own map, ``(B, D, S, S)`` (default False; large: D maps
+            per image).
+    """
+    maps, _ = channel_maps(model, images, target)
+    size = tuple(images.shape[-2:])
+    if per_channel:
+        return spread(maps, size)
+    one = spread(maps.sum(1, keepdim=True), size)  # (B, 1, S, S)
+    return (one / images.shape[1]).expand(-1, images.shape[1], -1, -1).contiguous()
+
+
+class InfoDisentAttribution(_Attribution or object):  # type: ignore[misc]
+    """InfoDisent's own attribution in Captum's interface: the logit map spread over the input
+    (:func:`input_attribution`), exact and in one forward pass; ``has_convergence_delta()`` is False, as
+    there is no approximation to measure.
+
+    Args:
+        model: the InfoDisent model (Captum's ``forward_func``: images to logits).
+    """
+
+    def __init__(self, model: InfoDisent) -> None:
+        if _Attribution is None:
+            raise InputError("InfoDisentAttribution needs Captum: pip install 'infodisent[interop]' "
+                             "(or pip install captum)")
+        super().__init__(model)
+        self.model = model
+
+    def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor | None = None, *,
+                  per_channel: bool = False) -> torch.Tensor:
+        """Attributions of ``target``'s logit to ``inputs``, in the inputs' shape.
+
+        Args:
+            inputs: preprocessed images ``(B, 3, S, S)``.
+            target: one class, one per image, or None for the predicted class (default).
+            per_channel: each feature channel's own map instead, ``(B, D, S, S)`` (default False).
+        """
+        return input_attribution(self.model, inputs, target, per_channel=per_channel)
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+
+def quantus_explain_func(model: InfoDisent, inputs: np.ndarray | torch.Tensor, targets: Any, **kwargs: Any
+                         ) -> np.ndarray:
+    """Quantus's ``explain_func``: the input attribution of ``targets`` as a float32 numpy array
+    ``(B, 1, S, S)`` (summed over the colour channels, the shape Quantus's metrics take for images).
+
+    Args:
+        model: the InfoDisent model Quantus scores.
+        inputs: preprocessed images ``(B, 3, S, S)``, numpy or torch.
+        targets: one class, one per image (numpy, torch or ints).
+        **kwargs: Quantus's ``explain_func_kwargs`` (``device`` and the like); ignored.
+    """
+    x = torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs, dtype=torch.float32)
+    maps = input_attribution(model, x, targets)
+    return maps.sum(1, keepdim=True).cpu().numpy().astype(np.float32)
+
+
+__all__ = ["InfoDisentAttribution", "channel_maps", "input_attribution", "logit_map", "quantus_explain_func",
+           "spread"]
