@@ -75,7 +75,7 @@ def test_refit_keeps_the_support_and_undoes_the_shrinkage():
     path = elastic_net_path(x, y, 4, max_per_class=1.5, steps=30, max_epochs=300, progress=False)
     point = sparse_layer_at(path, 1.5)
     refit = refit_support(point, x, y)
-    assert torch.equal(refit.weight != 0, point.weight != 0)  # no weight gained or lost
+    assert torch.equal(refit.weight != 0, point.weight != 0)  # no weight gained or lost (none is that small)
     assert refit.per_class == point.per_class
     loss = lambda p: float(torch.nn.functional.cross_entropy(p.logits(x), y))  # noqa: E731
     assert loss(refit) < loss(point) - 0.05  # the path's penalty held it back; the refit is free of it

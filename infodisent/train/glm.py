@@ -216,8 +216,8 @@ def refit_support(point: PathPoint, x: torch.Tensor, y: torch.Tensor, *, l2: flo
     x, y = x.float(), y.long()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
-    mask = point.weight != 0
-    weight = torch.nn.Parameter(point.weight * std)
+    mask = (point.weight * std).abs() > 1e-5  # the weights the path counts (its threshold, standardised)
+    weight = torch.nn.Parameter(point.weight * std * mask)
     bias = torch.nn.Parameter(point.bias + (point.weight * mean).sum(1))
     opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
