@@ -52,6 +52,21 @@ def test_the_attribution_sums_to_the_logit_exactly(model_and_images):
     torch.testing.assert_close(per.sum((2, 3)), maps.sum((2, 3)), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_completeness_holds_for_a_head_with_a_bias_and_for_average_pooling(model_and_images, pooling):
+    model, x = model_and_images
+    torch.manual_seed(0)
+    head = infodisent.InfoDisentHead(infodisent.HeadConfig(model.head.config.num_features, 4, pooling=pooling,
+                                                           bias=True))
+    with torch.no_grad():
+        head.bias.normal_()
+    other = infodisent.InfoDisent(model.backbone, head)
+    with torch.no_grad():
+        logits = other(x)
+    attr = input_attribution(other, x, 2)
+    torch.testing.assert_close(attr.sum((1, 2, 3)), logits[:, 2] - head.bias[2], rtol=1e-4, atol=1e-4)
+
+
 def test_a_channel_counts_where_it_peaks_and_where_it_dips(model_and_images):
     model, x = model_and_images
     maps, t = channel_maps(model, x[:1], 0)
