@@ -9,11 +9,13 @@ non-zero weights per class on average, so it reads no more of the backbone than 
 (which keeps exactly K channels per class). glm-saga's method ends there; the table adds that point's
 support refit without the elastic net's shrinkage (:func:`~infodisent.train.glm.refit_support`, at the
 linear probe's chosen L2 penalty), the analogue of the compact head's last fine-tune. All are scored on
-the run's test split.
+the run's test split. Where the dataset has CUB keypoints, the channels each peer layer keeps (the
+backbone's own, U = I) are scored with the compact heads' part metrics (purity and consistency on the
+test split's prototypes), beside the compact heads' own scores once ``evaluate --explanations`` ran.
 
 Writes ``DIR/peers-sparse.json`` (the table, and the peer's path from one weight per class up),
-``DIR/frontier-peers.html`` (the frontier figure with the peer's curves) and, where Chromium is installed, ``DIR/frontier-peers.png`` (that figure, drawn by
-Playwright). DIR defaults to ``RUN/peers``.
+``DIR/frontier-peers.html`` (the frontier figure with the peer's curves) and, where Chromium is
+installed, ``DIR/frontier-peers.png`` (that figure, drawn by Playwright). DIR defaults to ``RUN/peers``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ import pandas as pd
 import torch
 
 import infodisent
+from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.model import InfoDisent
 from infodisent.data.sources import CachedSource
+from infodisent.eval.part_metrics import cub_part_metrics
+from infodisent.explain.prototypes import mine_prototypes
 from infodisent.io import atomic_path
 from infodisent.pipeline import pooled_features
 from infodisent.train.glm import elastic_net_path, refit_support, sparse_layer_at
@@ -38,6 +44,22 @@ from infodisent.viz.plots import frontier_figure
 def pooled(run, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's cached ``split`` features, globally average-pooled (the first, unaugmented view)."""
     return pooled_features(CachedSource(run.features(split, progress=True), 512, view=0))
+
+
+def backbone_channels_index(run, progress: bool = True):
+    """The test split's prototypes of the backbone's own channels (U = I, the channels a sparse layer on
+    pooled features reads), mined from the run's feature cache. Which channels a layer keeps does not
+    change them, so one index serves every point of the path."""
+    d, c = run.config.backbone.num_features, run.config.num_classes
+    identity = InfoDisent(run.model.backbone, InfoDisentHead(HeadConfig(d, c, rotation=False)), list(run.class_names))
+    return mine_prototypes(identity, run.dataset("test"), features=run.features("test"), progress=progress)
+
+
+def kept_channels_readability(run, index, weight: torch.Tensor) -> tuple[float, float]:
+    """Purity and consistency of the channels a sparse layer keeps (any non-zero weight), with the compact
+    heads' own part metrics; a class relies on a channel by the size of its weight, either sign."""
+    scores = cub_part_metrics(index, run.dataset("test"), weight.abs().numpy(), run.model.transform, threshold=0.0)
+    return scores.purity, scores.consistency
 
 
 def sparse_layer_peer(run, ks: list[int], progress: bool = True) -> tuple[pd.DataFrame, dict]:
@@ -58,21 +80,28 @@ def sparse_layer_peer(run, ks: list[int], progress: bool = True) -> tuple[pd.Dat
     path = elastic_net_path(xtr, ytr, run.config.num_classes, max_per_class=max(ks), progress=progress)
     seconds = time.perf_counter() - start
     kept = {p.channels_per_class: p for p in run.metrics.frontier}
+    parts = getattr(run.dataset("test"), "part_locs", None) is not None  # CUB keypoints
+    index = backbone_channels_index(run, progress) if parts else None
     rows = []
     for k in ks:
         layer = sparse_layer_at(path, k)
         refit = refit_support(layer, xtr, ytr, l2=l2) if layer else None
         head = kept.get(k)
+        purity, consistency = kept_channels_readability(run, index, layer.weight) if parts and layer else (None, None)
         rows.append({
             "K": k,
             "infodisent_top1": head.test.top1 if head is not None else None,
             "infodisent_local_size": head.local_size if head is not None else None,
+            "infodisent_purity": head.purity if head is not None else None,
+            "infodisent_consistency": head.consistency if head is not None else None,
             "glm_saga_weights_per_class": layer.per_class if layer else None,
             "glm_saga_top1": top1(layer) if layer else None,
             "glm_saga_refit_top1": top1(refit) if refit else None,
             "glm_saga_train_top1": layer.train_top1 if layer else None,
             "glm_saga_lambda": layer.lam if layer else None,
             "glm_saga_converged": layer.converged if layer else None,
+            "glm_saga_purity": purity,
+            "glm_saga_consistency": consistency,
         })
     table = pd.DataFrame(rows)
     table.attrs["path_seconds"] = seconds
