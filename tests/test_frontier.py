@@ -1,7 +1,6 @@
 """The accuracy-readability frontier: every head a compact run keeps, ``Run.with_k`` and ``infodisent select``."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -98,7 +97,6 @@ def test_with_k_gives_another_kept_head_without_touching_the_run(chosen_run):
     k = run.channels_per_class
     other = next(a for a in (1, 2, 4) if a != k)
     before = run.head_sha256()
-    t0 = time.perf_counter()
     h = run.with_k(other)
     assert h.model.channels_per_class == other and h.channels_per_class == other
     assert h.model.backbone is run.model.backbone  # the backbone is shared
@@ -108,7 +106,6 @@ def test_with_k_gives_another_kept_head_without_touching_the_run(chosen_run):
     assert run.with_k(other) is h and run.with_k(k) is run and h.with_k(k) is run
     dense = run.with_k("dense")
     assert dense.model.channels_per_class is None and run.with_k(None) is dense
-    assert time.perf_counter() - t0 < 30  # generous: what matters is the ratio measured in benchmarks
     assert run.head_sha256() == before  # nothing on disk changed
     with pytest.raises(InputError, match="no kept head with K=3; the run keeps dense, 16, 4, 2, 1"):
         run.with_k(3)
