@@ -135,8 +135,7 @@ def draw(run, record: dict, out: Path) -> list[Path]:
     """The run's frontier with the peer's curves (``record["curves"]``), as HTML and, where Chromium is
     installed, PNG; returns the files written."""
     sel = run.metrics.sparse.selection if run.metrics.sparse is not None else None
-    rule = (sel.rule_k if sel.rule_k is not None else sel.channels_per_class) if sel is not None else None
-    fig = frontier_figure(run.metrics.frontier, run.metrics.linear_probe, rule,
+    fig = frontier_figure(run.metrics.frontier, run.metrics.linear_probe, sel.rule_choice if sel else None,
                           peers={name: [tuple(p) for p in curve] for name, curve in record["curves"].items()})
     fig.update_layout(width=880, height=380, margin={"t": 80},
                       title=f"{record['backbone']}, {record['classes']} classes: InfoDisent's compact heads "

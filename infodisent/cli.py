@@ -211,7 +211,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_select(a: argparse.Namespace) -> int:
-    from .eval.results import frontier_table
+    from .eval.results import frontier_table, head_key
 
     run = Run.open(a.run_dir)
     if a.k is not None or a.chosen:
@@ -227,9 +227,9 @@ def cmd_select(a: argparse.Namespace) -> int:
             raise InputError(f"--k takes channels per class or 'dense', got {a.k!r}")
         run = run.select(k)
         m = run.metrics
-        print(f"{run.path} now shows K={'dense' if run.channels_per_class is None else run.channels_per_class} "
+        print(f"{run.path} now shows K={run.head_key} "
               f"(test top-1 {m.infodisent.top1:.3f}); training chose "
-              f"K={m.selected.chosen if m.selected is not None else run.channels_per_class}"
+              f"K={head_key(m.selected.chosen) if m.selected is not None else run.head_key}"
               + (f" (`infodisent select {run.path} --chosen` shows it again)" if m.selected is not None else ""))
     if not run.metrics.frontier:
         raise InputError(f"{run.path} keeps no frontier: it was trained unpruned, or before runs kept their heads")

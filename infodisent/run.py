@@ -214,10 +214,9 @@ class Run:
             if not head_files.head.is_file():
                 raise NotARunError(f"{head_files.head} is missing: the head K={point.key} of "
                                    f"{root.path}'s frontier was not kept")
-            other = Run(root.path, device=root.device, weights=root._weights, cache_dir=root.cache_dir)
+            other = root._reopen()
             other._parent, other.kept_key, other.head_files = root, point.key, head_files
-            other.config = replace(root.config, channels_per_class=point.channels_per_class,
-                                   head=replace(root.config.head, pruned=point.channels_per_class is not None))
+            other.config = _with_k(root.config, point.channels_per_class)
             other._datasets, other._caches = root._datasets, root._caches  # the same images
             root._kept_runs[point.key] = other
         return root._kept_runs[point.key]
@@ -241,7 +240,7 @@ class Run:
         if old is None:
             raise InputError(f"{root.path}'s frontier marks no head as shown: retrain it to keep its heads")
         if new.key == old.key:
-            return Run(root.path, device=root.device, weights=root._weights, cache_dir=root.cache_dir)
+            return root._reopen()
         there, here = root.files.kept(new.key), root.files.kept(old.key)
         if not there.head.is_file():
             raise NotARunError(f"{there.head} is missing: the head K={new.key} was not kept")
@@ -254,19 +253,18 @@ class Run:
         tmp = root.files.head.with_name(root.files.head.name + ".tmp")
         shutil.copyfile(there.head, tmp)
         tmp.replace(root.files.head)
-        config = replace(root.config, channels_per_class=new.channels_per_class,
-                         head=replace(root.config.head, pruned=new.channels_per_class is not None))
-        atomic_write_json(root.files.config, config.to_dict())
+        atomic_write_json(root.files.config, _with_k(root.config, new.channels_per_class).to_dict())
         chosen = metrics.selected.chosen if metrics.selected is not None else old.channels_per_class
         frontier = [replace(p, shown=p.key == new.key) for p in metrics.frontier]
-        probe = metrics.linear_probe
-        updated = replace(metrics, infodisent=new.test, frontier=frontier, explanations=new.explanations,
-                          ratio=new.test.top1 / probe.top1 if probe is not None and probe.top1 else None,
-                          agreement=None, sanity=None,
+        updated = replace(metrics.with_head(new), frontier=frontier,
                           selected=None if new.channels_per_class == chosen else Selected(new.channels_per_class,
                                                                                           chosen))
         atomic_write_json(root.files.metrics, to_dict(updated))
-        return Run(root.path, device=root.device, weights=root._weights, cache_dir=root.cache_dir)
+        return root._reopen()
+
+    def _reopen(self) -> "Run":
+        """This run directory opened afresh, with this handle's device, weights and cache root."""
+        return Run(self.path, device=self.device, weights=self._weights, cache_dir=self.cache_dir)
 
     @property
     def model_sha256(self) -> str:
@@ -495,11 +493,7 @@ class Run:
         if self._metrics is None:
             self._metrics = self._read_metrics()
             if self.kept_key is not None:
-                point = self._metrics.point(self.kept_key)
-                probe = self._metrics.linear_probe
-                self._metrics = replace(self._metrics, infodisent=point.test, explanations=point.explanations,
-                                        ratio=point.test.top1 / probe.top1 if probe is not None and probe.top1
-                                        else None, agreement=None, sanity=None)
+                self._metrics = self._metrics.with_head(self._metrics.point(self.kept_key))
         return self._metrics
 
     def _read_metrics(self) -> RunMetrics:
@@ -548,6 +542,11 @@ class Run:
         if not self.files.history.is_file():
             raise FileNotFoundError(f"{self.files.history} does not exist")
         return pd.read_csv(self.files.history)
+
+
+def _with_k(config: ModelConfig, k: int | None) -> ModelConfig:
+    """``config`` for kept head ``k`` of the same run (None: the dense one)."""
+    return replace(config, channels_per_class=k, head=replace(config.head, pruned=k is not None))
 
 
 def _owned(src: RunFiles, dst: RunFiles) -> list[tuple[Path, Path]]:

@@ -196,12 +196,13 @@ class ChannelBrowser(W.VBox):
         """Browse another head the run keeps (:meth:`~infodisent.run.Run.with_k`: ``k`` channels per class, or
         ``"dense"``): its channels and its own prototype index, mined the first time that head is browsed (said)."""
         self.run = self.run.with_k(k)
+        key = self.run.head_key
+        if self.k.value != key:  # called from code: the menu follows, and its callback shows the head once
+            self.k.value = key
+            return
         self.model = self.run.model
         self.__dict__.pop("used_channels", None)
         self._purity, self._parts_cache, self._overview_table, self._suspects = None, {}, None, None
-        key = self.run.head_key
-        if self.k.value != key:
-            self.k.value = key
         if not self.run.has_index(self.split):  # the first time this head is browsed: its own index, mined now
             self.mine()
             if self.index is not None:

@@ -87,12 +87,12 @@ def k_selector(run) -> W.Dropdown:
         points = run.metrics.frontier
     except Exception:  # noqa: BLE001 - a run without readable metrics keeps no frontier we can offer
         points = []
-    options = [(f"K={p.key}: top-1 {p.test.top1:.3f}, {p.local_size:.1f} channels per decision"
+    options = [(f"K={p.key}: top-1 {p.test.top1:.3f}, {p.local_size:.3g} channels per decision"
                 + (" (shown)" if p.shown else ""), p.key) for p in points]
     current = run.head_key
     return W.Dropdown(options=options, value=current if any(v == current for _, v in options) else None,
                       description="head", tooltip="another head the run keeps: fewer channels per class read easier",
-                      layout=W.Layout(width="420px", display=None if len(options) > 1 else "none"))
+                      layout=W.Layout(width="470px", display=None if len(options) > 1 else "none"))
 
 
 class Messages(W.HTML):

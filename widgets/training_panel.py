@@ -206,8 +206,7 @@ class TrainingPanel(W.VBox):
         """End on the run's frontier: every head it keeps, what each K costs and buys, how to show another."""
         if len(m.frontier) < 2:
             return
-        rule = None if sel is None else sel.rule_k if sel.rule_k is not None else sel.channels_per_class
-        refresh(self.frontier, frontier_figure(m.frontier, m.linear_probe, rule))
+        refresh(self.frontier, frontier_figure(m.frontier, m.linear_probe, sel.rule_choice if sel else None))
         self.frontier_box.layout.display = None
         steps = frontier_steps(m.frontier)
         self.frontier_note.value = (f"<div class='idw-note'>{esc(steps)}. Every head is kept: the browsers' "

@@ -350,6 +350,11 @@ class KSelection(_DataMixin):
     escalated: list[int] = field(default_factory=list)  # the larger K tried after it, in order
     fallback: bool = False  # True: none of them kept the budget; the run ships the dense head
 
+    @property
+    def rule_choice(self) -> int | None:
+        """The K the loss rule chose, before any escalation (what the frontier figure stars)."""
+        return self.rule_k if self.rule_k is not None else self.channels_per_class
+
     def _lost(self, k: int, lost: float | None = None) -> str:
         """``K=k loses x points`` (``lost``: the paired loss; default: the difference of the top-1s)."""
         lost = self.dense_top1 - self.top1[str(k)] if lost is None else lost
@@ -541,6 +546,17 @@ class RunMetrics(_DataMixin):
     sanity: SanityChecks | None = None  # evaluate --sanity on the test split
     frontier: list[FrontierPoint] = field(default_factory=list)  # every head a pruned run keeps
     selected: Selected | None = None  # infodisent select: another kept head is shown
+
+    def with_head(self, point: FrontierPoint) -> "RunMetrics":
+        """These metrics as they read with kept head ``point`` shown: its test accuracy, its explanation
+        metrics and its ratio to the probe; agreement and sanity checks, measured on another head, dropped.
+
+        Args:
+            point: one of ``frontier``."""
+        probe = self.linear_probe
+        return dataclasses.replace(self, infodisent=point.test, explanations=point.explanations,
+                                   ratio=point.test.top1 / probe.top1 if probe is not None and probe.top1 else None,
+                                   agreement=None, sanity=None)
 
     def point(self, k: int | str | None) -> FrontierPoint:
         """The frontier's point of ``k`` (an int, ``"dense"`` or None for the dense head); an error names those kept."""

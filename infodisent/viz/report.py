@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..eval.results import RunMetrics, frontier_steps, frontier_table
+from ..eval.results import RunMetrics, frontier_steps, frontier_table, head_key
 from ..explain.explanation import explain_class
 from ..explain.prototypes import StaleIndexError
 from ..io import atomic_write_text
@@ -95,11 +95,11 @@ def _frontier_section(metrics: RunMetrics, fig: _Figures) -> str:
     """Every kept head: what each K costs in accuracy and buys in readability, and how to show another."""
     sel = metrics.sparse.selection if metrics.sparse is not None else None
     chosen = metrics.selected.chosen if metrics.selected is not None else (sel.channels_per_class if sel else None)
-    rule = sel.rule_k if sel is not None and sel.rule_k is not None else chosen  # before any escalation
+    rule = sel.rule_choice if sel is not None else chosen
     steps = frontier_steps(metrics.frontier)
     shown = next((p for p in metrics.frontier if p.shown), None)
     note = (f"<p class='warning'>Shown: K={shown.key}, selected after training (the rule chose "
-            f"K={'dense' if chosen is None else chosen}).</p>" if metrics.selected is not None and shown else "")
+            f"K={head_key(chosen)}).</p>" if metrics.selected is not None and shown else "")
     missing = "" if any(p.purity is not None for p in metrics.frontier) else (
         "<p class='muted'>Purity and consistency appear here once <code>infodisent evaluate RUN_DIR "
         "--explanations</code> has scored the heads.</p>")
