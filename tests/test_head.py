@@ -45,6 +45,40 @@ def test_w_stays_nonnegative_under_training():
     assert unconstrained.W.min() < 0
 
 
+@pytest.mark.parametrize("config", [HeadConfig(24, 5), HeadConfig(24, 5, bias=True, pruned=True),
+                                    HeadConfig(24, 5, rotation=False), HeadConfig(24, 5, nonnegative=False)])
+def test_reset_parameters_draws_a_new_head_of_the_same_kind(config):
+    """Model-randomisation tests (Quantus's MPRT) reset every module with reset_parameters: the head's must
+    reach the weights its parametrizations hold, and what eval mode caches."""
+    head = InfoDisentHead(config)
+    x = _train_a_bit(head)
+    if config.pruned:
+        head.set_mask(torch.rand(5, 24) > 0.5)
+    head.eval()
+    with torch.no_grad():
+        before, U0, W0 = head(x), head.U.clone(), head.W.clone()
+    torch.manual_seed(1)
+    head.reset_parameters()
+    with torch.no_grad():
+        after, U, W = head(x), head.U, head.W
+    assert not torch.allclose(after, before)
+    assert not torch.equal(W, W0) and W.shape == W0.shape
+    if config.rotation:
+        assert (U - U0).abs().max() > 0.1
+        torch.testing.assert_close(U.T @ U, torch.eye(24), atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(U, torch.eye(24))
+    if config.nonnegative:
+        assert (W >= 0).all()
+    if config.pruned:
+        assert torch.equal(W != 0, head.weight_mask.bool())  # the mask is kept
+    if config.bias:
+        assert torch.equal(head.bias, torch.zeros(5))
+    torch.manual_seed(1)
+    head.reset_parameters()
+    assert torch.equal(head.W, W)  # drawn from torch's generator
+
+
 def test_two_sided_max_by_hand():
     J = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]], [[-1.0, -4.0], [-0.5, -0.1]], [[0.2, 0.1], [0.3, 0.0]]]])
     res = two_sided_max(J)

@@ -238,6 +238,28 @@ class InfoDisentHead(nn.Module):
             self.register_buffer("weight_mask", torch.ones(c, d))
         self._inference: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
+    def reset_parameters(self) -> None:
+        """Draw the weights afresh: U a random orthogonal matrix (Haar-distributed; the identity stays where
+        the rotation is disabled), W uniform in ``[0, 1/sqrt(D))`` as at construction, the bias zero; a pruned
+        head keeps its mask. ``nn.Linear``'s own ``reset_parameters`` cannot reach weights held by torch's
+        parametrizations (it would change a computed copy), and model-randomisation tests (Quantus's MPRT,
+        Adebayo et al. 2018) reset every module that has this method."""
+        d, c = self.config.num_features, self.config.num_classes
+        device = self.classifier.bias.device if self.classifier.bias is not None else self.W.device
+        with torch.no_grad():
+            if self.config.rotation:
+                q, r = torch.linalg.qr(torch.randn(d, d, device=device, dtype=torch.float64))
+                q = (q * torch.sign(torch.diagonal(r))).to(self.rotation.linear.parametrizations.weight.original.dtype)
+                self.rotation.linear.weight = q  # the parametrization's right inverse stores it
+            w = torch.empty(c, d, device=device).uniform_(0.0, 1.0 / d**0.5)
+            if parametrize.is_parametrized(self.classifier, "weight"):
+                self.classifier.weight = w
+            else:
+                self.classifier.weight.copy_(w)
+            if self.classifier.bias is not None:
+                self.classifier.bias.zero_()
+        self._inference = None
+
     @property
     def W(self) -> torch.Tensor:
         """The classifier weights (non-negative when ``nonnegative``, masked when ``pruned``), shape (C, D)."""

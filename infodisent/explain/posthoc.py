@@ -102,4 +102,37 @@ class PosthocCAM:
         return out
 
 
-__all__ = ["FeatureHead", "METHODS", "PosthocCAM", "backbone_maps"]
+def cam_attribution(model: InfoDisent, images: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None,
+                    method: str = "Grad-CAM") -> torch.Tensor:
+    """A CAM of the model's decisions at the input: ``(B, 1, S, S)``, the method's map at the backbone's last
+    map (torchcam, normalised to [0, 1] per image) upsampled bilinearly to the input's size, as torchcam
+    overlays it. The backbone runs once without autograd; the gradient runs through the head alone.
+
+    Args:
+        model: the InfoDisent model (any copy: its own backbone and head are used).
+        images: preprocessed images ``(B, 3, S, S)``.
+        target: one class, one per image, or None for the predicted classes (default).
+        method: a name from :data:`METHODS` (default ``"Grad-CAM"``).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
+    net = FeatureHead(model.head).eval()
+    with torch.no_grad():
+        F_ = model.backbone(images.to(model.device))
+    F_ = F_.float().contiguous().requires_grad_(True)
+    with METHODS[method](net, target_layer="features", input_shape=tuple(F_.shape[1:])) as extractor:
+        with torch.enable_grad():
+            scores = net(F_)
+            if target is None:
+                classes = scores.argmax(1).tolist()
+            else:
+                t = torch.as_tensor(target).reshape(-1).tolist()
+                classes = t * len(F_) if len(t) == 1 else t
+            if len(classes) != len(F_):
+                raise InputError(f"{len(classes)} targets for {len(F_)} images: give one class, or one per image")
+            cam = extractor([class_index(int(c), scores.shape[1]) for c in classes], scores)[0]
+    cam = torch.nan_to_num(cam.detach().float())[:, None]
+    return Fn.interpolate(cam, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+__all__ = ["FeatureHead", "METHODS", "PosthocCAM", "backbone_maps", "cam_attribution"]
