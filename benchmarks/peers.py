@@ -1,7 +1,7 @@
 """InfoDisent beside its peers, on the same model and images. Run:
 ``python benchmarks/peers.py --run RUN [--ks 3 5 8] [--images 200] [--probes 20] [--out DIR]``, or
 ``python benchmarks/peers.py --dataset cub --root FOLDER [--work DIR]``, which first trains the default run
-on that dataset (``infodisent train``, resumable; about an hour on 2 CPU cores for 100 CUB species) and
+on that dataset (``infodisent train``, resumable, as long as that takes: docs/results/cub100.md) and
 scores its heads' explanations (``infodisent evaluate --explanations``).
 
 Two sides, each against the run's frontier (``metrics.json["frontier"]``: a compact head per K, and the
@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,8 +46,8 @@ import infodisent
 from infodisent.core.head import HeadConfig, InfoDisentHead
 from infodisent.core.model import InfoDisent
 from infodisent.data.sources import CachedSource
-from infodisent.eval.field import (FieldSettings, channels_last, explain_methods, metric_table, object_masks, ranks,
-                                   score_methods, spread_over_classes)
+from infodisent.eval.field import FieldSettings, metric_table, object_masks, ranks, score_methods, spread_over_classes
+from infodisent.explain.interop import IG_STEPS, channels_last, explain_methods
 from infodisent.eval.part_metrics import cub_part_metrics, has_parts, parts_purity
 from infodisent.explain.prototypes import mine_prototypes
 from infodisent.io import atomic_path
@@ -137,21 +139,22 @@ METHODS = ["InfoDisent", "Grad-CAM", "Grad-CAM++", "Saliency", "Integrated Gradi
 DENSE_METHODS = ["InfoDisent", "Grad-CAM", "Grad-CAM++", "Saliency"]
 
 
-def cached_maps(model, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, methods: list[str], file: Path | None
-                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """:func:`~infodisent.eval.field.explain_methods`, kept in ``file`` (``.npz``) and read back when it holds
-    the same images, decisions and methods (scoring again costs no explanation)."""
+def cached_maps(model, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, methods: list[str], file: Path | None,
+                fingerprint: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """:func:`~infodisent.explain.interop.explain_methods`, kept in ``file`` (``.npz``) and read back when it
+    holds the same head and method settings (``fingerprint``), images, decisions and methods (scoring again
+    then costs no explanation)."""
     if file is not None and file.is_file():
-        z = np.load(file, allow_pickle=False)
-        if (np.array_equal(z["images"], idx) and np.array_equal(z["targets"], y.numpy())
-                and all(f"map:{m}" in z for m in methods)):
-            return ({m: z[f"map:{m}"] for m in methods},
-                    {m: float(z[f"seconds:{m}"]) for m in methods})
+        with np.load(file, allow_pickle=False) as z:
+            if (str(z["fingerprint"]) == fingerprint and np.array_equal(z["images"], idx)
+                    and np.array_equal(z["targets"], y.cpu().numpy()) and all(f"map:{m}" in z for m in methods)):
+                return ({m: z[f"map:{m}"] for m in methods}, {m: float(z[f"seconds:{m}"]) for m in methods})
     maps, seconds = explain_methods(model, x, y, methods)
     if file is not None:
         with atomic_path(file) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, images=idx, targets=y.numpy(), **{f"map:{m}": a for m, a in maps.items()},
+                np.savez(fh, fingerprint=np.array(fingerprint), images=idx, targets=y.cpu().numpy(),
+                         **{f"map:{m}": a for m, a in maps.items()},
                          **{f"seconds:{m}": np.float64(v) for m, v in seconds.items()})
     return maps, seconds
 
@@ -187,12 +190,13 @@ def attribution_peer(run, images: int = 200, settings: FieldSettings | None = No
     for key, r, methods in heads:
         model = channels_last(r.model)
         with torch.no_grad():
-            y = torch.cat([model(x[i:i + 64]).argmax(1) for i in range(0, len(x), 64)])
+            y = torch.cat([model(x[i:i + 64].to(model.device)).argmax(1).cpu() for i in range(0, len(x), 64)])
         top1 = float((y == labels).float().mean())
         if progress:
             print(f"head {key}: top-1 {top1:.3f} on the {len(x)} images; explaining with {', '.join(methods)}",
                   flush=True)
-        maps, seconds = cached_maps(model, x, y, idx, methods, None if cache is None else cache / f"maps-{key}.npz")
+        maps, seconds = cached_maps(model, x, y, idx, methods, None if cache is None else cache / f"maps-{key}.npz",
+                                    fingerprint=f"{r.head_sha256()} integrated-gradients-steps={IG_STEPS}")
         table = score_methods(model, x, y, masks, maps, settings, metrics=metrics, progress=progress)
         table.insert(0, "head", key)
         table["seconds_per_explanation"] = table["method"].map(seconds)
@@ -287,10 +291,10 @@ def page(run, attribution: dict | None, sparse: dict | None, command: str) -> st
         s = attribution["settings"]
         out += ["## Attribution maps, judged by Quantus", "",
                 f"Every method explains the same decision: the head's predicted class (its logit, no softmax) on "
-                f"{attribution['images']} test images, an equal share of every class. Metrics that read the maps "
-                f"only score all of them; those that call the model per image score the first {s['probes']} "
-                f"(spread over the classes too). Mean ± standard error over images; the best of each metric in "
-                f"bold (↑ higher is better, ↓ lower).", ""]
+                f"{attribution['images']} test images, taken class by class (each class's first image, then each "
+                f"class's second, ...). Metrics that read the maps only score all of them; those that call the "
+                f"model per image score the first {s['probes']} in that order. Mean ± standard error over "
+                f"images; the best of each metric in bold (↑ higher is better, ↓ lower).", ""]
         if attribution["masks"] is not None:
             out += [f"Localisation masks cover {100 * attribution['masks']:.0f}% of the view on average.", ""]
         for head, info in attribution["heads"].items():
@@ -298,7 +302,10 @@ def page(run, attribution: dict | None, sparse: dict | None, command: str) -> st
                     f"{info['top1']:.3f})", "", attribution_markdown(table, head), ""]
         out += ["### Settings", "", "| metric | family | better | images | Quantus class and settings |",
                 "|---|---|---|---|---|"]
+        scored = set(table["metric"])
         for r in metric_table(FieldSettings(**s)).itertuples():
+            if r.metric not in scored:
+                continue
             scope = str(attribution["images"]) if r.images == "images" else str(s["probes"])
             out.append(f"| {r.metric} | {r.family} | {r.better} | {scope} | {r.settings} |")
         out += ["", "Methods: InfoDisent's map is exact (it sums to the logit minus the bias); Grad-CAM and "
@@ -387,11 +394,13 @@ def main() -> None:
     run = infodisent.open_run(run_dir)
     out = Path(a.out) if a.out else run_dir / "peers"
     out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/peers.py " + (f"--run {run_dir}" if a.run else f"--dataset {a.dataset}")
+    command = "python benchmarks/peers.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     att_file, sparse_file = out / "peers-attribution.json", out / "peers-sparse.json"
     # the side not run keeps its page section from an earlier run in OUT
     attribution = json.loads(att_file.read_text()) if att_file.is_file() and (a.side == "sparse" or a.redraw) else None
     sparse = json.loads(sparse_file.read_text()) if sparse_file.is_file() and (a.side == "attribution" or a.redraw) else None
+    if a.redraw and attribution is None and sparse is None:
+        raise SystemExit(f"--redraw: {out} holds neither {att_file.name} nor {sparse_file.name}")
     if not a.redraw and a.side in ("all", "attribution"):
         settings = FieldSettings(probes=a.probes)
         start = time.perf_counter()
@@ -399,7 +408,10 @@ def main() -> None:
         rows, seconds = table.to_dict(orient="records"), time.perf_counter() - start
         if a.metrics and att_file.is_file():  # the other metrics' rows as they were
             before = json.loads(att_file.read_text())
-            kept = [r for r in before["rows"] if r["metric"] not in set(a.metrics)]
+            if before["settings"] != asdict(settings) or before["images"] != info["images"]:
+                raise SystemExit(f"--metrics: {att_file} was scored with other settings or images "
+                                 f"({before['settings']}, {before['images']} images); run every metric again")
+            kept = [r for r in before["rows"] if r["metric"] not in set(a.metrics) and r["head"] in info["heads"]]
             order = list(metric_table().metric)
             rows = sorted(kept + rows, key=lambda r: (list(info["heads"]).index(r["head"]), order.index(r["metric"])))
             seconds = before["seconds"]  # the whole benchmark's time, as first measured

@@ -10,8 +10,13 @@ import torch
 import infodisent
 from infodisent.errors import InputError
 from infodisent.explain.interop import (
+    EXPLAINERS,
+    Differentiable,
     InfoDisentAttribution,
     channel_maps,
+    channels_last,
+    explain_func,
+    explain_methods,
     input_attribution,
     logit_map,
     quantus_explain_func,
@@ -148,3 +153,73 @@ def test_a_quantus_metric_scores_it_in_one_call(model_and_images):
         n = len(v)
         gini = float(((2 * np.arange(1, n + 1) - n - 1) * v).sum() / (n * v.sum()))
         assert scores[i] == pytest.approx(gini, abs=2e-3)
+
+
+# ----------------------------------------------------------------------------- every method as Quantus takes it
+
+
+@pytest.fixture(scope="module")
+def decisions(model_and_images):
+    model, x = model_and_images
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_every_method_explains_the_decision_in_quantus_shape(decisions):
+    model, x, y = decisions
+    maps, seconds = explain_methods(model, x, y, list(EXPLAINERS), batch_size=4)
+    assert set(maps) == set(seconds) == set(EXPLAINERS)
+    for name, a in maps.items():
+        assert a.shape == (len(x), 1, *x.shape[-2:]) and a.dtype == np.float32 and np.isfinite(a).all(), name
+        assert seconds[name] > 0
+    # InfoDisent: the exact map, channels summed
+    want = input_attribution(model, x, y).sum(1, keepdim=True).numpy()
+    np.testing.assert_allclose(maps["InfoDisent"], want, rtol=1e-6, atol=1e-7)
+    for cam in ("Grad-CAM", "Grad-CAM++", "LayerCAM"):
+        assert maps[cam].min() >= 0 and maps[cam].max() <= 1
+    # Saliency: |d logit / d x| summed over the colour channels, by hand
+    xg = x.clone().requires_grad_(True)
+    Differentiable(model)(xg)[torch.arange(len(x)), y].sum().backward()
+    np.testing.assert_allclose(maps["Saliency"], xg.grad.abs().sum(1, keepdim=True).numpy(), rtol=1e-4, atol=1e-6)
+    # Integrated Gradients as Quantus's explain() calls Captum: 10 trapezoid steps from a zero baseline, i.e. the
+    # gradients at 0, 1/9, ..., 1 of the way weighted as Captum's trapezoid rule weighs them (1/10, the two ends
+    # halved), times the input, summed over the colours
+    xs = torch.cat([x * a for a in torch.linspace(0, 1, 10)]).requires_grad_(True)
+    Differentiable(model)(xs)[torch.arange(len(xs)), y.repeat(10)].sum().backward()
+    weights = torch.full((10,), 1 / 10.0)
+    weights[[0, -1]] = 1 / 20.0
+    grads = (xs.grad.reshape(10, *x.shape) * weights[:, None, None, None, None]).sum(0)
+    np.testing.assert_allclose(maps["Integrated Gradients"], (grads * x).sum(1, keepdim=True).numpy(),
+                               rtol=1e-3, atol=1e-5)
+    with torch.no_grad():  # and so, roughly, completeness
+        gap = (model(x) - model(torch.zeros_like(x)))[torch.arange(len(x)), y]
+    np.testing.assert_allclose(maps["Integrated Gradients"].sum((1, 2, 3)), gap.numpy(), rtol=0.2, atol=0.2)
+
+
+def test_the_gradient_model_is_the_model(decisions):
+    model, x, _ = decisions
+    with torch.no_grad():
+        torch.testing.assert_close(Differentiable(model)(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(channels_last(model)(x), model(x), rtol=1e-4, atol=1e-4)
+    xg = x.clone().requires_grad_(True)
+    Differentiable(model)(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0  # the backbone's own forward has no gradient
+
+
+def test_explain_func_refuses_an_unknown_method_and_takes_numpy(decisions):
+    model, x, y = decisions
+    with pytest.raises(InputError, match="unknown attribution method"):
+        explain_func(model, x, y, method="Occlusion")
+    with pytest.raises(InputError, match="explains an InfoDisent model"):
+        explain_func(torch.nn.Linear(3, 3), x, y)
+
+    class Wrapper(torch.nn.Module):  # as Quantus's metrics may be handed a wrapper of the model
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+    a = explain_func(Wrapper(model), x.numpy(), y.numpy(), method="Grad-CAM")  # unwrapped, numpy in
+    b = explain_func(model, x, int(y[0]), method="Grad-CAM")[:1]  # one class for every image
+    assert a.shape == (len(x), 1, *x.shape[-2:])
+    np.testing.assert_allclose(a[:1], b, rtol=1e-5, atol=1e-6)

@@ -1,18 +1,8 @@
 """The field's own instruments on InfoDisent and its post-hoc peers: Quantus metrics, with settings chosen
-once and stated, on the input-space maps of several attribution methods for one model's decisions.
+once and stated, on the input-space maps of several attribution methods for one model's decisions (the
+methods, as Quantus ``explain_func``\ s: :func:`infodisent.explain.interop.explain_func`).
 
-Every method explains the same decision of the same model (its predicted class's logit, no softmax) as a
-``(B, 1, S, S)`` map, colour channels summed as Quantus's own ``explain`` does:
-
-- ``InfoDisent``: the logit map spread over the pixels of its cells (:func:`~infodisent.explain.interop.
-  input_attribution`; exact, it sums to the logit minus the bias);
-- ``Grad-CAM``, ``Grad-CAM++``, ``LayerCAM``: torchcam at the backbone's last map, upsampled bilinearly
-  (:func:`~infodisent.explain.posthoc.cam_attribution`);
-- ``Saliency``: Captum's ``Saliency`` (the absolute input gradient, Captum's default);
-- ``Integrated Gradients``: Captum's ``IntegratedGradients`` as Quantus's own ``explain`` calls it (10
-  trapezoid steps from a zero baseline, which is the mean image after normalisation).
-
-:data:`METRICS` names each Quantus metric, its family and its settings (Quantus's defaults unless the
+:func:`metric_table` names each Quantus metric, its family and its settings (Quantus's defaults unless the
 table says otherwise, and why). Metrics that only read the maps (localisation, complexity) score every
 image; metrics that call the model tens of times per image (faithfulness, randomisation, robustness)
 score the first ``probes`` of them (:class:`FieldSettings`). :func:`spread_over_classes` picks the images
@@ -20,13 +10,12 @@ score the first ``probes`` of them (:class:`FieldSettings`). :func:`spread_over_
 
 Example:
     >>> x, y, s = ...                                     # images, predicted classes, ground-truth masks
-    >>> maps, seconds = explain_methods(model, x, y, ["InfoDisent", "Grad-CAM"])
+    >>> maps, seconds = explain_methods(model, x, y, ["InfoDisent", "Grad-CAM"])   # explain.interop
     >>> table = score_methods(model, x, y, s, maps, FieldSettings(probes=20))
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 import warnings
@@ -38,132 +27,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..core.backbone import feature_map
 from ..core.geometry import ViewGeometry
 from ..core.model import InfoDisent
 from ..errors import InputError
-from ..explain.interop import input_attribution
-from ..explain.posthoc import METHODS as CAM_METHODS
-from ..explain.posthoc import cam_attribution
-
-
-# ----------------------------------------------------------------------------- methods
-
-
-def _classes(targets: Any, n: int) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(targets) if not torch.is_tensor(targets) else targets, dtype=torch.long)
-    t = t.reshape(-1)
-    return t.expand(n) if len(t) == 1 else t
-
-
-def _tensor(inputs: np.ndarray | torch.Tensor, model: nn.Module) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs, dtype=torch.float32)
-    return x.to(next(model.parameters()).device)
-
-
-def _infodisent(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return input_attribution(model, x, t).sum(1, keepdim=True)
-
-
-def _cam(method: str) -> Callable[[InfoDisent, torch.Tensor, torch.Tensor], torch.Tensor]:
-    def explain(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return cam_attribution(model, x, t, method)
-
-    return explain
-
-
-class Differentiable(nn.Module):
-    """The InfoDisent model with gradients through the frozen backbone to the input, for the gradient
-    methods (the backbone's own forward runs without autograd).
-
-    Args:
-        model: the InfoDisent model.
-    """
-
-    def __init__(self, model: InfoDisent) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(feature_map(self.model.backbone.model, x))
-
-
-def _saliency(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    from captum.attr import Saliency
-
-    return Saliency(Differentiable(model)).attribute(x.detach().requires_grad_(True), target=t).sum(1, keepdim=True)
-
-
-def _integrated_gradients(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    from captum.attr import IntegratedGradients
-
-    ig = IntegratedGradients(Differentiable(model))
-    return ig.attribute(x, target=t, baselines=torch.zeros_like(x), n_steps=IG_STEPS, method="riemann_trapezoid",
-                        internal_batch_size=64).sum(1, keepdim=True)
-
-
-IG_STEPS = 10  # Quantus's own explain() calls Captum's IntegratedGradients so: 10 trapezoid steps from zero
-
-EXPLAINERS: dict[str, Callable[[InfoDisent, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "InfoDisent": _infodisent,
-    **{name: _cam(name) for name in CAM_METHODS},
-    "Saliency": _saliency,
-    "Integrated Gradients": _integrated_gradients,
-}
-
-
-def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor, targets: Any, method: str = "InfoDisent",
-                 **kwargs: Any) -> np.ndarray:
-    """Quantus's ``explain_func`` for any method of :data:`EXPLAINERS`: ``(B, 1, S, S)`` float32.
-
-    Args:
-        model: the model Quantus passes (the scored model, or its randomised copy in MPRT); a
-            :class:`Memo` is unwrapped.
-        inputs: preprocessed images ``(B, 3, S, S)``.
-        targets: one class per image (or one for all).
-        method: a name from :data:`EXPLAINERS` (default ``"InfoDisent"``).
-        **kwargs: the rest of Quantus's ``explain_func_kwargs`` (``device`` and the like); ignored.
-    """
-    if method not in EXPLAINERS:
-        raise InputError(f"unknown attribution method {method!r}; choose from {', '.join(EXPLAINERS)}")
-    model = model.model if isinstance(model, Memo) else model
-    x = _tensor(inputs, model)
-    out = EXPLAINERS[method](model, x, _classes(targets, len(x)).to(x.device))
-    return out.detach().float().cpu().numpy()
-
-
-def explain_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tensor, methods: Sequence[str],
-                    batch_size: int = 32) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Every method's maps of the same decisions, and its cost.
-
-    Args:
-        model: the InfoDisent model.
-        images: preprocessed images ``(N, 3, S, S)``.
-        targets: the explained class of each image ``(N,)``.
-        methods: names from :data:`EXPLAINERS`.
-        batch_size: images per call (default 32).
-
-    Returns:
-        ``{method: (N, 1, S, S)}`` and ``{method: seconds per image}`` (wall time, this process's threads).
-    """
-    maps, seconds = {}, {}
-    for m in methods:
-        start, parts = time.perf_counter(), []
-        for i in range(0, len(images), batch_size):
-            parts.append(explain_func(model, images[i:i + batch_size], targets[i:i + batch_size], method=m))
-        seconds[m] = (time.perf_counter() - start) / max(len(images), 1)
-        maps[m] = np.concatenate(parts)
-    return maps, seconds
-
-
-def channels_last(model: InfoDisent) -> InfoDisent:
-    """A copy of ``model`` in eval mode with its weights in channels-last memory: the same function (to float
-    rounding), and faster convolutions on CPUs (oneDNN's preferred layout).
-
-    Args:
-        model: the InfoDisent model.
-    """
-    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+from ..explain.interop import explain_func
 
 
 # ----------------------------------------------------------------------------- images and ground truth
@@ -243,7 +110,7 @@ class FieldSettings:
         faithfulness_runs: Faithfulness Correlation's random subsets per image (default 100, Quantus's).
         region_steps: Region Perturbation's perturbed 8 x 8 patches per image (default 100, Quantus's).
         sensitivity_samples: Max-Sensitivity's noisy copies per image (default 10; Quantus's 200 would cost
-            Integrated Gradients 10,000 backward passes per image).
+            Integrated Gradients 2,000 backward passes per image).
         seed: numpy's seed before each method's call of a random metric (default 42, Quantus's).
     """
 
@@ -256,15 +123,28 @@ class FieldSettings:
 
 @dataclass(frozen=True)
 class Metric:
-    """One Quantus metric as the benchmark calls it."""
+    """One Quantus metric as the benchmark calls it.
+
+    Args:
+        name: its name in tables.
+        family: localisation, complexity, faithfulness, randomisation or robustness.
+        better: ``"higher"`` or ``"lower"``.
+        scope: ``"images"`` (it reads the maps only: every image) or ``"probes"`` (it calls the model per
+            image: the first :attr:`FieldSettings.probes`).
+        settings: its Quantus class and settings in words, with :class:`FieldSettings` fields in braces.
+        build: ``(settings, classes) ->`` the Quantus metric.
+        positive: score each map's positive part only (default False).
+        curve: Quantus returns a curve per image, scored by its mean (default False).
+    """
 
     name: str
     family: str
-    better: str  # "higher" or "lower"
-    scope: str  # "images" (reads the maps only) or "probes" (calls the model per image)
-    settings: str  # the settings, in words, for the results page
-    build: Callable[[FieldSettings, int], Any]  # (settings, classes) -> the Quantus metric
-    positive: bool = False  # score each map's positive part (the evidence for the class) only
+    better: str
+    scope: str
+    settings: str
+    build: Callable[[FieldSettings, int], Any]
+    positive: bool = False
+    curve: bool = False
 
 
 def _metrics() -> list[Metric]:
@@ -293,12 +173,15 @@ def _metrics() -> list[Metric]:
                "quantus.RegionPerturbation(patch_size=8, regions_evaluation={region_steps}, order='morf', "
                "perturb_baseline='black'); the score is the mean logit drop over the steps (AOPC)",
                lambda s, c: quantus.RegionPerturbation(patch_size=8, regions_evaluation=s.region_steps,
-                                                      order="morf", perturb_baseline="black", **quiet)),
+                                                      order="morf", perturb_baseline="black", **quiet),
+               curve=True),
         Metric("Random Logit", "randomisation", "lower", "probes",
-               "quantus.RandomLogit(num_classes=C), defaults (SSIM of the map and a random other class's map)",
+               "quantus.RandomLogit(num_classes=C, seed={seed}), defaults otherwise (SSIM of the map and a random "
+               "other class's map)",
                lambda s, c: quantus.RandomLogit(num_classes=c, seed=s.seed, **quiet)),
         Metric("MPRT", "randomisation", "lower", "probes",
-               "quantus.MPRT(layer_order='top_down', skip_layers=True, return_last_correlation=True): Spearman "
+               "quantus.MPRT(layer_order='top_down', skip_layers=True, return_last_correlation=True, seed={seed}): "
+               "Spearman "
                "correlation of the map with the fully randomised model's map (every layer, head first)",
                lambda s, c: quantus.MPRT(layer_order="top_down", skip_layers=True, return_last_correlation=True,
                                          seed=s.seed, **quiet)),
@@ -321,7 +204,7 @@ def metric_table(settings: FieldSettings | None = None) -> pd.DataFrame:
 
 
 def _per_image(metric: Metric, q: Any, scores: Any) -> np.ndarray:
-    if metric.name.startswith("Region Perturbation"):
+    if metric.curve:
         return np.asarray([np.mean(curve) for curve in q.evaluation_scores], dtype=float)
     return np.asarray(scores, dtype=float).reshape(-1)
 
@@ -354,6 +237,7 @@ def score_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tensor
     if unknown:
         raise InputError(f"unknown metrics {sorted(unknown)}; choose from {list(metric_table().metric)}")
     x, y = images.cpu().numpy().astype(np.float32), np.asarray(targets.cpu(), dtype=np.int64)
+    device = str(next(model.parameters()).device)
     c = model.head.config.num_classes
     rows = []
     for metric in chosen:
@@ -371,7 +255,7 @@ def score_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tensor
                 scores = q(model=memo, x_batch=x[:n], y_batch=y[:n], a_batch=a[:n],
                            s_batch=None if masks is None else masks[:n].astype(np.float32),
                            explain_func=explain_func, explain_func_kwargs={"method": method},
-                           softmax=False, device="cpu", batch_size=batch_size, channel_first=True)
+                           softmax=False, device=device, batch_size=batch_size, channel_first=True)
             values = _per_image(metric, q, scores)
             seconds = time.perf_counter() - start
             ok = values[np.isfinite(values)]
@@ -398,5 +282,5 @@ def ranks(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-__all__ = ["EXPLAINERS", "Differentiable", "FieldSettings", "Memo", "Metric", "channels_last", "explain_func",
-           "explain_methods", "metric_table", "object_masks", "ranks", "score_methods", "spread_over_classes"]
+__all__ = ["FieldSettings", "Memo", "Metric", "metric_table", "object_masks", "ranks", "score_methods",
+           "spread_over_classes"]

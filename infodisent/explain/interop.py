@@ -16,7 +16,16 @@ Integrated Gradients approximates with tens of passes.
 - :func:`quantus_explain_func` is Quantus's ``explain_func`` (numpy in, numpy out); the model Quantus
   scores is :class:`~infodisent.core.model.InfoDisent` itself, one ``nn.Module`` from images to logits.
 
-Captum is needed for :class:`InfoDisentAttribution` alone (the ``[interop]`` extra); the rest needs torch.
+:func:`explain_func` puts the usual post-hoc methods beside it, each as a Quantus ``explain_func`` of the
+same model and decision, as ``(B, 1, S, S)`` maps (colour channels summed, as Quantus's own ``explain``
+does): ``"InfoDisent"`` (the exact map above), ``"Grad-CAM"``, ``"Grad-CAM++"`` and ``"LayerCAM"``
+(torchcam at the backbone's last map, upsampled bilinearly: :func:`~.posthoc.cam_attribution`),
+``"Saliency"`` (Captum: the absolute input gradient) and ``"Integrated Gradients"`` (Captum, as Quantus's
+own ``explain`` calls it: :data:`IG_STEPS` trapezoid steps from a zero baseline, the mean image after
+normalisation). :func:`explain_methods` runs several and times them.
+
+Captum is needed for :class:`InfoDisentAttribution`, Saliency and Integrated Gradients alone (the
+``[interop]`` extra); the rest needs torch and torchcam.
 
 Example:
     >>> attr = input_attribution(run.model, images, target=3)         # (B, 3, S, S)
@@ -27,13 +36,19 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..core.backbone import feature_map
 from ..core.model import InfoDisent
 from ..errors import InputError
+from .posthoc import METHODS as CAM_METHODS
+from .posthoc import cam_attribution
 
 try:  # Captum is optional (the [interop] extra): InfoDisentAttribution says so when it is missing
     from captum.attr import Attribution as _Attribution
@@ -173,5 +188,128 @@ def quantus_explain_func(model: InfoDisent, inputs: np.ndarray | torch.Tensor, t
     return maps.sum(1, keepdim=True).cpu().numpy().astype(np.float32)
 
 
-__all__ = ["InfoDisentAttribution", "channel_maps", "input_attribution", "logit_map", "quantus_explain_func",
-           "spread"]
+# ----------------------------------------------------------------------------- every method, as Quantus takes it
+
+
+def _classes(targets: Any, n: int) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(targets) if not torch.is_tensor(targets) else targets, dtype=torch.long)
+    t = t.reshape(-1)
+    return t.expand(n) if len(t) == 1 else t
+
+
+def _tensor(inputs: np.ndarray | torch.Tensor, model: nn.Module) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs, dtype=torch.float32)
+    return x.to(next(model.parameters()).device)
+
+
+def _infodisent(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return input_attribution(model, x, t).sum(1, keepdim=True)
+
+
+def _cam(method: str) -> Callable[[InfoDisent, torch.Tensor, torch.Tensor], torch.Tensor]:
+    def explain(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return cam_attribution(model, x, t, method)
+
+    return explain
+
+
+class Differentiable(nn.Module):
+    """The InfoDisent model with gradients through the frozen backbone to the input, for the gradient
+    methods (the backbone's own forward runs without autograd).
+
+    Args:
+        model: the InfoDisent model.
+    """
+
+    def __init__(self, model: InfoDisent) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(feature_map(self.model.backbone.model, x))
+
+
+def _saliency(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    from captum.attr import Saliency
+
+    return Saliency(Differentiable(model)).attribute(x.detach().requires_grad_(True), target=t).sum(1, keepdim=True)
+
+
+IG_STEPS = 10  # Quantus's own explain() calls Captum's IntegratedGradients so: 10 trapezoid steps from zero
+
+
+def _integrated_gradients(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(Differentiable(model))
+    return ig.attribute(x, target=t, baselines=torch.zeros_like(x), n_steps=IG_STEPS, method="riemann_trapezoid",
+                        internal_batch_size=64).sum(1, keepdim=True)
+
+
+EXPLAINERS: dict[str, Callable[[InfoDisent, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "InfoDisent": _infodisent,
+    **{name: _cam(name) for name in CAM_METHODS},
+    "Saliency": _saliency,
+    "Integrated Gradients": _integrated_gradients,
+}
+
+
+def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor, targets: Any, method: str = "InfoDisent",
+                 **kwargs: Any) -> np.ndarray:
+    """Quantus's ``explain_func`` for any method of :data:`EXPLAINERS`: ``(B, 1, S, S)`` float32.
+
+    Args:
+        model: the model Quantus passes (the scored model, or its randomised copy in MPRT); a module that
+            wraps one as ``.model`` is unwrapped.
+        inputs: preprocessed images ``(B, 3, S, S)``.
+        targets: one class per image (or one for all).
+        method: a name from :data:`EXPLAINERS` (default ``"InfoDisent"``).
+        **kwargs: the rest of Quantus's ``explain_func_kwargs`` (``device`` and the like); ignored.
+    """
+    if method not in EXPLAINERS:
+        raise InputError(f"unknown attribution method {method!r}; choose from {', '.join(EXPLAINERS)}")
+    if not isinstance(model, InfoDisent) and isinstance(getattr(model, "model", None), InfoDisent):
+        model = model.model  # a wrapper of the model (a memo of its answers)
+    if not isinstance(model, InfoDisent):
+        raise InputError(f"explain_func explains an InfoDisent model, not a {type(model).__name__}")
+    x = _tensor(inputs, model)
+    out = EXPLAINERS[method](model, x, _classes(targets, len(x)).to(x.device))
+    return out.detach().float().cpu().numpy()
+
+
+def explain_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tensor, methods: Sequence[str],
+                    batch_size: int = 32) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every method's maps of the same decisions, and its cost.
+
+    Args:
+        model: the InfoDisent model.
+        images: preprocessed images ``(N, 3, S, S)``.
+        targets: the explained class of each image ``(N,)``.
+        methods: names from :data:`EXPLAINERS`.
+        batch_size: images per call (default 32).
+
+    Returns:
+        ``{method: (N, 1, S, S)}`` and ``{method: seconds per image}`` (wall time, this process's threads).
+    """
+    maps, seconds = {}, {}
+    for m in methods:
+        start, parts = time.perf_counter(), []
+        for i in range(0, len(images), batch_size):
+            parts.append(explain_func(model, images[i:i + batch_size], targets[i:i + batch_size], method=m))
+        seconds[m] = (time.perf_counter() - start) / max(len(images), 1)
+        maps[m] = np.concatenate(parts)
+    return maps, seconds
+
+
+def channels_last(model: InfoDisent) -> InfoDisent:
+    """A copy of ``model`` in eval mode with its weights in channels-last memory: the same function (to float
+    rounding), and faster convolutions on CPUs (oneDNN's preferred layout).
+
+    Args:
+        model: the InfoDisent model.
+    """
+    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+
+__all__ = ["EXPLAINERS", "IG_STEPS", "Differentiable", "InfoDisentAttribution", "channel_maps", "channels_last",
+           "explain_func", "explain_methods", "input_attribution", "logit_map", "quantus_explain_func", "spread"]
