@@ -184,7 +184,8 @@ def attribution_peer(run, images: int = 200, settings: FieldSettings | None = No
     labels = torch.as_tensor(np.asarray(ds.labels)[idx])
     masks = object_masks(ds, transform, idx)
     heads = [(run.head_key, run, METHODS)]
-    if run.metrics.frontier and run.head_key != "dense" and any(p.channels_per_class is None for p in run.metrics.frontier):
+    dense_kept = any(p.channels_per_class is None for p in run.metrics.frontier)
+    if run.head_key != "dense" and dense_kept:
         heads.append(("dense", run.with_k("dense"), DENSE_METHODS))
     tables, info = [], {"images": len(idx), "masks": None if masks is None else float(masks.mean()), "heads": {}}
     for key, r, methods in heads:
@@ -324,7 +325,8 @@ def page(run, attribution: dict | None, sparse: dict | None, command: str) -> st
                 f"channels per class. Dense head {_fmt(sparse['dense_top1'])}, linear probe "
                 f"{_fmt(sparse['probe_top1'])} (test top-1).", "",
                 "| K | InfoDisent top-1 | glm-saga top-1 | glm-saga weights per class | glm-saga support refit |"
-                + (" InfoDisent purity | glm-saga purity | InfoDisent consistency | glm-saga consistency |" if read else ""),
+                + (" InfoDisent purity | glm-saga purity | InfoDisent consistency | glm-saga consistency |"
+                   if read else ""),
                 "|---|---|---|---|---|" + ("---|---|---|---|" if read else "")]
         for r in rows:
             line = (f"| {r['K']} | {_fmt(r['infodisent_top1'])} | {_fmt(r['glm_saga_top1'])} | "
@@ -382,7 +384,8 @@ def main() -> None:
                     help="channels per class compared with glm-saga (default: the run's kept K)")
     ap.add_argument("--images", type=int, default=200, help="test images explained (default 200)")
     ap.add_argument("--probes", type=int, default=FieldSettings.probes,
-                    help=f"of those, the ones scored by the metrics that call the model (default {FieldSettings.probes})")
+                    help="of those, the ones scored by the metrics that call the model "
+                         f"(default {FieldSettings.probes})")
     ap.add_argument("--metrics", nargs="+", default=None,
                     help="score only these metrics again, keeping the others' rows from OUT (default: all)")
     ap.add_argument("--out", default=None, help="where the page, tables and figure go (default RUN/peers)")
@@ -396,9 +399,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/peers.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     att_file, sparse_file = out / "peers-attribution.json", out / "peers-sparse.json"
-    # the side not run keeps its page section from an earlier run in OUT
-    attribution = json.loads(att_file.read_text()) if att_file.is_file() and (a.side == "sparse" or a.redraw) else None
-    sparse = json.loads(sparse_file.read_text()) if sparse_file.is_file() and (a.side == "attribution" or a.redraw) else None
+    # the side not run keeps its page section from an earlier run in OUT (both sides, when redrawing)
+    read_attribution, read_sparse = a.redraw or a.side == "sparse", a.redraw or a.side == "attribution"
+    attribution = json.loads(att_file.read_text()) if read_attribution and att_file.is_file() else None
+    sparse = json.loads(sparse_file.read_text()) if read_sparse and sparse_file.is_file() else None
     if a.redraw and attribution is None and sparse is None:
         raise SystemExit(f"--redraw: {out} holds neither {att_file.name} nor {sparse_file.name}")
     if not a.redraw and a.side in ("all", "attribution"):

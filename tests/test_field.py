@@ -11,7 +11,8 @@ import torch
 import infodisent
 from infodisent.errors import InputError
 from infodisent.core.geometry import ViewGeometry
-from infodisent.eval.field import FieldSettings, Memo, metric_table, object_masks, ranks, score_methods, spread_over_classes
+from infodisent.eval.field import (FieldSettings, Memo, metric_table, object_masks, ranks, score_methods,
+                                   spread_over_classes)
 from infodisent.explain.interop import channels_last, explain_methods
 
 pytest.importorskip("quantus")
@@ -69,7 +70,8 @@ def test_object_masks_are_the_cub_boxes_in_the_view(tmp_path):
     for i in range(len(ds)):
         b = ds.boxes.iloc[i]
         geo = ViewGeometry.from_transform(transform, ds.load_image(i).size)
-        (x0, y0), (x1, y1) = geo.points_to_view(np.array([[b["x"], b["y"]], [b["x"] + b["width"], b["y"] + b["height"]]]))
+        corners = np.array([[b["x"], b["y"]], [b["x"] + b["width"], b["y"] + b["height"]]])
+        (x0, y0), (x1, y1) = geo.points_to_view(corners)
         rows, cols = np.flatnonzero(masks[i, 0].any(1)), np.flatnonzero(masks[i, 0].any(0))
         # the mask spans the box, to the nearest-neighbour resize's pixel, clipped by the crop
         assert abs(cols[0] - max(x0, 0)) <= 1.5 and abs(cols[-1] + 1 - min(x1, 64)) <= 1.5

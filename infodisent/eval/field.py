@@ -1,6 +1,6 @@
 """The field's own instruments on InfoDisent and its post-hoc peers: Quantus metrics, with settings chosen
 once and stated, on the input-space maps of several attribution methods for one model's decisions (the
-methods, as Quantus ``explain_func``\ s: :func:`infodisent.explain.interop.explain_func`).
+methods, as Quantus ``explain_func`` functions: :func:`infodisent.explain.interop.explain_func`).
 
 :func:`metric_table` names each Quantus metric, its family and its settings (Quantus's defaults unless the
 table says otherwise, and why). Metrics that only read the maps (localisation, complexity) score every
@@ -75,7 +75,6 @@ def object_masks(dataset, transform, indices: np.ndarray) -> np.ndarray | None:
     return np.stack(out)[:, None]
 
 
-
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -95,7 +94,8 @@ class Memo(nn.Module):
         self._answers: dict[bytes, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = hashlib.blake2b(x.detach().cpu().numpy().tobytes(), digest_size=16).digest() + bytes(str(x.shape), "ascii")
+        digest = hashlib.blake2b(x.detach().cpu().numpy().tobytes(), digest_size=16).digest()
+        key = digest + str(tuple(x.shape)).encode()
         if key not in self._answers:
             self._answers[key] = self.model(x).detach()
         return self._answers[key]
@@ -181,8 +181,7 @@ def _metrics() -> list[Metric]:
                lambda s, c: quantus.RandomLogit(num_classes=c, seed=s.seed, **quiet)),
         Metric("MPRT", "randomisation", "lower", "probes",
                "quantus.MPRT(layer_order='top_down', skip_layers=True, return_last_correlation=True, seed={seed}): "
-               "Spearman "
-               "correlation of the map with the fully randomised model's map (every layer, head first)",
+               "Spearman correlation of the map with the fully randomised model's map (every layer, head first)",
                lambda s, c: quantus.MPRT(layer_order="top_down", skip_layers=True, return_last_correlation=True,
                                          seed=s.seed, **quiet)),
         Metric("Max-Sensitivity", "robustness", "lower", "probes",
