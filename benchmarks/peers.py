@@ -47,7 +47,7 @@ from infodisent.core.head import HeadConfig, InfoDisentHead
 from infodisent.core.model import InfoDisent
 from infodisent.data.sources import CachedSource
 from infodisent.eval.field import FieldSettings, metric_table, object_masks, ranks, score_methods, spread_over_classes
-from infodisent.explain.interop import IG_STEPS, channels_last, explain_methods
+from infodisent.explain.interop import IG_STEPS, explain_methods
 from infodisent.eval.part_metrics import cub_part_metrics, has_parts, parts_purity
 from infodisent.explain.prototypes import mine_prototypes
 from infodisent.io import atomic_path
@@ -189,7 +189,7 @@ def attribution_peer(run, images: int = 200, settings: FieldSettings | None = No
         heads.append(("dense", run.with_k("dense"), DENSE_METHODS))
     tables, info = [], {"images": len(idx), "masks": None if masks is None else float(masks.mean()), "heads": {}}
     for key, r, methods in heads:
-        model = channels_last(r.model)
+        model = r.model.eval()
         with torch.no_grad():
             y = torch.cat([model(x[i:i + 64].to(model.device)).argmax(1).cpu() for i in range(0, len(x), 64)])
         top1 = float((y == labels).float().mean())

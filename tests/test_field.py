@@ -13,7 +13,7 @@ from infodisent.errors import InputError
 from infodisent.core.geometry import ViewGeometry
 from infodisent.eval.field import (FieldSettings, Memo, metric_table, object_masks, ranks, score_methods,
                                    spread_over_classes)
-from infodisent.explain.interop import channels_last, explain_methods
+from infodisent.explain.interop import explain_methods
 
 pytest.importorskip("quantus")
 pytest.importorskip("captum")
@@ -80,7 +80,7 @@ def test_object_masks_are_the_cub_boxes_in_the_view(tmp_path):
 
 def test_the_quantus_metrics_score_every_method(run_images):
     run, ds, idx, x, y = run_images
-    model = channels_last(run.model)
+    model = run.model.eval()
     methods = ["InfoDisent", "Grad-CAM", "Saliency"]
     maps, _ = explain_methods(model, x, y, methods)
     settings = FieldSettings(probes=3, faithfulness_runs=5, region_steps=4, sensitivity_samples=2)

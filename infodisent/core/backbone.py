@@ -179,6 +179,15 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.map_with_grad(x)
+
+    def map_with_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map as :meth:`forward` gives it, with autograd where it is enabled (the gradient
+        attribution methods need the input's gradient; the backbone's weights stay frozen).
+
+        Args:
+            x: preprocessed images ``(B, 3, S, S)``.
+        """
         if x.device.type == "cpu" and x.dim() == 4:
             # oneDNN's preferred layout on CPUs: faster convolutions, the same map to float rounding
             x = x.contiguous(memory_format=torch.channels_last)

@@ -215,8 +215,7 @@ def score_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tensor
     """Score each method's maps with each Quantus metric.
 
     Args:
-        model: the explained model, in eval mode (:func:`channels_last` makes a copy that computes the same
-            faster on a CPU).
+        model: the explained model, in eval mode.
         images: the preprocessed images ``(N, 3, S, S)``.
         targets: the explained classes ``(N,)`` (the model's predictions).
         masks: ground-truth object masks ``(N, 1, S, S)`` for the localisation metrics, or None to skip them.

@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any, Callable, Sequence
 
@@ -44,7 +43,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.backbone import feature_map
 from ..core.model import InfoDisent
 from ..errors import InputError
 from .posthoc import METHODS as CAM_METHODS
@@ -175,7 +173,8 @@ class InfoDisentAttribution(_Attribution or object):  # type: ignore[misc]
 def quantus_explain_func(model: InfoDisent, inputs: np.ndarray | torch.Tensor, targets: Any, **kwargs: Any
                          ) -> np.ndarray:
     """Quantus's ``explain_func``: the input attribution of ``targets`` as a float32 numpy array
-    ``(B, 1, S, S)`` (summed over the colour channels, the shape Quantus's metrics take for images).
+    ``(B, 1, S, S)`` (summed over the colour channels, the shape Quantus's metrics take for images):
+    :func:`explain_func` with ``method="InfoDisent"``.
 
     Args:
         model: the InfoDisent model Quantus scores.
@@ -183,9 +182,7 @@ def quantus_explain_func(model: InfoDisent, inputs: np.ndarray | torch.Tensor, t
         targets: one class, one per image (numpy, torch or ints).
         **kwargs: Quantus's ``explain_func_kwargs`` (``device`` and the like); ignored.
     """
-    x = torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs, dtype=torch.float32)
-    maps = input_attribution(model, x, targets)
-    return maps.sum(1, keepdim=True).cpu().numpy().astype(np.float32)
+    return explain_func(model, inputs, targets, method="InfoDisent")
 
 
 # ----------------------------------------------------------------------------- every method, as Quantus takes it
@@ -226,7 +223,7 @@ class Differentiable(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(feature_map(self.model.backbone.model, x))
+        return self.model.head(self.model.backbone.map_with_grad(x))
 
 
 def _saliency(model: InfoDisent, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -301,15 +298,5 @@ def explain_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tens
     return maps, seconds
 
 
-def channels_last(model: InfoDisent) -> InfoDisent:
-    """A copy of ``model`` in eval mode with its weights in channels-last memory: the same function (to float
-    rounding), and faster convolutions on CPUs (oneDNN's preferred layout).
-
-    Args:
-        model: the InfoDisent model.
-    """
-    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-
-
-__all__ = ["EXPLAINERS", "IG_STEPS", "Differentiable", "InfoDisentAttribution", "channel_maps", "channels_last",
-           "explain_func", "explain_methods", "input_attribution", "logit_map", "quantus_explain_func", "spread"]
+__all__ = ["EXPLAINERS", "IG_STEPS", "Differentiable", "InfoDisentAttribution", "channel_maps", "explain_func",
+           "explain_methods", "input_attribution", "logit_map", "quantus_explain_func", "spread"]
