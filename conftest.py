@@ -1,7 +1,7 @@
 """nbval runs the tutorials as another machine would: other CPU kernels, and a cold feature cache.
 
-(At the root rather than in ``notebooks/tutorials``: the tests import their helpers with ``from conftest
-import ...``, and a second ``conftest`` module loaded after ``tests/conftest.py`` would shadow it.)
+(At the root rather than in ``notebooks/tutorials``: a second ``conftest`` module beside the notebooks would
+be imported under the same name as ``tests/conftest.py``.)
 
 The committed outputs are written on one machine; its trained numbers differ from another CPU's in the
 last bits, and training carries that on. The tutorials therefore check trained numbers within stated

@@ -26,12 +26,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.head import InfoDisentHead
 from infodisent.core.weights import load_backbone
-from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.datasets import PartsDataset
 from infodisent.data.extract import extract_features
 from infodisent.data.sources import CachedSource, StreamingSource
-from infodisent.train.training import FitConfig, make_optimizer, train_one_epoch
+from infodisent.records.data import PartsConfig
+from infodisent.records.model import HeadConfig
+from infodisent.records.options import FitConfig
+from infodisent.train.training import make_optimizer, train_one_epoch
 
 
 def timed(fn, repeat: int = 1) -> float:

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_widgets import backbone_forward
 
 import infodisent
 from infodisent.widgets import ChannelBrowser, DecisionExplorer
-
-from bench_widgets import backbone_forward
 
 
 def median_time(fn, repeat: int = 3) -> float:

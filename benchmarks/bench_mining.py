@@ -18,13 +18,15 @@ import time
 import torch
 from bench_training import sync  # benchmarks/ is on sys.path when run as a script
 
-from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.head import InfoDisentHead
 from infodisent.core.model import InfoDisent
 from infodisent.core.weights import load_backbone
-from infodisent.data.datasets import PartsConfig, PartsDataset, build_dataset
+from infodisent.data.datasets import PartsDataset, build_dataset
 from infodisent.data.extract import extract_features
 from infodisent.data.features import find_cache
 from infodisent.explain.prototypes import mine_prototypes
+from infodisent.records.data import PartsConfig
+from infodisent.records.model import HeadConfig
 
 
 def once(fn, device: torch.device) -> float:

@@ -46,7 +46,7 @@ def backbone_forward(run, repeat: int = 5) -> float:
     """The median time of one forward of the run's backbone on one image (the unit of the ratios)."""
     import torch
 
-    x = torch.zeros(1, *run.config.data["input_size"])
+    x = torch.zeros(1, *run.config.model.data["input_size"])
     out = []
     with torch.no_grad():
         for _ in range(repeat):
@@ -90,7 +90,7 @@ def main(path: str = "runs/demo") -> None:
                                                  [(x, y) for x in (20, 120, 220, 320) for y in (30, 170, 300)])
     rows["explorer: next test image"] = timed(set_(e.image_index), list(range(1, 11)), repeat=1)
 
-    print(f"run {path}: {run.config.backbone.name}, {run.model.head.config.num_features} channels, "
+    print(f"run {path}: {run.config.model.backbone.name}, {run.model.head.config.num_features} channels, "
           f"{len(run.class_names)} classes; model and index loaded in {load:.2f} s")
     print("\n| interaction | n | median ms | p95 ms |\n|---|---|---|---|")
     for name, ts in rows.items():

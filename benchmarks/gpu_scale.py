@@ -23,11 +23,13 @@ import time
 
 import torch
 
-from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.head import InfoDisentHead
 from infodisent.core.weights import load_backbone
 from infodisent.data.datasets import build_dataset
 from infodisent.data.sources import StreamingSource
-from infodisent.train.training import FitConfig, make_optimizer, train_one_epoch
+from infodisent.records.model import HeadConfig
+from infodisent.records.options import FitConfig
+from infodisent.train.training import make_optimizer, train_one_epoch
 from infodisent.tutorials.fabricate import fabricate
 
 # timm's published inference rates, results/benchmark-infer-amp-nhwc-pt240-cu124-rtx4090.csv

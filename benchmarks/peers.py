@@ -43,15 +43,16 @@ import pandas as pd
 import torch
 
 import infodisent
-from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.head import InfoDisentHead
 from infodisent.core.model import InfoDisent
 from infodisent.data.sources import CachedSource
 from infodisent.eval.field import FieldSettings, metric_table, object_masks, ranks, score_methods, spread_over_classes
-from infodisent.explain.interop import IG_STEPS, explain_methods
 from infodisent.eval.part_metrics import cub_part_metrics, has_parts, parts_purity
+from infodisent.explain.interop import IG_STEPS, explain_methods
 from infodisent.explain.prototypes import mine_prototypes
 from infodisent.io import atomic_path
 from infodisent.pipeline import pooled_features
+from infodisent.records.model import HeadConfig
 from infodisent.train.glm import elastic_net_path, refit_support, sparse_layer_at
 from infodisent.viz.plots import frontier_figure
 
@@ -65,7 +66,7 @@ def backbone_channels_index(run, progress: bool = True):
     """The test split's prototypes of the backbone's own channels (U = I, the channels a sparse layer on
     pooled features reads), mined from the run's feature cache. Which channels a layer keeps does not
     change them, so one index serves every point of the path."""
-    d, c = run.config.backbone.num_features, run.config.num_classes
+    d, c = run.config.model.backbone.num_features, run.config.model.num_classes
     identity = InfoDisent(run.model.backbone, InfoDisentHead(HeadConfig(d, c, rotation=False)), list(run.class_names))
     return mine_prototypes(identity, run.dataset("test"), features=run.features("test"), progress=progress)
 
@@ -98,7 +99,7 @@ def sparse_layer_peer(run, ks: list[int], progress: bool = True) -> tuple[pd.Dat
         return float((layer.logits(xte).argmax(1) == yte).float().mean())
 
     start = time.perf_counter()
-    path = elastic_net_path(xtr, ytr, run.config.num_classes, max_per_class=max(ks), progress=progress)
+    path = elastic_net_path(xtr, ytr, run.config.model.num_classes, max_per_class=max(ks), progress=progress)
     seconds = time.perf_counter() - start
     kept = {p.channels_per_class: p for p in run.metrics.frontier}
     parts = has_parts(run.dataset("test"))
@@ -285,7 +286,7 @@ def page(run, attribution: dict | None, sparse: dict | None, command: str) -> st
     """The results page: what was run, the attribution table per head, the sparse-layer table, the settings
     and the prototype peers' published numbers."""
     out = [f"# InfoDisent beside its peers: {run.config.run.dataset if run.config.run else 'dataset'}, "
-           f"{run.config.num_classes} classes, {run.config.backbone.name}", "",
+           f"{run.config.model.num_classes} classes, {run.config.model.backbone.name}", "",
            f"Written by `{command}`.", ""]
     if attribution is not None:
         table = pd.DataFrame(attribution["rows"])
@@ -341,8 +342,8 @@ def page(run, attribution: dict | None, sparse: dict | None, command: str) -> st
                 "All train their backbone on 200 classes at 224 px.", "",
                 "| model | backbone | CUB-200 top-1 (%) | where | what else differs |", "|---|---|---|---|---|"]
         out += [f"| {m} | {b} | {a} | {src} | {d} |" for m, b, a, src, d in PUBLISHED]
-        out += ["", f"This run: {run.config.num_classes} classes, full (uncropped) images, a frozen "
-                f"{run.config.backbone.name}; the head shown reaches {_fmt(run.metrics.infodisent.top1)} "
+        out += ["", f"This run: {run.config.model.num_classes} classes, full (uncropped) images, a frozen "
+                f"{run.config.model.backbone.name}; the head shown reaches {_fmt(run.metrics.infodisent.top1)} "
                 "test top-1. The numbers above are on 200 classes with trained backbones, so they place the "
                 "field, they do not rank it against this run. They were transcribed from the papers without "
                 "network access to check them again; only ProtoPNet's VGG-19 figure was found quoted in a second "
@@ -428,7 +429,8 @@ def main() -> None:
         if not ks:
             raise SystemExit(f"{run_dir} keeps no compact head: give --ks, or train it with pruning")
         table, curves = sparse_layer_peer(run, ks)
-        sparse = {"run": str(run_dir), "backbone": run.config.backbone.name, "classes": run.config.num_classes,
+        sparse = {"run": str(run_dir), "backbone": run.config.model.backbone.name,
+                  "classes": run.config.model.num_classes,
                   "path_seconds": table.attrs["path_seconds"], "path_points": table.attrs["path_points"],
                   "refit_l2": table.attrs["refit_l2"],
                   "dense_top1": next((p.test.top1 for p in run.metrics.frontier if p.channels_per_class is None), None),

@@ -17,15 +17,16 @@ from typing import Sequence
 
 import torch
 
-from .config import RunConfig, demo_config
-from .core.backbone import DEFAULT_BACKBONE
-from .data import distributed
+from . import distributed
 from .data.datasets import DATASETS
 from .errors import InfodisentError, InputError
-from .eval.results import to_dict
 from .pipeline import evaluate_run, mine_run, train_run
-from .run import Run
-from .train.sparse import SparseOptions
+from .records.model import DEFAULT_BACKBONE
+from .records.options import SparseOptions
+from .records.run import RunConfig, demo_config
+from .records.serialize import to_dict
+from .run import Run, open_run
+from .viz import sentences
 
 # a user's mistake gets a message and exit status 2; anything else is a bug and keeps its traceback
 USER_ERRORS = (InfodisentError, FileNotFoundError)
@@ -152,10 +153,10 @@ def _print_run(result) -> None:
     if m.ratio is not None:
         print(f"\nInfoDisent / linear probe accuracy ratio: {m.ratio:.3f}")
     if m.sparse is not None:
-        print(m.sparse.cost(m.infodisent))
-        print(m.sparse.describe())
+        print(sentences.compactness_cost(m.sparse, m.infodisent))
+        print(sentences.compact_head(m.sparse))
     if m.agreement is not None:
-        print(m.agreement.sentence())
+        print(sentences.agreement(m.agreement))
     for split, info in m.feature_cache.items():
         state = "reused (no image passed through the backbone)" if info.reused else "extracted now"
         print(f"feature cache {split}: {state} — {info.path}")
@@ -165,30 +166,62 @@ def _print_run(result) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    """``infodisent demo``: train the embedded default run and print its results.
+
+    Args:
+        a: the parsed arguments of the ``demo`` subcommand.
+    Returns:
+        The exit status, 0."""
     _print_run(train_run(_run_config(a, demo_config(a.out))))
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """``infodisent train``: train a run on a dataset and print its results.
+
+    Args:
+        a: the parsed arguments of the ``train`` subcommand.
+    Returns:
+        The exit status, 0."""
     _print_run(train_run(_run_config(a, _data_config(a, resume=a.resume, overwrite=a.overwrite))))
     return 0
 
 
 def _open(a: argparse.Namespace) -> Run:
-    return Run.open(a.run_dir, device=a.device, cache_dir=getattr(a, "cache_dir", None))
+    return open_run(a.run_dir, device=a.device, cache_dir=getattr(a, "cache_dir", None))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    """``infodisent evaluate``: evaluate a saved run on a split (and, with ``--sanity``, run the sanity checks);
+    print the evaluation as JSON.
+
+    Args:
+        a: the parsed arguments of the ``evaluate`` subcommand.
+    Returns:
+        The exit status, 0."""
+    run = _open(a)
+    if a.sanity and run.dataset_spec(a.split, a.dataset, a.root) != run.dataset_spec(a.split):
+        raise InputError("the sanity checks retrain on the run's own data: evaluate them on its own dataset")
     out = evaluate_run(
-        _open(a), a.split, dataset=a.dataset, root=a.root, batch_size=a.batch_size, num_workers=a.num_workers,
+        run, a.split, dataset=a.dataset, root=a.root, batch_size=a.batch_size, num_workers=a.num_workers,
         strict=a.strict, progress=not a.quiet, explanations=a.explanations, k=a.k, stability=not a.no_stability,
-        sanity=a.sanity, frontier=not a.shown_only,
+        frontier=not a.shown_only,
     )
+    if a.sanity:
+        from .studies.sanity import sanity_checks
+
+        out = replace(out, sanity=sanity_checks(run, a.split, record=True))
     print(json.dumps(to_dict(out), indent=2))
     return 0
 
 
 def cmd_mine(a: argparse.Namespace) -> int:
+    """``infodisent mine``: mine a split's prototype index of a saved run and say where it is.
+
+    Args:
+        a: the parsed arguments of the ``mine`` subcommand.
+    Returns:
+        The exit status, 0."""
     run = _open(a)
     if a.dataset is not None and a.dataset != run.dataset_spec(a.split).name:
         raise InputError("mine works on the run's own dataset; use evaluate --dataset for another one")
@@ -202,6 +235,12 @@ def cmd_mine(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    """``infodisent report``: write a run's HTML report and print its path.
+
+    Args:
+        a: the parsed arguments of the ``report`` subcommand.
+    Returns:
+        The exit status, 0."""
     from .viz.report import write_report  # plotly is only needed here
 
     path = write_report(_open(a), a.out, max_classes=a.max_classes, channels=a.channels, prototypes=a.prototypes,
@@ -211,9 +250,16 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_select(a: argparse.Namespace) -> int:
-    from .eval.results import frontier_table, head_key
+    """``infodisent select``: print a run's frontier; with ``--k`` or ``--chosen``, first make that kept head
+    the one shown.
 
-    run = Run.open(a.run_dir)
+    Args:
+        a: the parsed arguments of the ``select`` subcommand.
+    Returns:
+        The exit status, 0."""
+    from .records.results import frontier_table, head_key
+
+    run = open_run(a.run_dir)
     if a.k is not None or a.chosen:
         m = run.metrics
         if not m.frontier:
@@ -238,7 +284,13 @@ def cmd_select(a: argparse.Namespace) -> int:
 
 
 def cmd_ablate(a: argparse.Namespace) -> int:
-    from .eval.ablations import ablation_grid
+    """``infodisent ablate``: train and evaluate the ablation grid and print its table.
+
+    Args:
+        a: the parsed arguments of the ``ablate`` subcommand.
+    Returns:
+        The exit status, 0."""
+    from .studies.ablations import ablation_grid
 
     base = _run_config(a, _data_config(a))
     table = ablation_grid(base, channels_per_class=a.k_per_class, names=a.only, stability=not a.no_stability,
@@ -330,6 +382,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``infodisent`` command; a user's mistake (:data:`USER_ERRORS`) is printed as one line.
+
+    Args:
+        argv: the command-line arguments, without the program name. Default None: ``sys.argv[1:]``.
+    Returns:
+        The exit status: the subcommand's, or 2 for a user's mistake."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings(), _one_voice():
         warnings.showwarning = _show_warning

@@ -10,6 +10,11 @@ Example:
     ...     print(e)                    # what is wrong and what to do
 """
 
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
 
 class InfodisentError(Exception):
     """Base of the errors raised on purpose: each message says what is wrong and what to do."""
@@ -19,4 +24,18 @@ class InputError(InfodisentError, ValueError):
     """A value or argument out of range, unknown or inconsistent with the others (the message names it)."""
 
 
-__all__ = ["InfodisentError", "InputError"]
+class CorruptFileError(InfodisentError, ValueError):
+    """A file that exists but cannot be read back: cut short by a crash, or overwritten.
+
+    Args:
+        path: the damaged file, kept as :attr:`path`.
+        reason: what is wrong with it (``"empty file"``, ``"invalid JSON: ..."``), kept as :attr:`reason`.
+        hint: what to do about it, appended to the message. Default ``""``: none."""
+
+    def __init__(self, path: str | PathLike[str], reason: str, hint: str = ""):
+        self.path, self.reason, self.hint = Path(path), reason, hint
+        message = f"{path} is damaged or incomplete ({reason})"
+        super().__init__(f"{message}. {hint}" if hint else message)
+
+
+__all__ = ["CorruptFileError", "InfodisentError", "InputError"]

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import InfodisentError
+from .errors import CorruptFileError
 
 
 def _file_mode() -> int:
@@ -30,7 +30,13 @@ _FILE_MODE = _file_mode()
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, with the
-    permissions an ordinary new file would have (so that colleagues can read a shared run)."""
+    permissions an ordinary new file would have (so that colleagues can read a shared run).
+
+    Args:
+        path: the file to write; its folder is created if missing.
+    Returns:
+        A context manager yielding the temporary path to write to; on an error the temporary file is
+        removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,27 +51,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically, UTF-8 encoded.
+
+    Args:
+        path: the file to write (replaced if it exists).
+        text: its whole content."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write an object as indented JSON atomically, keys in their given order.
+
+    Args:
+        path: the file to write (replaced if it exists).
+        obj: a JSON-serialisable object."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save an array in NumPy's ``.npy`` format atomically.
+
+    Args:
+        path: the file to write (replaced if it exists).
+        array: the array saved."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
-
-
-class CorruptFileError(InfodisentError, ValueError):
-    """A file that exists but cannot be read back: cut short by a crash, or overwritten."""
-
-    def __init__(self, path: str | os.PathLike, reason: str, hint: str = ""):
-        self.path, self.reason, self.hint = Path(path), reason, hint
-        message = f"{path} is damaged or incomplete ({reason})"
-        super().__init__(f"{message}. {hint}" if hint else message)
 
 
 _PACKAGE = str(Path(__file__).resolve().parent)
@@ -73,7 +85,11 @@ _PACKAGE = str(Path(__file__).resolve().parent)
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the first caller outside this package, so that the line a
-    warning shows is the user's (``train_run(cfg)``), not the library's own ``warn(...)``."""
+    warning shows is the user's (``train_run(cfg)``), not the library's own ``warn(...)``.
+
+    Args:
+        message: the warning's text.
+        category: the warning class. Default ``UserWarning``."""
     level, frame = 2, sys._getframe(1)
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
@@ -81,7 +97,12 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; :class:`CorruptFileError` names a file that is cut short or invalid."""
+    """Parse a JSON file; :class:`CorruptFileError` names a file that is cut short or invalid.
+
+    Args:
+        path: the JSON file.
+    Returns:
+        The parsed object."""
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -92,7 +113,12 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    """SHA-256 of a file's bytes, read in 1 MiB chunks.
+
+    Args:
+        path: the file hashed.
+    Returns:
+        The digest as a hexadecimal string."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

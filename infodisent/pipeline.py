@@ -14,27 +14,31 @@ import json
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from .config import ModelConfig, RunConfig, demo_config
+from . import distributed
 from .core.backbone import Backbone
 from .core.head import InfoDisentHead
-from .core.model import InfoDisent, check_compatible, save_head
+from .core.model import InfoDisent, check_compatible
 from .core.weights import load_backbone
-from .data import distributed
-from .data.datasets import ImageDataset, check_split
+from .data.datasets import ImageDataset, from_spec
 from .data.extract import extract_features
 from .data.features import FeatureCache
 from .data.sources import CachedSource, FeatureSource, StreamingSource, holdout_split
 from .errors import InputError
 from .eval.evaluation import explanation_metrics
-from .eval.fidelity import agreement, black_box, classifier_columns, classifier_mismatch
-from .eval.results import (
+from .eval.fidelity import agreement
+from .eval.frontier import frontier_point
+from .explain.prototypes import PrototypeIndex, mine_prototypes
+from .io import atomic_path, atomic_write_json, read_json
+from .records.data import check_split
+from .records.options import FitConfig, SparseOptions
+from .records.results import (
     Accuracy,
     CacheUse,
     Evaluation,
@@ -43,13 +47,10 @@ from .eval.results import (
     ProbeInfo,
     RunMetrics,
     SparseSummary,
-    from_dict,
-    to_dict,
 )
-from .eval.sanity import sanity_checks
-from .explain.prototypes import PrototypeIndex, mine_prototypes
-from .io import atomic_path, atomic_write_json, read_json
-from .run import Run, RunExistsError, RunFiles
+from .records.run import RunConfig, RunRecord
+from .records.serialize import from_dict, to_dict
+from .run import Run, RunExistsError, RunFiles, open_run, save_head
 from .train.checkpoints import (
     CheckpointMismatchError,
     CheckpointPaths,
@@ -59,10 +60,11 @@ from .train.checkpoints import (
 )
 from .train.monitor import Monitor
 from .train.probe import IN_MEMORY, fit_linear_probe
-from .train.frontier import frontier_point
 from .train.selection import BudgetWarning, HeldOut, ScaleWarning, scale_warning
-from .train.sparse import SparseOptions, refit, sparsify
+from .train.sparse import refit, sparsify
+from .train.teacher import BlackBox, black_box, classifier_columns, classifier_mismatch
 from .train.training import classification_metrics, evaluate, fit
+from .viz import sentences
 
 
 @dataclass
@@ -75,7 +77,7 @@ class RunResult:
     history: pd.DataFrame
 
     def open(self) -> Run:
-        return Run.open(self.run_dir)
+        return open_run(self.run_dir)
 
 
 def pooled_features(source: FeatureSource, everywhere: bool = True,
@@ -112,7 +114,8 @@ def _clear_run_dir(cfg: RunConfig, files: RunFiles, backbone: str, num_classes: 
     started = files.config.is_file() or files.checkpoint.is_file()
     if started and cfg.resume:
         if files.config.is_file():
-            check_compatible(ModelConfig.read(files.config), backbone, num_classes, files.root)
+            check_compatible(RunRecord.from_dict(read_json(files.config), files.config).model, backbone, num_classes,
+                             files.root)
     elif started:
         if not cfg.overwrite:
             raise RunExistsError(f"{files.root} already holds a run; pass --resume to continue it or --overwrite")
@@ -204,132 +207,223 @@ def _check_classifier(cfg: RunConfig, backbone: Backbone, dataset: ImageDataset)
         raise InputError(f"{flag}: {classifier_mismatch(backbone, dataset)}")
 
 
-def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
-    """Run the whole pipeline and write the run directory (``config.json`` and the head last).
+@dataclass
+class _Setting:
+    """What every step of :func:`train_run` reads: the configuration (this process's device; ``requested``: as
+    given, for ``config.json``), the run directory, the backbone, both splits, the fresh head (initialised
+    before the feature caches and the probe, so that whatever they draw from the seeded generator leaves
+    it alone) and a checkpoint to resume."""
 
-    ``monitor`` (:class:`~infodisent.train.monitor.Monitor`) hears of feature extraction and of every epoch,
-    and may stop the training after an epoch (:class:`~infodisent.train.monitor.TrainingStopped`; the run
-    resumes with ``resume=True``)."""
+    cfg: RunConfig
+    requested: RunConfig
+    files: RunFiles
+    backbone: Backbone
+    train: ImageDataset
+    test: ImageDataset
+    head: InfoDisentHead
+    checkpoint: dict | None
+
+    @property
+    def main(self) -> bool:
+        return distributed.current().main
+
+
+@dataclass
+class _Trained:
+    """What training gave: the head shown, the history and, for a pruned run, the dense reference's accuracy,
+    how K was chosen and every kept head."""
+
+    head: InfoDisentHead
+    history: pd.DataFrame
+    dense: Accuracy | None = None
+    dense_fit: Accuracy | None = None
+    selection: KSelection | None = None
+    frontier: list[FrontierPoint] = field(default_factory=list)
+
+
+def _prepare(cfg: RunConfig) -> _Setting:
+    """Join the process group, load the backbone and both splits, check the classifier options and the run
+    directory (resume, overwrite), and warn beyond the class counts tested."""
     requested = cfg  # what config.json records (the device as asked, not this process's cuda:LOCAL_RANK)
     cfg = replace(cfg, device=distributed.setup(cfg.device))  # under torchrun: join the group
-    shard = distributed.current()
-    if not shard.main:
+    if not distributed.current().main:
         cfg = replace(cfg, progress=False)  # one set of progress bars
     torch.manual_seed(cfg.fit.seed)
     files = RunFiles(Path(cfg.out))
     backbone = load_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size, model_kwargs=cfg.model_kwargs,
                              device=cfg.device)
-    train_ds = cfg.dataset_spec("train").build()
-    test_ds = cfg.dataset_spec("test").build()
+    train_ds = from_spec(cfg.dataset_spec("train"))
+    test_ds = from_spec(cfg.dataset_spec("test"))
     _check_classifier(cfg, backbone, train_ds)
     _prepare_run_dir(cfg, files, backbone.name, train_ds.num_classes)
-    if cfg.sparse is not None and cfg.sparse.chosen and shard.main and (beyond := scale_warning(train_ds.num_classes)):
-        warnings.warn(beyond, ScaleWarning, stacklevel=2)
-    head_cfg = replace(cfg.head, num_features=backbone.num_features, num_classes=train_ds.num_classes)
-    model = InfoDisent(backbone, InfoDisentHead(head_cfg), train_ds.classes)
-    ckpt_paths = CheckpointPaths(files.checkpoint, files.history)
+    chosen = cfg.sparse is not None and cfg.sparse.chosen
+    if chosen and distributed.current().main and (beyond := scale_warning(train_ds.num_classes)):
+        warnings.warn(beyond, ScaleWarning, stacklevel=3)
+    head = InfoDisentHead(replace(cfg.head, num_features=backbone.num_features, num_classes=train_ds.num_classes))
     ckpt = load_checkpoint(files.checkpoint) if cfg.resume else None
+    return _Setting(cfg, requested, files, backbone, train_ds, test_ds, head, ckpt)
 
-    t0 = time.perf_counter()
-    src = _sources(cfg, backbone, train_ds, test_ds, monitor)
-    train_src, test_src, caches = src.train, src.test, src.caches
-    t_features = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    probe_acc, probe_info = _probe(cfg, files, caches, train_src, test_src, train_ds.num_classes,
-                                   backbone.num_features) if cfg.probe \
-        else (None, None)
-    t_probe = time.perf_counter() - t0
+def _resume_pruned(s: _Setting) -> _Trained:
+    """A checkpoint of a finished pruning: nothing is left to train; its settings must be this run's."""
+    ckpt, cfg = s.checkpoint, s.cfg
+    check_checkpoint(ckpt, s.head.config, s.files.checkpoint)
+    recorded = ckpt.get("sparse")
+    if cfg.sparse is None or _with_defaults(recorded) != _recorded_sparse(cfg.sparse):
+        raise CheckpointMismatchError(
+            f"{s.files.checkpoint} holds a head pruned with {recorded}; this run asks for "
+            f"{asdict(cfg.sparse) if cfg.sparse else 'no pruning'} (train with --overwrite to start again)")
+    selection = from_dict(KSelection, ckpt["selection"]) if ckpt.get("selection") else None
+    fallback = selection is not None and selection.fallback  # the dense head, kept: no compact one kept the budget
+    head = InfoDisentHead(replace(s.head.config, pruned=not fallback))
+    head.load_state_dict(ckpt["head"])
+    return _Trained(head.to(cfg.device), pd.read_csv(s.files.history),
+                    dense=Accuracy(**ckpt["dense"]) if "dense" in ckpt else None,
+                    dense_fit=Accuracy(**ckpt["dense_fit"]) if ckpt.get("dense_fit") else None,
+                    selection=selection, frontier=[from_dict(FrontierPoint, p) for p in ckpt.get("frontier") or []])
 
-    t0 = time.perf_counter()
-    dense = dense_fit = selection = None
-    frontier: list[FrontierPoint] = []
-    if ckpt is not None and ckpt.get("phase") == "pruned":  # a finished pruning: nothing left to train
-        check_checkpoint(ckpt, head_cfg, files.checkpoint)
-        recorded = ckpt.get("sparse")
-        if cfg.sparse is None or _with_defaults(recorded) != _recorded_sparse(cfg.sparse):
-            raise CheckpointMismatchError(
-                f"{files.checkpoint} holds a head pruned with {recorded}; this run asks for "
-                f"{asdict(cfg.sparse) if cfg.sparse else 'no pruning'} (train with --overwrite to start again)")
-        selection = from_dict(KSelection, ckpt["selection"]) if ckpt.get("selection") else None
-        fallback = selection is not None and selection.fallback  # the dense head, kept: no compact one kept the budget
-        head = InfoDisentHead(replace(head_cfg, pruned=not fallback))
-        head.load_state_dict(ckpt["head"])
-        model = InfoDisent(backbone, head.to(cfg.device), train_ds.classes)
-        history = pd.read_csv(files.history)
-        dense = Accuracy(**ckpt["dense"]) if "dense" in ckpt else None
-        dense_fit = Accuracy(**ckpt["dense_fit"]) if ckpt.get("dense_fit") else None
-        frontier = [from_dict(FrontierPoint, p) for p in ckpt.get("frontier") or []]
-    else:
-        teacher = black_box(backbone, train_ds) if cfg.teacher is not None else None
-        fit_cfg = replace(cfg.fit, distill=cfg.teacher) if teacher is not None else cfg.fit
-        sparse_opts = replace(cfg.sparse, distill=cfg.teacher) if teacher is not None and cfg.sparse else cfg.sparse
-        history = fit(model.head, train_src, test_src, fit_cfg, ckpt_paths, cfg.resume, cfg.progress, cfg.device,
-                      monitor, teacher)
-        if cfg.sparse is not None:
-            if monitor is not None:  # a stop asked for during the last dense epoch: before any pruning
-                monitor.check_stop(f"after epoch {cfg.fit.epochs}, before pruning; the checkpoint resumes it")
-            dense = evaluate(model.head, test_src, cfg.fit.amp)
-            pruned = sparsify(
-                model.head, sparse_opts, fit_cfg, train_src, src.importance, validation=src.validation,
-                test=test_src, first_epoch=cfg.fit.epochs, progress=cfg.progress, device=cfg.device,
-                monitor=monitor, teacher=teacher,
-            )
-            head, more, selection = pruned.head, pruned.history, pruned.selection
-            kept, dense_head = {k: h for k, (_, h) in pruned.candidates.items()}, model.head
-            phases = [history.assign(phase="train"), more.assign(phase="prune")]
-            if selection is not None and (cfg.sparse.refit_epochs > 0 or cfg.sparse.dense_reference):
-                # the held-out images only chose: every training image trains the final heads
-                head, dense_head, again, kept = refit(
-                    head, model.head, sparse_opts, fit_cfg, src.everything, candidates=kept, lost=pruned.lost,
-                    test=test_src,
-                    first_epoch=int(more["epoch"].max()), progress=cfg.progress, device=cfg.device,
-                    monitor=monitor, teacher=teacher)
-                if cfg.sparse.dense_reference:
-                    dense_fit, dense = dense, evaluate(dense_head, test_src, cfg.fit.amp)
-                if len(again):
-                    phases.append(again)
-            frontier = _frontier(head, dense_head, kept, pruned.candidates, selection, test_src, cfg.fit.amp)
-            if shard.main:
-                for point in frontier:
-                    save_head(dense_head if point.channels_per_class is None else kept[point.channels_per_class],
-                              _kept_head_file(files, point.key))
-            model = InfoDisent(model.backbone, head, model.class_names)
-            history = pd.concat(phases, ignore_index=True)
-            if selection is not None and not selection.within_tolerance and shard.main:  # a miss, or the fallback
-                warnings.warn(selection.budget(), BudgetWarning, stacklevel=2)
-            if shard.main:
-                _save_pruned(ckpt_paths, model.head, history, dense, dense_fit, cfg.sparse, selection, frontier)
-    t_train = time.perf_counter() - t0
-    model.head.eval()
 
-    head_acc = evaluate(model.head, test_src, cfg.fit.amp)
-    agreed = agreement(model, test_ds, caches.get("test"), batch_size=max(cfg.batch_size, 256)) \
-        if classifier_columns(backbone, test_ds) is not None else None
-    metrics = RunMetrics(
-        dataset=cfg.dataset, backbone=backbone.name, weights=backbone.weights.spec,
-        num_classes=train_ds.num_classes, num_train_images=len(train_ds), num_test_images=len(test_ds),
-        num_test_evaluated=len(test_src), infodisent=head_acc, linear_probe=probe_acc,
+@dataclass
+class _Teaching:
+    """What the head learns from: the labels, or mixed with the black box's logits (``RunConfig.teacher``)."""
+
+    teacher: BlackBox | None
+    fit: FitConfig
+    sparse: SparseOptions | None
+
+    @classmethod
+    def of(cls, s: _Setting) -> "_Teaching":
+        cfg = s.cfg
+        if cfg.teacher is None:
+            return cls(None, cfg.fit, cfg.sparse)
+        sparse = replace(cfg.sparse, distill=cfg.teacher) if cfg.sparse is not None else None
+        return cls(black_box(s.backbone, s.train), replace(cfg.fit, distill=cfg.teacher), sparse)
+
+
+def _train_dense(s: _Setting, src: _Sources, how: _Teaching, monitor: Monitor | None) -> pd.DataFrame:
+    """The paper's dense head (``s.head``, trained in place); resumable from its checkpoint."""
+    cfg = s.cfg
+    return fit(s.head, src.train, src.test, how.fit, CheckpointPaths(s.files.checkpoint, s.files.history),
+               cfg.resume, cfg.progress, cfg.device, monitor, how.teacher)
+
+
+def _prune_and_refit(s: _Setting, src: _Sources, how: _Teaching, history: pd.DataFrame,
+                     monitor: Monitor | None) -> _Trained:
+    """SIDE-style pruning of the dense head to K channels per class (K chosen on held-out images), the refit on
+    every training image, the kept heads scored and written (the frontier), and the checkpoint of the
+    finished pruning."""
+    cfg, dense_head, teacher, fit_cfg, sparse_opts = s.cfg, s.head, how.teacher, how.fit, how.sparse
+    if monitor is not None:  # a stop asked for during the last dense epoch: before any pruning
+        monitor.check_stop(f"after epoch {cfg.fit.epochs}, before pruning; the checkpoint resumes it")
+    dense = evaluate(dense_head, src.test, cfg.fit.amp)
+    dense_fit = None
+    pruned = sparsify(
+        dense_head, sparse_opts, fit_cfg, src.train, src.importance, validation=src.validation,
+        test=src.test, first_epoch=cfg.fit.epochs, progress=cfg.progress, device=cfg.device,
+        monitor=monitor, teacher=teacher,
+    )
+    head, more, selection = pruned.head, pruned.history, pruned.selection
+    kept = {k: h for k, (_, h) in pruned.candidates.items()}
+    phases = [history.assign(phase="train"), more.assign(phase="prune")]
+    if selection is not None and (cfg.sparse.refit_epochs > 0 or cfg.sparse.dense_reference):
+        # the held-out images only chose: every training image trains the final heads
+        head, dense_head, again, kept = refit(
+            head, dense_head, sparse_opts, fit_cfg, src.everything, candidates=kept, lost=pruned.lost,
+            test=src.test, first_epoch=int(more["epoch"].max()), progress=cfg.progress, device=cfg.device,
+            monitor=monitor, teacher=teacher)
+        if cfg.sparse.dense_reference:
+            dense_fit, dense = dense, evaluate(dense_head, src.test, cfg.fit.amp)
+        if len(again):
+            phases.append(again)
+    frontier = _frontier(head, dense_head, kept, pruned.candidates, selection, src.test, cfg.fit.amp)
+    history = pd.concat(phases, ignore_index=True)
+    if s.main:
+        for point in frontier:
+            save_head(dense_head if point.channels_per_class is None else kept[point.channels_per_class],
+                      _kept_head_file(s.files, point.key))
+        if selection is not None and not selection.within_tolerance:  # a miss, or the fallback
+            warnings.warn(sentences.budget(selection), BudgetWarning, stacklevel=3)
+        _save_pruned(CheckpointPaths(s.files.checkpoint, s.files.history), head, history, dense, dense_fit,
+                     cfg.sparse, selection, frontier)
+    return _Trained(head, history, dense, dense_fit, selection, frontier)
+
+
+def _metrics(s: _Setting, src: _Sources, model: InfoDisent, trained: _Trained, probe: tuple,
+             seconds: dict[str, float]) -> RunMetrics:
+    """``metrics.json``: the head's test accuracy beside the references (the linear probe, the black box's
+    agreement), what pruning did, the feature caches and the time of each stage."""
+    cfg, caches = s.cfg, src.caches
+    head_acc = evaluate(model.head, src.test, cfg.fit.amp)
+    probe_acc, probe_info = probe
+    agreed = agreement(model, s.test, caches.get("test"), batch_size=max(cfg.batch_size, 256)) \
+        if classifier_columns(s.backbone, s.test) is not None else None
+    return RunMetrics(
+        dataset=cfg.dataset, backbone=s.backbone.name, weights=s.backbone.weights.spec,
+        num_classes=s.train.num_classes, num_train_images=len(s.train), num_test_images=len(s.test),
+        num_test_evaluated=len(src.test), infodisent=head_acc, linear_probe=probe_acc,
         ratio=head_acc.top1 / probe_acc.top1 if probe_acc and probe_acc.top1 else None,
         skipped_images={split: [b["path"] for b in c.bad_files] for split, c in caches.items()},
         probe=probe_info,
         feature_cache={split: CacheUse(str(c.path), not c.extracted, c.manifest.get("seconds"))
                        for split, c in caches.items()},
-        seconds={"features": round(t_features, 2), "linear_probe": round(t_probe, 2), "train": round(t_train, 2)},
-        sparse=_sparse_summary(cfg.sparse, history, dense, dense_fit, selection)
-        if cfg.sparse is not None and dense is not None
+        seconds=seconds,
+        sparse=_sparse_summary(cfg.sparse, trained.history, trained.dense, trained.dense_fit, trained.selection)
+        if cfg.sparse is not None and trained.dense is not None
         else None,
         agreement=agreed,
-        frontier=frontier,
+        frontier=trained.frontier,
     )
-    if shard.main:  # the one writer of the run directory
-        atomic_write_json(files.metrics, to_dict(metrics))
-        save_head(model.head, files.head)
-        atomic_write_json(files.config, model.config(requested).to_dict())  # last: now the directory holds a run
+
+
+def _write(s: _Setting, model: InfoDisent, metrics: RunMetrics) -> None:
+    """The run directory, by rank 0 alone: metrics, the head, and ``config.json`` last (then it is a run)."""
+    if s.main:
+        atomic_write_json(s.files.metrics, to_dict(metrics))
+        save_head(model.head, s.files.head)
+        atomic_write_json(s.files.config, RunRecord(model.config(), s.requested).to_dict())
     distributed.barrier()  # every process returns once the run is written
+
+
+def train_run(cfg: RunConfig, monitor: Monitor | None = None) -> RunResult:
+    """Train a run and write its directory (``config.json`` and the head last), in steps: prepare (backbone,
+    datasets, checks), the feature caches, the linear probe, the dense head, pruning and refit (the kept
+    heads), the references, the files.
+
+    Args:
+        cfg: everything the run needs (:class:`~infodisent.records.run.RunConfig`).
+        monitor: hears of feature extraction and of every epoch, and may stop the training after an epoch
+            (:class:`~infodisent.train.monitor.TrainingStopped`; the run resumes with ``resume=True``).
+            Default None.
+    Returns:
+        The run directory, the model, its metrics and the training history."""
+    s = _prepare(cfg)
+    cfg = s.cfg
+    t0 = time.perf_counter()
+    src = _sources(cfg, s.backbone, s.train, s.test, monitor)
+    t_features = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    probe = _probe(cfg, s.files, src.caches, src.train, src.test, s.train.num_classes, s.backbone.num_features) \
+        if cfg.probe else (None, None)
+    t_probe = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if s.checkpoint is not None and s.checkpoint.get("phase") == "pruned":
+        trained = _resume_pruned(s)
+    else:
+        how = _Teaching.of(s)
+        history = _train_dense(s, src, how, monitor)
+        trained = _prune_and_refit(s, src, how, history, monitor) if cfg.sparse is not None \
+            else _Trained(s.head, history)
+    t_train = time.perf_counter() - t0
+    model = InfoDisent(s.backbone, trained.head, s.train.classes)
+    model.head.eval()
+    seconds = {"features": round(t_features, 2), "linear_probe": round(t_probe, 2), "train": round(t_train, 2)}
+    metrics = _metrics(s, src, model, trained, probe, seconds)
+    _write(s, model, metrics)
     if monitor is not None:
         monitor.progress("done", 1, 1)
-    return RunResult(files.root, model, metrics, history)
+    return RunResult(s.files.root, model, metrics, trained.history)
 
 
 def open_or_train(cfg: RunConfig, monitor: Monitor | None = None) -> Run:
@@ -340,20 +434,24 @@ def open_or_train(cfg: RunConfig, monitor: Monitor | None = None) -> Run:
     count as a different configuration. A finished run of another configuration is replaced only with
     ``overwrite=True`` (else :class:`RunExistsError`). An interrupted one (a checkpoint, no head yet)
     continues where it stopped, with ``overwrite=True`` too; only a checkpoint of other head options
-    is then started again."""
+    is then started again.
+
+    Args:
+        cfg: the run's configuration.
+        monitor: hears of the training if one happens (:func:`train_run`). Default None."""
     files = RunFiles(Path(cfg.out))
     if files.is_run():
         if _result_fields(read_json(files.config).get("run")) == _result_fields(cfg.recorded()):
-            return Run.open(cfg.out, device=cfg.device)
+            return open_run(cfg.out, device=cfg.device)
     elif files.checkpoint.is_file():
         try:
             train_run(replace(cfg, resume=True, overwrite=False), monitor)
-            return Run.open(cfg.out, device=cfg.device)
+            return open_run(cfg.out, device=cfg.device)
         except CheckpointMismatchError:
             if not cfg.overwrite:
                 raise
     train_run(cfg, monitor)
-    return Run.open(cfg.out, device=cfg.device)
+    return open_run(cfg.out, device=cfg.device)
 
 
 _PLACE_FIELDS = ("out", "device", "num_workers", "cache_dir", "compile")  # where and how fast, not what is trained
@@ -448,8 +546,20 @@ def mine_run(
     progress: bool = True,
 ) -> PrototypeIndex:
     """Mine the prototype index of a run's split (``infodisent mine``) into ``<run>/prototypes/<split>``:
-    :meth:`Run.mine <infodisent.run.Run.mine>` of the run (opened when given as a path)."""
-    run = run if isinstance(run, Run) else Run.open(run)
+    :meth:`Run.mine <infodisent.run.Run.mine>` of the run (opened when given as a path).
+
+    Args:
+        run: an opened run or its directory.
+        split: ``"train"`` (the prototypes) or ``"test"``. Default ``"train"``.
+        k: patches per channel and side. Default 10.
+        use_cache: read the split's feature cache when there is one. Default True.
+        batch_size: images per batch. Default 64.
+        num_workers: image-loading processes when the backbone runs. Default 1.
+        strict: an unreadable image is an error instead of a skipped row. Default False.
+        progress: show a progress bar. Default True.
+    Returns:
+        The index (also kept by the run: ``run.index(split)``)."""
+    run = run if isinstance(run, Run) else open_run(run)
     return run.mine(check_split(split), k=k, use_cache=use_cache, batch_size=batch_size, num_workers=num_workers,
                     strict=strict, progress=progress)
 
@@ -467,26 +577,35 @@ def evaluate_run(
     explanations: bool = False,
     k: int = 10,
     stability: bool = True,
-    sanity: bool = False,
     frontier: bool = True,
 ) -> Evaluation:
-    """Accuracy of a saved run (and of its linear probe) on a dataset split.
+    """Accuracy of a saved run (and of its linear probe) on a dataset split, with its agreement with the
+    backbone's own classifier where that has the dataset's classes; written to
+    ``evaluation_<dataset>_<split>.json`` (and, for the run's own test split, into ``metrics.json``, the rest
+    of it kept). The sanity checks, which train, are :func:`infodisent.studies.sanity.sanity_checks`.
 
-    The dataset defaults to the one the run was trained on; its class count must
-    match the run's. The result is written to ``evaluation_<dataset>_<split>.json``.
-    With ``sanity``, :func:`~infodisent.eval.sanity.sanity_checks` runs too (own dataset only). With
-    ``explanations``, the split is mined (``<run>/prototypes/<split>``) and
-    :func:`~infodisent.eval.evaluation.explanation_metrics` added; for the run's own
-    test split they also go into ``metrics.json`` (the rest of it is kept), and with ``frontier`` (the
-    default) every other head the run keeps is mined and scored too (into its frontier point, without the
-    stability metric, which passes noisy images through the backbone: purity and consistency place it).
-    """
-    run = run if isinstance(run, Run) else Run.open(run)
+    Args:
+        run: an opened run or its directory.
+        split: the split evaluated. Default ``"test"``.
+        dataset: another dataset of the run's classes (its class count must match). Default None: the
+            run's own.
+        root: that dataset's folder. Default None: the run's.
+        batch_size: images per batch. Default 64.
+        num_workers: image-loading processes. Default 1.
+        strict: an unreadable image is an error instead of a skipped row. Default False.
+        progress: show progress bars. Default True.
+        explanations: also mine the split (``<run>/prototypes/<split>``) and add
+            :func:`~infodisent.eval.evaluation.explanation_metrics`. Default False.
+        k: patches per channel and side for that mining. Default 10.
+        stability: include the stability metric (noisy images through the backbone). Default True.
+        frontier: with ``explanations`` on the run's own test split, also mine and score every other head
+            the run keeps (into its frontier point, without stability: purity and consistency place it).
+            Default True.
+    Returns:
+        The evaluation, as written."""
+    run = run if isinstance(run, Run) else open_run(run)
     ds = run.dataset(split, dataset, root)
     own = run.dataset_spec(split, dataset, root) == run.dataset_spec(split)
-    if not run.shown and sanity:
-        raise InputError("the sanity checks are recorded for the head shown: evaluate them there, "
-                         "or `infodisent select` this head first")
     cache = extract_features(run.model.backbone, ds, run.cache_dir, batch_size=batch_size,
                              num_workers=num_workers, strict=strict, progress=progress, device=run.device)
     source = CachedSource(cache, max(batch_size, 256), device=run.device, view=0)
@@ -508,22 +627,14 @@ def evaluate_run(
             if run.shown and frontier:  # every process: mining is shared under torchrun
                 _score_frontier(run, split, ds, k, batch_size, progress)
     agreed = agreement(run.model, ds, cache, batch_size=max(batch_size, 256))
-    checks = None
-    if sanity:
-        if not own:
-            raise InputError("the sanity checks retrain on the run's own data: evaluate them on its own dataset")
-        checks = sanity_checks(run, split)
     own_test = own and split == "test" and run.files.metrics.is_file() and distributed.current().main and run.shown
-    if own_test and (agreed is not None or checks is not None):
-        run.update_metrics(**{k: v for k, v in (("agreement", agreed), ("sanity", checks)) if v is not None})
+    if own_test and agreed is not None:
+        run.update_metrics(agreement=agreed)
     out = Evaluation(str(run.path), ds.name, split, len(ds), len(source), acc, probe_acc,
-                     [b["path"] for b in cache.bad_files], ex, agreed, checks)
+                     [b["path"] for b in cache.bad_files], ex, agreed)
     if distributed.current().main:
         atomic_write_json(run.head_files.evaluation(ds.name, split), to_dict(out))
     return out
 
 
-__all__ = [
-    "RunConfig", "RunExistsError", "RunResult", "demo_config", "evaluate_run", "mine_run", "pooled_features",
-    "open_or_train", "train_run",
-]
+__all__ = ["RunExistsError", "RunResult", "evaluate_run", "mine_run", "open_or_train", "pooled_features", "train_run"]

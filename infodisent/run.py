@@ -2,10 +2,10 @@
 
 A run directory (written by ``infodisent train``) holds:
 
-- ``config.json``: the model's configuration and how it was trained (:class:`~infodisent.config.ModelConfig`)
+- ``config.json``: the model's configuration and how it was trained (:class:`~infodisent.records.run.RunRecord`)
 - ``head.safetensors``: U's parameters, ``U`` and ``W`` themselves (and the bias)
 - ``probe.safetensors``: the linear-probe reference
-- ``metrics.json``: what training measured, plus what later commands add (:class:`~infodisent.eval.results.RunMetrics`)
+- ``metrics.json``: what training measured, plus what later commands add (:class:`~infodisent.records.results.RunMetrics`)
 - ``history.csv``: one row per epoch; ``checkpoint.pt``: for ``--resume`` (after pruning: the pruned head)
 - ``prototypes/<split>/``: prototype indexes; ``evaluation_<dataset>_<split>.json``; ``report.html``
 - ``heads/<K>/head.safetensors`` (and ``heads/dense/``): every head a pruned run keeps, the accuracy-readability
@@ -32,20 +32,26 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from .core.head import InfoDisentHead
 from .core.model import InfoDisent, RunMismatchError
-from .data.datasets import DatasetSpec, ImageDataset, check_split
+from .data.datasets import ImageDataset, from_spec
 from .data.features import FeatureCache, find_cache
+from .data.inputs import ImageLike
 from .data.loader import stream_feature_maps
-from .errors import InfodisentError, InputError
+from .errors import CorruptFileError, InfodisentError, InputError
 from .eval.metrics import logits_of
-from .eval.results import RunMetrics, from_dict, head_key, to_dict
-from .explain.explanation import Explanation, ImageLike, explain, explain_views
+from .explain.explanation import Explanation, explain, explain_views
 from .explain.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
 from .explain.render import Renderer
-from .io import CorruptFileError, atomic_write_json, file_sha256, read_json
+from .io import atomic_path, atomic_write_json, file_sha256, read_json
+from .records.data import DatasetSpec, check_split
+from .records.model import HeadConfig
+from .records.results import RunMetrics, head_key
+from .records.run import RunRecord
+from .records.serialize import from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,25 @@ class RunFiles:
 
     def kept(self, key: str) -> "RunFiles":
         """The files of kept head ``key`` (a K or ``"dense"``): its ``head.safetensors``, and its own
-        prototypes, evaluations and report while another head is shown."""
+        prototypes, evaluations and report while another head is shown.
+
+        Args:
+            key: the head's key: its K as a string, or ``"dense"``."""
         return RunFiles(self.kept_root / key)
 
     def prototypes(self, split: str) -> Path:
+        """The folder of a split's prototype index, ``prototypes/<split>``.
+
+        Args:
+            split: ``"train"`` or ``"test"``."""
         return self.prototypes_root / check_split(split)
 
     def evaluation(self, dataset: str, split: str) -> Path:
+        """The evaluation file of a dataset split, ``evaluation_<dataset>_<split>.json``.
+
+        Args:
+            dataset: the dataset's name (``"parts"``, ``"cub"``, ...).
+            split: the split's name."""
         return self.root / f"evaluation_{dataset}_{split}.json"
 
     def evaluations(self) -> list[Path]:
@@ -128,9 +146,10 @@ class Run:
 
     Args:
         path: the run directory.
-        device: where the model lives.
-        weights: overrides the recorded backbone weights (e.g. a local file on another machine).
-        cache_dir: the feature cache root (default: the one the run was trained with).
+        device: where the model lives. Default ``"cpu"``.
+        weights: overrides the recorded backbone weights (e.g. a local file on another machine). Default None:
+            the recorded source.
+        cache_dir: the feature cache root. Default None: the one the run was trained with.
     """
 
     def __init__(self, path: str | Path, *, device: str | torch.device = "cpu", weights: str | None = None,
@@ -149,7 +168,7 @@ class Run:
                 f"; a relative path is read from the current folder, {Path.cwd()} (a notebook's kernel starts in "
                 "the notebook's own folder; `make demo` writes runs/demo at the repository root)")
             raise NotARunError(f"{self.path} {what}{where}")
-        self.config = ModelConfig.read(self.files.config)
+        self.config = RunRecord.from_dict(read_json(self.files.config), self.files.config)
         self.device = torch.device(device)
         self._weights = weights
         recorded = self.config.run.cache_dir if self.config.run is not None else None
@@ -160,13 +179,8 @@ class Run:
         self._renderers: dict[str, Renderer] = {}
         self._metrics: RunMetrics | None = None
 
-    @classmethod
-    def open(cls, path: str | Path, **kwargs: Any) -> "Run":
-        """Open a run directory (see the class for the keyword arguments)."""
-        return cls(path, **kwargs)
-
     def __repr__(self) -> str:
-        c = self.config
+        c = self.config.model
         return (f"Run({str(self.path)!r}: {c.backbone.name}, {c.num_classes} classes, "
                 f"{c.backbone.num_features} channels)")
 
@@ -177,18 +191,18 @@ class Run:
         """The backbone and the trained head (loaded on first use)."""
         self._model_sha256 = self.head_sha256()
         if self._parent is not None:  # another head of the same run: the backbone is the same
-            from .core.model import load_head
-
-            head = load_head(self.head_files.head, self.config.head).to(self.device)
+            head = load_head(self.head_files.head, self.config.model.head).to(self.device)
             return InfoDisent(self._parent.model.backbone, head, list(self.class_names))
-        return InfoDisent.build(self.config, self.head_files.head, device=self.device, weights=self._weights)
+        head = load_head(self.head_files.head, self.config.model.head)
+        return InfoDisent.build(self.config.model, head, device=self.device, weights=self._weights)
 
     # ------------------------------------------------------------------ the frontier: every head the run keeps
 
     @property
     def channels_per_class(self) -> int | None:
         """K of the head this handle shows (None: a dense head)."""
-        return self.config.channels_per_class if self.config.head.pruned else None
+        m = self.config.model
+        return m.channels_per_class if m.head.pruned else None
 
     @property
     def head_key(self) -> str:
@@ -232,7 +246,7 @@ class Run:
         Args:
             k: channels per class of a kept head, ``"dense"`` or None.
         """
-        from .eval.results import Selected
+        from .records.results import Selected
 
         root = self._parent or self
         metrics = root.metrics
@@ -274,7 +288,7 @@ class Run:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.config.class_names
+        return self.config.model.class_names
 
     def head_sha256(self) -> str:
         """SHA-256 of the head file (``head.safetensors``, or a kept head's) as it is on disk now."""
@@ -293,84 +307,47 @@ class Run:
         lin.load_state_dict(state)
         return lin
 
-    def edit(self, disable: Sequence[int], out: str | Path, *, finetune_epochs: int = 0,
-             overwrite: bool = False) -> "Run":
-        """A new run at ``out`` whose head no longer uses the ``disable`` channels (e.g. a shortcut found with
-        :func:`~infodisent.eval.shortcuts.suspicious_channels`): their weights masked to 0, and with
-        ``finetune_epochs`` the other weights fine-tuned on the training feature cache with them kept off (U
-        fixed, so the channels stay the same). ``config.json`` records where it comes from (``edit``);
-        ``metrics.json`` holds the new head's test accuracy (the probe's copied, the agreement recomputed;
-        pruning and explanation metrics belong to the old head and are left out). Mine it again to browse it."""
-        from .config import EditRecord
-        from .core.head import switch_off
-        from .core.model import save_head
-        from .core.options import FitConfig
-        from .data.sources import CachedSource
-        from .eval.fidelity import agreement
-        from .train.training import evaluate, fit
-
-        target = RunFiles(Path(out))
-        if Path(out).resolve() == self.path.resolve():
-            raise InputError(f"an edit is written to a new run directory, not over {self.path}")
-        if (target.config.is_file() or target.head.is_file()) and not overwrite:
-            raise RunExistsError(f"{target.root} already holds a run; pass overwrite=True to replace it")
-        if finetune_epochs < 0:
-            raise InputError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
-        head = switch_off(self.model.head, disable)
-        disabled = tuple(int(d) for d in sorted(set(int(d) for d in disable)))
-        fit_cfg = self.config.run.fit if self.config.run is not None else FitConfig()
-        if finetune_epochs:
-            torch.manual_seed(fit_cfg.seed)  # the same edit whatever ran before it in this process
-            fit(head, CachedSource(self.features("train"), 64, fit_cfg.seed, self.device), None,
-                replace(fit_cfg, epochs=finetune_epochs, warmup_epochs=0, train_rotation=False), progress=False,
-                device=self.device)
-            head.eval()
-        model = InfoDisent(self.model.backbone, head, list(self.class_names))
-        test = self.features("test")
-        old = self.metrics
-        acc = evaluate(head, CachedSource(test, 256, device=self.device, view=0), fit_cfg.amp)
-        agreed = agreement(model, self.dataset("test"), test, batch_size=256)
-        metrics = replace(old, infodisent=acc, ratio=acc.top1 / old.linear_probe.top1 if old.linear_probe else None,
-                          sparse=None, explanations=None, agreement=agreed,
-                          seconds={}, feature_cache={}, frontier=[], selected=None)
-        target.root.mkdir(parents=True, exist_ok=True)
-        for path in (*target.outputs(), target.report, *target.evaluations()):
-            path.unlink(missing_ok=True)
-        if self.files.probe.is_file():
-            shutil.copyfile(self.files.probe, target.probe)
-        atomic_write_json(target.metrics, to_dict(metrics))
-        save_head(head, target.head)
-        config = replace(model.config(self.config.run), edit=EditRecord(str(self.path), disabled, finetune_epochs))
-        atomic_write_json(target.config, config.to_dict())  # last: now the directory holds a run
-        return Run.open(target.root, device=self.device, cache_dir=self.cache_dir)
-
     # ------------------------------------------------------------------ data
 
     def dataset_spec(self, split: str = "test", name: str | None = None, root: str | None = None) -> DatasetSpec:
-        """How to build a split of the run's own dataset, or of another one (``name``, ``root``) with its classes."""
+        """How to build a split of the run's own dataset, or of another one (``name``, ``root``) with its classes.
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"test"``.
+            name: another dataset's name. Default None: the run's own.
+            root: the dataset's folder (for the run's own dataset: where it lies now). Default None: the
+                recorded one."""
         run = self.config.run
         if run is None and name is None:
             raise InputError(f"{self.path} does not record its dataset; pass name= and root=")
         if name is None or (run is not None and name == run.dataset):
             spec = run.dataset_spec(check_split(split))  # type: ignore[union-attr]
             return spec if root is None else replace(spec, root=str(root))  # e.g. the data moved
-        return DatasetSpec(name, root, check_split(split), self.config.num_classes)
+        return DatasetSpec(name, root, check_split(split), self.config.model.num_classes)
 
     def dataset(self, split: str = "test", name: str | None = None, root: str | None = None) -> ImageDataset:
-        """A split of the run's dataset (the one way to rebuild it), checked against the run's classes."""
+        """A split of the run's dataset (the one way to rebuild it), checked against the run's classes.
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"test"``.
+            name: another dataset of the run's classes. Default None: the run's own.
+            root: the dataset's folder. Default None: the recorded one."""
         spec = self.dataset_spec(split, name, root)
         key = (spec.name, spec.root, spec.split)
         if key not in self._datasets:
-            ds = spec.build()
-            if ds.num_classes != self.config.num_classes:
-                raise RunMismatchError(f"{self.path} has {self.config.num_classes} classes; the {spec.name} dataset "
+            ds = from_spec(spec)
+            if ds.num_classes != self.config.model.num_classes:
+                raise RunMismatchError(f"{self.path} has {self.config.model.num_classes} classes; the {spec.name} dataset "
                                        f"at {spec.root} has {ds.num_classes}")
             self._datasets[key] = ds
         return self._datasets[key]
 
     def cache(self, split: str = "train") -> FeatureCache | None:
         """The split's feature-cache entry if one exists (nothing is extracted): the one training
-        wrote (with its augmented views, whose view 0 is the plain image), else a one-view entry."""
+        wrote (with its augmented views, whose view 0 is the plain image), else a one-view entry.
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"train"``."""
         if split not in self._caches:
             backbone, ds, run = self.model.backbone, self.dataset(split), self.config.run
             found = None
@@ -381,7 +358,11 @@ class Run:
 
     def features(self, split: str = "train", *, progress: bool = False) -> FeatureCache:
         """The split's feature-cache entry (:meth:`cache`), extracted now (one pass of its images through the
-        backbone, into the run's cache root) when there is none: what retraining a head on the run's data reads."""
+        backbone, into the run's cache root) when there is none: what retraining a head on the run's data reads.
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"train"``.
+            progress: show a progress bar while extracting. Default False."""
         found = self.cache(split)
         if found is None:
             from .data.extract import extract_features
@@ -394,10 +375,17 @@ class Run:
     # ------------------------------------------------------------------ prototypes and pictures
 
     def has_index(self, split: str = "train") -> bool:
+        """Whether the split has a prototype index on disk (fresh or not: :meth:`index` checks that).
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"train"``."""
         return (self.head_files.prototypes(split) / "meta.json").is_file()
 
     def index(self, split: str = "train") -> PrototypeIndex:
-        """The split's prototype index; :class:`StaleIndexError` when the head changed since it was mined."""
+        """The split's prototype index; :class:`StaleIndexError` when the head changed since it was mined.
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"train"``."""
         if split not in self._indexes:
             folder = self.head_files.prototypes(split)
             if not self.has_index(split):
@@ -412,7 +400,16 @@ class Run:
     def mine(self, split: str = "train", *, k: int = 10, use_cache: bool = True, batch_size: int = 64,
              num_workers: int = 1, strict: bool = False, progress: bool = True) -> PrototypeIndex:
         """Mine ``split``'s prototype index into ``<run>/prototypes/<split>`` (``infodisent mine``), from the
-        feature cache when there is one (``use_cache``), and keep it: the split's renderer starts afresh."""
+        feature cache when there is one (``use_cache``), and keep it: the split's renderer starts afresh.
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"train"``.
+            k: patches kept per channel and side. Default 10.
+            use_cache: read the split's feature cache when there is one. Default True.
+            batch_size: images per batch when the backbone runs. Default 64.
+            num_workers: image-loading processes. Default 1.
+            strict: an unreadable image is an error instead of a skipped row. Default False.
+            progress: show progress bars. Default True."""
         index = mine_prototypes(
             self.model, self.dataset(split), self.head_files.prototypes(split), k=k,
             features=self.cache(split) if use_cache else None, batch_size=batch_size, num_workers=num_workers,
@@ -423,7 +420,10 @@ class Run:
         return index
 
     def renderer(self, split: str = "train") -> Renderer:
-        """Prototype patches of ``split``'s index and evidence pictures, with LRU caches (kept per split)."""
+        """Prototype patches of ``split``'s index and evidence pictures, with LRU caches (kept per split).
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"train"``."""
         if split not in self._renderers:
             self._renderers[split] = Renderer(
                 self.model, self.dataset(split), index=lambda: self.index(split), features=self.cache(split))
@@ -435,6 +435,13 @@ class Run:
 
         Dataset images are read through the split's renderer, so a second explanation of the
         same image reads nothing from disk.
+
+        Args:
+            images: one dataset index or a sequence of them (a range, an integer array), or one image or a
+                sequence of images (PIL images, paths, tensors).
+            target: the class explained: an int for every image, a sequence of one per image. Default None:
+                each image's predicted class.
+            split: the split dataset indices refer to. Default ``"test"``.
         """
         if isinstance(images, (range, np.ndarray)) and np.asarray(images).ndim == 1 \
                 and np.issubdtype(np.asarray(images).dtype, np.integer):
@@ -454,7 +461,10 @@ class Run:
     def predictions(self, split: str = "test") -> pd.DataFrame:
         """Every image of a split: ``image``, ``label``, ``predicted``, ``correct``, ``probability`` (of the
         prediction) and ``logit_margin`` (its logit minus the runner-up's). From the split's prototype
-        index when there is a fresh one, else its feature cache (then through the head), else the backbone."""
+        index when there is a fresh one, else its feature cache (then through the head), else the backbone.
+
+        Args:
+            split: ``"train"`` or ``"test"``. Default ``"test"``."""
         ds = self.dataset(split)
         W = self.model.W.double().cpu().numpy()
         bias = None if self.model.bias is None else self.model.bias.double().cpu().numpy()
@@ -487,7 +497,7 @@ class Run:
 
     @property
     def metrics(self) -> RunMetrics:
-        """``metrics.json`` as :class:`~infodisent.eval.results.RunMetrics` (read once). On a kept head
+        """``metrics.json`` as :class:`~infodisent.records.results.RunMetrics` (read once). On a kept head
         (:meth:`with_k`): the run's, with that head's test accuracy and explanation metrics, and without
         what was measured on the head shown (agreement, sanity checks)."""
         if self._metrics is None:
@@ -513,7 +523,12 @@ class Run:
     def update_metrics(self, **parts: Any) -> RunMetrics:
         """Set some fields of ``metrics.json`` (e.g. ``explanations=...``), keeping what other commands wrote.
         ``explanations`` also goes to the frontier's point of this handle's head; on a kept head
-        (:meth:`with_k`) it is the one field recorded (the others are of the head shown)."""
+        (:meth:`with_k`) it is the one field recorded (the others are of the head shown).
+
+        Args:
+            **parts: :class:`~infodisent.records.results.RunMetrics` fields and their new values.
+        Returns:
+            The metrics as written."""
         if self.files.metrics.is_file():
             data = read_json(self.files.metrics)
         else:
@@ -544,9 +559,64 @@ class Run:
         return pd.read_csv(self.files.history)
 
 
-def _with_k(config: ModelConfig, k: int | None) -> ModelConfig:
+def head_tensors(head: InfoDisentHead) -> dict[str, torch.Tensor]:
+    """The head's state dict plus the materialised ``U`` and ``W`` (for readers without torch's parametrizations).
+
+    Args:
+        head: the head; its tensors are copied to the CPU."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    tensors["U"] = head.U.detach().cpu().clone().contiguous()
+    tensors["W"] = head.W.detach().cpu().clone().contiguous()
+    return tensors
+
+
+def save_head(head: InfoDisentHead, path: Path) -> None:
+    """Write ``head.safetensors`` atomically: the head's state and the materialised ``U`` and ``W``.
+
+    Args:
+        head: the head to save.
+        path: the file."""
+    with atomic_path(path) as tmp:
+        save_file(head_tensors(head), str(tmp))
+
+
+def load_head(path: Path, config: HeadConfig) -> InfoDisentHead:
+    """Read ``head.safetensors``; a damaged file or a head of another shape gets an error naming the file.
+
+    Args:
+        path: the file.
+        config: the head it should hold (``config.json``'s ``head``)."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptFileError(path, f"not a readable safetensors file ({e})",
+                               "the run's head is lost: retrain it (infodisent train ... --overwrite)") from None
+    head = InfoDisentHead(config)
+    W = tensors.get("W")
+    if W is None or W.ndim != 2:
+        raise CorruptFileError(path, "it holds no classifier matrix W")
+    if tuple(W.shape) != (config.num_classes, config.num_features):
+        raise RunMismatchError(
+            f"{path} holds a head for {W.shape[0]} classes and {W.shape[1]} channels; its config.json says "
+            f"{config.num_classes} classes and {config.num_features} channels"
+        )
+    state = {k: v for k, v in tensors.items() if k not in ("U", "W")}
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunMismatchError(f"{path} does not fit the head described by config.json "
+                               f"({str(e).splitlines()[-1].strip()[:200]})") from None
+    head.eval()
+    U, _ = head.inference_weights()  # formed once here, and kept for inference until a parameter changes
+    if "U" in tensors and not torch.allclose(U, tensors["U"], atol=1e-4):
+        raise CorruptFileError(path, "its stored U does not match its parameters")
+    return head
+
+
+def _with_k(config: RunRecord, k: int | None) -> RunRecord:
     """``config`` for kept head ``k`` of the same run (None: the dense one)."""
-    return replace(config, channels_per_class=k, head=replace(config.head, pruned=k is not None))
+    m = config.model
+    return replace(config, model=replace(m, channels_per_class=k, head=replace(m.head, pruned=k is not None)))
 
 
 def _owned(src: RunFiles, dst: RunFiles) -> list[tuple[Path, Path]]:
@@ -561,14 +631,16 @@ def _is_index(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def open_run(path: str | Path, **kwargs: Any) -> Run:
-    """Open a run directory: ``infodisent.open_run("runs/demo")`` (keyword arguments: see :class:`Run`)."""
-    return Run.open(path, **kwargs)
+def open_run(path: str | Path, *, device: str | torch.device = "cpu", weights: str | None = None,
+             cache_dir: str | None = None) -> Run:
+    """Open a run directory: ``infodisent.open_run("runs/demo")``, the same as ``Run(path, ...)``.
+
+    Args:
+        path: the run directory.
+        device: where the model lives. Default ``"cpu"``.
+        weights: overrides the recorded backbone weights (e.g. a local file on another machine). Default None.
+        cache_dir: the feature cache root. Default None: the one the run was trained with."""
+    return Run(path, device=device, weights=weights, cache_dir=cache_dir)
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str | None = None) -> InfoDisent:
-    """The model of a saved run: ``open_run(run_dir).model`` (``weights`` overrides the recorded backbone weights)."""
-    return Run.open(run_dir, device=device, weights=weights).model
-
-
-__all__ = ["NotARunError", "Run", "RunFiles", "load", "open_run"]
+__all__ = ["NotARunError", "Run", "RunFiles", "load_head", "open_run", "save_head"]

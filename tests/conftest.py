@@ -1,27 +1,17 @@
-"""Shared fixtures: tiny random-init timm backbones, real data paths, image fabrication."""
+"""Shared fixtures: a tiny random-init timm backbone, a tiny trained run; the tutorials that need real data."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import CUB50, IMAGENETTE
 
+import infodisent
 from infodisent.core.weights import load_backbone
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-CUB50 = SHARED / "cub50" / "CUB_200_2011"
-IMAGENETTE = SHARED / "imagenette_mini"
-
 torch.set_num_threads(2)
-
-
-def require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real data not found at {path}")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -30,25 +20,14 @@ def tiny_backbone():
     return load_backbone("test_resnet", "random", image_size=64)
 
 
-def write_image(path: Path, seed: int, size=(40, 32), mode: str = "RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    img = Image.fromarray(arr, "RGB")
-    if mode != "RGB":
-        img = img.convert(mode)
-    img.save(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A trained dense run (the paper's head) on a tiny parts dataset (test_resnet, 64 px, 2x2 maps), its cache
     and a mined train index."""
-    from infodisent.config import RunConfig
-    from infodisent.data.datasets import PartsConfig
     from infodisent.pipeline import mine_run, train_run
-    from infodisent.train.training import FitConfig
+    from infodisent.records.data import PartsConfig
+    from infodisent.records.options import FitConfig
+    from infodisent.records.run import RunConfig
 
     tmp = tmp_path_factory.mktemp("tiny_run")
     cfg = RunConfig(
@@ -92,3 +71,9 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter):
     for line in _missing_data_lines():
         terminalreporter.write_line(line, yellow=True, bold=True)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    """:func:`tiny_run`, opened (a test file may define its own ``run``)."""
+    return infodisent.open_run(tiny_run[2].out)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
-from infodisent.data import distributed
+from infodisent import distributed
 from infodisent.eval.part_metrics import noisy_positions
-from infodisent.eval.results import to_dict
 from infodisent.pipeline import evaluate_run, mine_run
-from infodisent.run import Run
+from infodisent.records.serialize import to_dict
+from infodisent.run import open_run
 
 INDEX_FILES = ("index.csv", "v.npy", "positions.npy", "labels.npy")
 
@@ -29,14 +29,14 @@ def main() -> None:
     try:
         writer = distributed.current().main
         for name, use_cache in (("cache", True), ("stream", False)):
-            index = mine_run(Run.open(run_dir, cache_dir=cache), "train", k=5, use_cache=use_cache, batch_size=64,
+            index = mine_run(open_run(run_dir, cache_dir=cache), "train", k=5, use_cache=use_cache, batch_size=64,
                              num_workers=0, progress=False)
             if writer:
                 (out / name).mkdir(parents=True, exist_ok=True)
                 for f in INDEX_FILES:
                     shutil.copyfile(index.path / f, out / name / f)
             distributed.barrier()
-        run = Run.open(run_dir, cache_dir=cache)
+        run = open_run(run_dir, cache_dir=cache)
         ev = evaluate_run(run, "test", batch_size=64, num_workers=0, progress=False, explanations=True, k=5)
         ds = run.dataset("test")
         clean, noisy = noisy_positions(run.model, ds, np.arange(len(ds)), seed=3, batch_size=4)

@@ -42,7 +42,7 @@ def _notebook(run_dir: str, train_cfg: dict) -> dict:
         f"run = infodisent.open_run({run_dir!r})",
         "browser = ChannelBrowser(run)\nbrowser",
         "explorer = DecisionExplorer(run, 1)\nexplorer",
-        "import json\nfrom infodisent.config import RunConfig\n"
+        "import json\nfrom infodisent.records.run import RunConfig\n"
         f"panel = TrainingPanel(RunConfig.from_recorded(json.loads({json.dumps(train_cfg)!r})))\npanel",
     ]
     return {

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import scipy.io
+from helpers import write_image
 from PIL import Image
 
-from conftest import write_image
 from infodisent.data.datasets import DatasetLayoutError, ImageReadError, build_dataset, read_image
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from infodisent.data.distributed import Shard, ShardedBatchSampler, global_batches, unshard
+from infodisent.distributed import Shard, ShardedBatchSampler, global_batches, unshard
 
 HERE = Path(__file__).parent
 # The CLI's flags for a small run: a compact head (pruned to K=3, with fine-tuning) and a last global

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import infodisent
-from infodisent.core.geometry import cell_box
-from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.geometry import cell_at, cell_box
+from infodisent.core.head import InfoDisentHead
 from infodisent.core.model import InfoDisent
-from infodisent.explain.explanation import explain, explain_channel, explain_class
+from infodisent.explain.explanation import channel_overview, explain, explain_channel, explain_class
+from infodisent.records.model import HeadConfig
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +218,36 @@ def test_vit_boxes_are_patches_and_avg_pooling_still_decomposes():
         for ev in e.evidence(2):
             x0, y0, x1, y1 = ev.box
             assert (x1 - x0, y1 - y0) == (16.0, 16.0) and x0 % 16 == 0 and y0 % 16 == 0
+
+
+def test_point_and_ask_finds_the_channels_that_peak_under_a_point(run):
+    e = run.explain(1)
+    (gh, gw), sw = e.grid, e.view.size[0]
+    for pos in range(gh * gw):
+        x0, y0, x1, y1 = cell_box(pos, e.grid, e.view.size)
+        assert cell_at((x0 + x1) / 2, (y0 + y1) / 2, e.grid, e.view.size) == pos
+        here = e.at((x0 + x1) / 2, y0 + 0.01)
+        v = e.v[0]
+        winning = np.where(v >= 0, e.positions[0, 0], e.positions[0, 1])
+        assert set(here["channel"]) == set(np.flatnonzero(winning == pos))
+        np.testing.assert_allclose(here["contribution"], e.W[e.target, here["channel"]] * v[here["channel"]])
+        assert (np.diff(np.abs(here["contribution"].to_numpy())) <= 1e-12).all()  # largest first
+    centres = [cell_box(p, e.grid, e.view.size) for p in range(gh * gw)]
+    total = sum(e.at((x0 + x1) / 2, (y0 + y1) / 2)["contribution"].sum() for x0, y0, x1, y1 in centres)
+    assert total == pytest.approx(e.logit - e.target_bias)  # every channel peaks in exactly one cell
+    with pytest.raises(ValueError, match="outside"):
+        e.at(sw + 1, 0)
+
+
+def test_channel_overview_counts_classes_and_purity(run):
+    index = run.index("train")
+    df = channel_overview(run.model, index)
+    W = run.model.W.double().numpy()
+    assert len(df) == W.shape[1]
+    np.testing.assert_array_equal(df["classes"], (W > 1e-3).sum(0))
+    fired = df[df["channel"].isin(index.table.loc[index.table["side"] == "pos", "channel"])]
+    d = int(fired["classes"].idxmax())
+    assert df.loc[d, "top_class"] == explain_channel(run.model, d).classes["class"].iloc[0]
+    labels = index.prototypes(d, "pos")["label"]
+    assert df.loc[d, "class_purity"] == pytest.approx(labels.value_counts().iloc[0] / len(labels))
+    assert ((df["fires"] >= 0) & (df["fires"] <= 1)).all()

@@ -4,17 +4,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import write_image
 from safetensors.torch import save_file
 
-from conftest import write_image
 from infodisent.core.backbone import Backbone
 from infodisent.core.weights import load_backbone
-from infodisent.data.datasets import ImageReadError, PartsConfig, PartsDataset, build_dataset
+from infodisent.data.datasets import ImageReadError, PartsDataset, build_dataset
 from infodisent.data.datasets.base import SkippedImageWarning
 from infodisent.data.extract import extract_features
 from infodisent.data.features import FeatureCache, _entry, cache_key, find_cache
 from infodisent.data.loader import stream_feature_maps
-from infodisent.io import CorruptFileError, read_json
+from infodisent.errors import CorruptFileError
+from infodisent.io import read_json
+from infodisent.records.data import PartsConfig
 
 SMALL = PartsConfig(image_size=64, train_per_class=2, test_per_class=1, scale=(0.3, 0.5))
 

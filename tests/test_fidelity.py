@@ -10,14 +10,16 @@ import pytest
 import torch
 
 from infodisent.cli import main
-from infodisent.config import RunConfig
-from infodisent.core.options import FitConfig
 from infodisent.core.weights import load_backbone
-from infodisent.data.datasets import PartsConfig
+from infodisent.data.datasets import from_spec
 from infodisent.errors import InputError
-from infodisent.eval.fidelity import BlackBox, agreement, black_box, classifier_columns, compare
+from infodisent.eval.fidelity import agreement, compare
 from infodisent.pipeline import evaluate_run, train_run
-from infodisent.run import Run
+from infodisent.records.data import PartsConfig
+from infodisent.records.options import FitConfig
+from infodisent.records.run import RunConfig
+from infodisent.run import open_run
+from infodisent.train.teacher import BlackBox, black_box, classifier_columns
 
 CLASSES = 5
 
@@ -37,7 +39,7 @@ def _config(tmp_path, **kw) -> RunConfig:
 
 
 def test_which_outputs_are_the_datasets_classes(tiny_backbone, own_classifier, tmp_path):
-    ds = _config(tmp_path).dataset_spec("test").build()
+    ds = from_spec(_config(tmp_path).dataset_spec("test"))
     assert classifier_columns(own_classifier, ds) == ("own", pytest.approx(np.arange(CLASSES)))
     assert classifier_columns(tiny_backbone, ds) is None  # 1000 ImageNet outputs, and the parts classes are not ImageNet's
 
@@ -89,7 +91,7 @@ def test_teacher_training_follows_the_black_box(tmp_path):
     assert written["agreement"]["top1"] == pytest.approx(a_teacher.top1)
     assert json.loads((tmp_path / "teacher" / "run" / "config.json").read_text())["run"]["teacher"] == 1.0
     # evaluate recomputes it from the images' cache, and the images themselves give the same numbers
-    run = Run.open(tmp_path / "teacher" / "run")
+    run = open_run(tmp_path / "teacher" / "run")
     again = evaluate_run(run, "test", progress=False, num_workers=0).agreement
     assert again.top1 == pytest.approx(a_teacher.top1) and again.kl == pytest.approx(a_teacher.kl, rel=1e-3)
     streamed = agreement(run.model, run.dataset("test"), None)
@@ -119,7 +121,7 @@ def _fine_tuned(path, classes: int) -> str:
 
 
 def _folder(root, classes=("heron", "wren"), train=10, test=5):
-    from conftest import write_image
+    from helpers import write_image
 
     for split, n in (("train", train), ("test", test)):
         for c, name in enumerate(classes):
@@ -143,8 +145,9 @@ def test_a_fine_tuned_classifier_of_the_users_classes_goes_through_the_cli(tmp_p
     assert a["top1"] >= 0.8  # trained on the black box's logits alone: it follows them on unseen images
     assert "agree" in out
     # the classifier's size came from the file, and the run reopens with it
-    run = Run.open(tmp_path / "run")
+    run = open_run(tmp_path / "run")
     assert run.model.backbone.num_classifier_classes == 2 and run.model.backbone.model_kwargs == {"num_classes": 2}
+    assert run.config.model.backbone.model_kwargs is None  # the file's size is the file's: not asked, not recorded
     # --num-classes that says the same is accepted; one that contradicts the file is refused, naming both
     rc = main(["train", *common, "--weights", weights, "--num-classes", "3", "--out", str(tmp_path / "r3")])
     assert rc == 2 and "classifier of 2 classes" in capsys.readouterr().err
@@ -154,3 +157,6 @@ def test_a_fine_tuned_classifier_of_the_users_classes_goes_through_the_cli(tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and "has 3 classes and folder has 2" in err and "ft3.safetensors" in err
     assert not (tmp_path / "r4").exists()
+    # the run opens with another fine-tuned file (e.g. on another machine), whose classifier size is its own
+    again = open_run(tmp_path / "run", weights=other)
+    assert again.model.backbone.num_classifier_classes == 3 and again.model.head.config.num_classes == 2

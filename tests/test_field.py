@@ -9,10 +9,17 @@ import pytest
 import torch
 
 import infodisent
-from infodisent.errors import InputError
 from infodisent.core.geometry import ViewGeometry
-from infodisent.eval.field import (FieldSettings, Memo, metric_table, object_masks, ranks, score_methods,
-                                   spread_over_classes)
+from infodisent.errors import InputError
+from infodisent.eval.field import (
+    FieldSettings,
+    Memo,
+    metric_table,
+    object_masks,
+    ranks,
+    score_methods,
+    spread_over_classes,
+)
 from infodisent.explain.interop import explain_methods
 
 pytest.importorskip("quantus")

@@ -9,12 +9,13 @@ from safetensors.torch import load_file
 
 import infodisent
 from infodisent.cli import main
-from infodisent.core.options import FitConfig, SparseOptions
-from infodisent.data.datasets import PartsConfig
 from infodisent.errors import InputError
-from infodisent.eval.results import frontier_table, to_dict
-from infodisent.config import RunConfig
 from infodisent.pipeline import evaluate_run, train_run
+from infodisent.records.data import PartsConfig
+from infodisent.records.options import FitConfig, SparseOptions
+from infodisent.records.results import frontier_table
+from infodisent.records.run import RunConfig
+from infodisent.records.serialize import to_dict
 from infodisent.train.sparse import finetune_rates, lost_evidence, removed_evidence
 
 SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
@@ -155,9 +156,9 @@ def test_select_shows_another_head_and_is_reversible(chosen_run, capsys):
 
 
 def test_report_draws_the_frontier(chosen_run):
-    from infodisent.eval.results import frontier_steps
     from infodisent.viz.plots import frontier_figure
     from infodisent.viz.report import write_report
+    from infodisent.viz.sentences import frontier_steps
 
     result, _ = chosen_run
     run = infodisent.open_run(result.run_dir)

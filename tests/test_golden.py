@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infodisent.core.head import HeadConfig, InfoDisentHead
+from infodisent.core.head import InfoDisentHead
+from infodisent.records.model import HeadConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "head.npz"
 

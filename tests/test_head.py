@@ -4,13 +4,14 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from infodisent.core.head import (
-    HeadConfig,
     InfoDisentHead,
     OrthogonalRotation,
     gumbel_two_sided,
+    parametrizations_cached,
     softmax_two_sided,
     two_sided_max,
 )
+from infodisent.records.model import HeadConfig
 
 
 def _train_a_bit(head, steps=5):
@@ -220,9 +221,10 @@ def test_pruned_forward_computes_only_kept_channels_with_the_same_logits_and_gra
         torch.testing.assert_close(head(x), head.forward_details(x).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_rotation_rows_match_the_full_cayley_matrix_in_value_and_gradient_without_forming_it(monkeypatch):
-    """A pruned head's few rows of U come from a solve with K right-hand sides (Cayley map, any base);
-    the full matrix's rows are the reference. Many rows, or U cached, take the full matrix."""
+def test_rotation_rows_match_the_full_cayley_matrix_in_value_and_gradient():
+    """A pruned head's few rows of U (a solve with K right-hand sides under the Cayley map, any base) equal
+    the full matrix's rows in value and gradient; many rows, or U cached, are the full matrix's rows.
+    What the solve saves is measured in benchmarks/bench_training.py."""
     torch.manual_seed(0)
     rot = OrthogonalRotation(32)
     par = rot.linear.parametrizations.weight
@@ -238,18 +240,22 @@ def test_rotation_rows_match_the_full_cayley_matrix_in_value_and_gradient_withou
     g_full = torch.autograd.grad((full * probe).sum(), par.original)[0]
     assert g_fast.abs().max() > 0.1
     torch.testing.assert_close(g_fast, g_full, rtol=0, atol=1e-5)
-    calls = []
-    solve = torch.linalg.solve
-    # the path taken: the restricted solve has 4 right-hand sides, the full one 32
-    monkeypatch.setattr(torch.linalg, "solve", lambda a, b: calls.append(tuple(b.shape)) or solve(a, b))
-    rot.rows(index)
-    rot.rows(torch.arange(20))  # more than half the rows: the full matrix
+    many = torch.arange(20)  # more than half the rows: taken from the full matrix, the same values
+    torch.testing.assert_close(rot.rows(many), rot.matrix()[many], rtol=0, atol=0)
+    with parametrize.cached():  # U cached by torch: its rows are the cached tensor's, bit for bit
+        assert torch.equal(rot.rows(index), rot.linear.weight[index])
+
+
+def test_the_parametrization_cache_flag_that_the_cayley_shortcuts_read_still_exists():
+    """torch keeps ``parametrize.cached()``'s state in a private flag; if a torch release renames or drops
+    it, this fails here rather than the shortcuts silently forming their own U inside a cache."""
+    assert parametrizations_cached() is False
     with parametrize.cached():
-        rot.rows(index)  # U cached: its rows
-    assert calls == [(32, 4), (32, 32), (32, 32)]
+        assert parametrizations_cached() is True
+    assert parametrizations_cached() is False
 
 
-def test_rotation_matrix_skips_an_identity_base_with_the_same_bits_and_keeps_any_other(monkeypatch):
+def test_rotation_matrix_under_an_identity_base_has_torchs_bits_and_follows_any_other_base():
     torch.manual_seed(1)
     rot = OrthogonalRotation(16)
     par = rot.linear.parametrizations.weight
@@ -261,11 +267,6 @@ def test_rotation_matrix_skips_an_identity_base_with_the_same_bits_and_keeps_any
     g_mine = torch.autograd.grad((mine * probe).sum(), par.original)[0]
     g_torch = torch.autograd.grad((torchs * probe).sum(), par.original)[0]
     assert torch.equal(g_mine, g_torch) and g_mine.abs().max() > 0.1
-    products = []
-    matmul = torch.Tensor.__matmul__
-    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: products.append(1) or matmul(a, b))
-    rot.matrix()
-    assert products == []  # no B @ Q
     with torch.no_grad():
         par[0].base.copy_(torch.linalg.qr(torch.randn(16, 16))[0])  # a base that is not I: torch's map
     torch.testing.assert_close(rot.matrix(), rot.linear.weight, rtol=0, atol=0)

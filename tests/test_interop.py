@@ -112,8 +112,8 @@ def test_captum_takes_it_as_one_of_its_own(model_and_images):
 
     matplotlib.use("Agg")
     from captum.attr import Attribution
-    from captum.metrics import infidelity
     from captum.attr import visualization as viz
+    from captum.metrics import infidelity
 
     model, x = model_and_images
     explainer = InfoDisentAttribution(model)

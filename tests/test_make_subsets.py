@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_image
 from PIL import Image
 
-from conftest import write_image
 from infodisent.data.datasets import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,22 +3,26 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from helpers import CUB50, require, write_image
 from torchvision import transforms as T
 
 import infodisent
-from conftest import CUB50, require, write_image
-from infodisent.data.datasets import DatasetSpec
 from infodisent.eval.evaluation import explanation_metrics
 from infodisent.eval.part_metrics import (
     KeypointRegions,
     cell_coverage,
     channel_classes,
+    channel_purity,
     cub_part_metrics,
+    has_parts,
     part_groups,
     parts_purity,
     pointing_game,
+    prototype_parts,
 )
 from infodisent.explain.prototypes import IndexMeta, PrototypeIndex
+from infodisent.records.data import DatasetSpec
 
 NO_RESIZE = T.Compose([])  # the view is the image itself
 
@@ -95,7 +99,6 @@ def test_pointing_game_follows_the_negative_side_when_v_is_negative():
 
 def test_stability_noise_is_huang_et_al_s():
     """EvalProtoPNet's perturb_img: N(0, 0.2) clipped to +-0.25 on the ImageNet-normalised input."""
-    import torch
 
     from infodisent.eval.part_metrics import IMAGENET_STD, perturb
 
@@ -206,3 +209,21 @@ def test_cub_metrics_on_real_birds(tmp_path):
     for key in ("purity", "consistency", "stability"):
         assert 0.0 <= getattr(out, key) <= 1.0, key
     assert out.purity > 0.2  # a patch of a bird photo usually holds some keypoint
+
+
+def test_prototype_parts_agree_with_the_purity_metric(run):
+    index, ds = run.index("train"), run.dataset("train")
+    assert has_parts(ds)
+    cache = {}
+    channels = sorted(index.table["channel"].unique())[:6]
+    purity = channel_purity(index, ds, run.model.transform, channels)
+    for d in channels:
+        pp = prototype_parts(index, ds, run.model.transform, d, cache=cache)
+        assert list(pp["image"]) == list(index.prototypes(d, "pos")["image"])
+        named = [p[0] for p in pp["parts"] if p]
+        assert all(n in ds.part_names for n in named)
+        top = max((named.count(n) for n in set(named)), default=0)
+        assert purity[d] == pytest.approx(top / len(pp))
+    assert any(k[0] == "cells" for k in cache)  # the cache was filled, so a second call reads no masks
+    ref = parts_purity(index, ds, run.model.transform, channels=channels).set_index("channel")["purity"]
+    np.testing.assert_allclose(purity.to_numpy(), ref.reindex(channels).to_numpy())

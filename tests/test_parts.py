@@ -3,8 +3,9 @@ import itertools
 
 import numpy as np
 
-from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.datasets import PartsDataset
 from infodisent.data.datasets.parts import PART_TYPES
+from infodisent.records.data import PartsConfig
 
 
 def test_parts_is_deterministic_and_split_dependent():

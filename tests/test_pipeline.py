@@ -8,28 +8,26 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SMALL_PARTS, tiny_config
 from safetensors.torch import load_file
 
 import infodisent
 from infodisent.cli import main
-from infodisent.config import RunConfig
 from infodisent.core.head import two_sided_max
 from infodisent.core.model import RunMismatchError
-from infodisent.data.datasets import PartsConfig, PartsDataset
-from infodisent.pipeline import RunExistsError, evaluate_run, train_run
+from infodisent.data.datasets import PartsDataset
+from infodisent.data.sources import CachedSource
+from infodisent.pipeline import RunExistsError, evaluate_run, pooled_features, train_run
+from infodisent.records.options import FitConfig
+from infodisent.records.run import RunConfig
 from infodisent.train.checkpoints import CheckpointMismatchError
-from infodisent.train.training import FitConfig
-
-SMALL = PartsConfig(image_size=64, train_per_class=4, test_per_class=2, scale=(0.3, 0.5))
+from infodisent.train.training import classification_metrics
 
 
 def tiny_cfg(tmp_path, **kw):
-    """A dense run (the pipeline's mechanics; the compact default is tested in test_sparse_ablations)."""
-    base = dict(
-        out=str(tmp_path / "run"), backbone="test_resnet", weights="random", image_size=64, parts=SMALL,
-        cache_dir=str(tmp_path / "cache"), num_workers=0, progress=False, fit=FitConfig(epochs=3), sparse=None,
-    )
-    return RunConfig(**{**base, **kw})
+    """A dense run on 15 classes (the pipeline's mechanics; the compact default is tested in
+    test_pipeline_pruning)."""
+    return tiny_config(tmp_path, **{"max_classes": None, "sparse": None, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,6 @@ def test_run_directory_contents(run):
         assert (d / f).is_file(), f
     m = json.loads((d / "metrics.json").read_text())
     assert set(m["infodisent"]) == set(m["linear_probe"]) == {"top1", "top5", "loss"}  # one vocabulary
-    assert m["ratio"] == pytest.approx(m["infodisent"]["top1"] / m["linear_probe"]["top1"])
     assert m["probe"]["solver"] == "lbfgs" and m["probe"]["l2"] in [float(k) for k in m["probe"]["holdout_accuracy"]]
     assert m["dataset"] == "parts" and m["backbone"] == "test_resnet"
     assert m["num_classes"] == 15 and m["num_test_images"] == 30 and m["skipped_images"] == {"train": [], "test": []}
@@ -71,7 +68,7 @@ def test_saved_run_invariants(run):
     assert (W >= 0).all()
     model = infodisent.open_run(result.run_dir).model
     torch.testing.assert_close(model.U, U)
-    ds = PartsDataset("test", model.transform, config=SMALL)
+    ds = PartsDataset("test", model.transform, config=SMALL_PARTS)
     x = torch.stack([ds[i][0] for i in range(6)])
     out = model.outputs(x)
     torch.testing.assert_close(out.J, torch.einsum("ed,bdhw->behw", U, out.features), atol=1e-4, rtol=1e-4)
@@ -116,13 +113,13 @@ def test_head_for_another_backbone_is_refused(run, tmp_path):
     cfg["head"]["num_features"] = 256
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RunMismatchError, match="head.safetensors"):
-        infodisent.load(bad)
+        infodisent.open_run(bad).model
 
 
 def test_cli_train_evaluate_and_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("INFODISENT_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "imgs"
-    from conftest import write_image
+    from helpers import write_image
 
     for split in ("train", "test"):
         for c in ("a", "b"):
@@ -147,30 +144,58 @@ def test_cli_train_evaluate_and_errors(tmp_path, capsys, monkeypatch):
 # ----------------------------------------------------------------------------- the Run handle
 
 
-def test_run_handle_loads_once_and_keeps(run, monkeypatch):
+def test_the_saved_probe_scores_what_metrics_json_says(run):
+    """The linear probe in probe.safetensors, run on the test maps' pooled features, gives metrics.json's
+    linear_probe accuracy, and the ratio puts the head's top-1 over it."""
+    result, _ = run
+    r = infodisent.open_run(result.run_dir)
+    x, y = pooled_features(CachedSource(r.cache("test"), 64, view=0))
+    with torch.no_grad():
+        probe = classification_metrics(r.probe(x), y)
+    assert probe.top1 == pytest.approx(r.metrics.linear_probe.top1, abs=1e-9) and 0 < probe.top1 <= 1
+    assert r.metrics.ratio * probe.top1 == pytest.approx(r.metrics.infodisent.top1)
+
+
+def test_run_handle_loads_once_and_keeps(run):
     result, _ = run
     r = infodisent.open_run(result.run_dir)
     assert r.metrics == result.metrics and r.metrics is r.metrics
-    assert r.config.num_classes == 15 and r.config.run.fit.epochs == 3
+    assert r.config.model.num_classes == 15 and r.config.run.fit.epochs == 3
     assert r.model is r.model and r.dataset("test") is r.dataset("test")
     assert r.cache("test") is not None and r.cache("test").path == r.cache("test").path
     pd.testing.assert_frame_equal(r.history, pd.read_csv(result.run_dir / "history.csv"))
     assert repr(r).startswith("Run(") and "15 classes" in repr(r)
+
+
+def test_run_handle_says_what_is_missing_or_unknown(run):
+    result, _ = run
+    r = infodisent.open_run(result.run_dir)
     with pytest.raises(FileNotFoundError, match="infodisent mine"):
         r.index("train")
     with pytest.raises(ValueError, match="unknown split"):
         r.dataset("validation")
+    with pytest.raises(ValueError, match="outside the test split"):
+        r.explain(30)
+
+
+def test_run_explains_test_images_by_index_as_the_image_path_does(run):
+    result, _ = run
+    r = infodisent.open_run(result.run_dir)
     e = r.explain(3)
     assert e.sources == (3,) and e.view.size == (64, 64) and e.label == int(r.dataset("test").labels[3])
+    direct = infodisent.explain(r.model, r.dataset("test").load_image(3))
+    assert (e.logits == direct.logits).all()  # the view path and the image path agree
+
+
+def test_run_predictions_agree_with_the_metrics_and_the_explanations(run):
+    result, _ = run
+    r = infodisent.open_run(result.run_dir)
     preds = r.predictions("test")  # no test index: from the feature cache through the head
     assert list(preds["image"]) == list(range(30)) and list(preds["label"]) == list(r.dataset("test").labels)
     assert preds["correct"].mean() == pytest.approx(result.metrics.infodisent.top1)
+    e = r.explain(3)
     assert preds.loc[3, "predicted"] == e.predicted and preds.loc[3, "correct"] == bool(e.correct[0])
     assert (preds["logit_margin"] >= 0).all() and preds["probability"].between(1 / 15, 1).all()
-    direct = infodisent.explain(r.model, r.dataset("test").load_image(3))
-    assert (e.logits == direct.logits).all()  # the view path and the image path agree
-    with pytest.raises(ValueError, match="outside the test split"):
-        r.explain(30)
 
 
 def test_update_metrics_keeps_what_others_wrote(run, tmp_path):
@@ -262,7 +287,7 @@ def test_options_are_checked_where_they_are_given(tmp_path):
 
 
 def test_a_moved_dataset_root_is_used(tmp_path, capsys):
-    from conftest import write_image
+    from helpers import write_image
 
     root = tmp_path / "imgs"
     for split in ("train", "test"):

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infodisent.config import RunConfig
-from infodisent.data.datasets import PartsConfig
 from infodisent.data.features import FeatureCache
 from infodisent.pipeline import train_run
-from infodisent.train.sparse import SparseOptions
-from infodisent.train.training import FitConfig
+from infodisent.records.data import PartsConfig
+from infodisent.records.options import FitConfig, SparseOptions
+from infodisent.records.run import RunConfig
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 PARTS = PartsConfig(image_size=96, train_per_class=10, test_per_class=6)
@@ -33,7 +32,8 @@ EXTRACT = f"""
 import sys, torch
 torch.set_num_threads(2)
 from infodisent.core.weights import load_backbone
-from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.datasets import PartsDataset
+from infodisent.records.data import PartsConfig
 from infodisent.data.extract import extract_features
 bb = load_backbone(image_size={PARTS.image_size})  # the offline EfficientNet-Lite0: 3x3 maps
 for split in ("train", "test"):

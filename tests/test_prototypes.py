@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import write_image
 
 import infodisent
-from conftest import write_image
 from infodisent.cli import main
-from infodisent.core.model import save_head
 from infodisent.data.datasets import ImageFolderDataset
 from infodisent.explain.prototypes import PrototypeIndex, StaleIndexError, mine_prototypes
+from infodisent.run import save_head
 
 
 def _brute_force(model, cache):

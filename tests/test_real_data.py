@@ -2,14 +2,14 @@
 
 import pytest
 import torch
+from helpers import CUB50, IMAGENETTE, require
 
 import infodisent
-from conftest import CUB50, IMAGENETTE, require
-from infodisent.config import RunConfig
 from infodisent.core.weights import load_backbone
 from infodisent.data.datasets import build_dataset
 from infodisent.pipeline import evaluate_run, mine_run, train_run
-from infodisent.train.training import FitConfig
+from infodisent.records.options import FitConfig
+from infodisent.records.run import RunConfig
 
 
 def test_cub50_official_layout():

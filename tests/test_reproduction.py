@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from helpers import write_image
 
 import infodisent
-from conftest import write_image
-from infodisent.config import RunConfig
 from infodisent.core.weights import load_backbone
-from infodisent.data.datasets import PartsConfig, PartsDataset, build_dataset
+from infodisent.data.datasets import PartsDataset, build_dataset
 from infodisent.pipeline import RunExistsError
-from infodisent.train.training import FitConfig
+from infodisent.records.data import PartsConfig
+from infodisent.records.options import FitConfig
+from infodisent.records.run import RunConfig
 from infodisent.tutorials import reproduction
 from infodisent.tutorials.fabricate import LAYOUTS, fabricate
 

@@ -13,14 +13,15 @@ import torch
 import infodisent
 from infodisent.cli import main
 from infodisent.errors import InputError
-from infodisent.eval.results import LabelRandomisation, SanityChecks
-from infodisent.eval.sanity import (
+from infodisent.records.results import LabelRandomisation, SanityChecks
+from infodisent.studies.sanity import (
     backbone_stages,
     label_randomisation,
     model_randomisation,
     purity_chance,
     randomise,
 )
+from infodisent.viz import sentences
 
 
 def test_stages_follow_timms_feature_info(tiny_backbone):
@@ -90,17 +91,19 @@ def test_label_randomisation_and_the_cli(tiny_run, capsys, tmp_path):
     assert 0 <= shuffled.top1 <= 1
     # the label-free reference: the same head untrained, scored the same way
     assert 0 <= shuffled.purity_untrained <= 1 and 0 <= shuffled.pointing_game_untrained <= 1
-    line = SanityChecks(split="test", images=0, channels=0, labels=shuffled).sentence()
+    line = sentences.sanity(SanityChecks(split="test", images=0, channels=0, labels=shuffled))
     assert f"untrained head {shuffled.purity_untrained:.3f}" in line and f"chance {shuffled.purity_chance:.3f}" in line
     with pytest.raises(InputError, match="untrained_seeds must be at least 1"):
         label_randomisation(run, untrained_seeds=0)
     older = {k: v for k, v in shuffled.to_dict().items() if "untrained" not in k}  # metrics.json of a version before
     assert LabelRandomisation.from_dict(older).purity_untrained is None
-    assert "untrained" not in SanityChecks(split="test", images=0, channels=0,
-                                           labels=LabelRandomisation.from_dict(older)).sentence()
+    assert "untrained" not in sentences.sanity(SanityChecks(split="test", images=0, channels=0,
+                                                            labels=LabelRandomisation.from_dict(older)))
     rc = main(["evaluate", str(run.path), "--sanity", "--quiet", "--num-workers", "0"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert [m["stages"] for m in printed["sanity"]["model"]] == [1, 2, 3]
     assert printed["sanity"]["labels"]["purity_chance"] == pytest.approx(shuffled.purity_chance)
     assert json.loads((run.path / "metrics.json").read_text())["sanity"]["split"] == "test"
+    written = json.loads((run.path / "evaluation_parts_test.json").read_text())["sanity"]  # and beside the accuracy
+    assert written["labels"]["purity_chance"] == pytest.approx(shuffled.purity_chance)

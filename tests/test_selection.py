@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from infodisent.records.options import SparseOptions
 from infodisent.train.selection import HeldOut, budget_check, calibrated_loss, choose_k, escalated, paired_loss
-from infodisent.train.sparse import SparseOptions
+from infodisent.viz.sentences import budget
 
 
 def test_calibrated_loss_finds_the_temperature_that_made_the_logits():
@@ -53,7 +54,7 @@ def test_k_is_the_smallest_candidate_within_one_standard_error_of_the_best_loss(
     assert sel.loss_gap["8"] == 0 and sel.loss_gap["3"] > 5 * sel.loss_gap_se["3"]
     assert abs(sel.loss_gap["5"]) < sel.loss_gap_se["5"]
     assert sel.loss == {str(k): pytest.approx(tried[k].loss) for k in (3, 5, 8)}
-    assert sel.lost == 0 and sel.within_tolerance and "within the 0.5-point budget" in sel.budget()
+    assert sel.lost == 0 and sel.within_tolerance and "within the 0.5-point budget" in budget(sel)
     # a band of 10 standard errors cannot tell K=3 from the best: the smallest is taken
     assert choose_k(tried, dense, SparseOptions(loss_se=10)).channels_per_class == 3
     # with no band at all, the best
@@ -65,7 +66,7 @@ def test_a_measured_loss_beyond_the_budget_is_said_loudly():
     worse = _scores([1] * 510 + [0] * 90, [0.4] * 600)  # 30 images lost of 600: 5 points, well resolved
     sel = choose_k({8: worse}, dense, SparseOptions())
     assert not sel.within_tolerance and sel.lost == pytest.approx(0.05) and sel.noise < 0.05
-    assert sel.budget().startswith("WARNING") and "OUTSIDE the 0.5-point budget" in sel.budget()
+    assert budget(sel).startswith("WARNING") and "OUTSIDE the 0.5-point budget" in budget(sel)
     # the same loss on 20 images cannot be told from noise: within budget, and the noise is stated
     few = choose_k({8: _scores([1] * 17 + [0] * 3, [0.4] * 20)}, _scores([1] * 18 + [0] * 2, [0.3] * 20),
                    SparseOptions())
@@ -83,9 +84,9 @@ def test_going_up_records_every_k_tried_and_the_fallback():
     up = escalated(sel, {16: worse, 32: near}, 32, lost, noise)
     assert (up.channels_per_class, up.rule_k, up.escalated, up.fallback, up.within_tolerance) == (32, 8, [16, 32], False, True)
     assert up.top1 == {"8": worse.top1, "16": worse.top1, "32": near.top1} and up.lost == lost
-    assert "K=8 loses 5.0 points (the loss rule's choice), outside the 0.5-point budget" in up.budget()
-    assert "going up (K=16, K=32), K=32 loses 0.5 points" in up.budget() and not up.budget().startswith("WARNING")
+    assert "K=8 loses 5.0 points (the loss rule's choice), outside the 0.5-point budget" in budget(up)
+    assert "going up (K=16, K=32), K=32 loses 0.5 points" in budget(up) and not budget(up).startswith("WARNING")
     down = escalated(sel, {16: worse, 32: worse}, None, 0.0, 0.0)
     assert down.fallback and down.channels_per_class is None and not down.within_tolerance and down.lost == sel.lost
-    assert down.budget().startswith("WARNING: no compact head within the 0.5-point budget")
-    assert "K=8 loses 5.0 points, K=16 loses 5.0 points, K=32 loses 5.0 points; the dense head is shown" in down.budget()
+    assert budget(down).startswith("WARNING: no compact head within the 0.5-point budget")
+    assert "K=8 loses 5.0 points, K=16 loses 5.0 points, K=32 loses 5.0 points; the dense head is shown" in budget(down)

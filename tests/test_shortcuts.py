@@ -12,10 +12,11 @@ import torch
 
 import infodisent
 from infodisent.core.head import switch_off
-from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.data.datasets import PartsDataset
 from infodisent.errors import InputError
-from infodisent.eval.shortcuts import before_after, class_reliance, mark_channels, suspicious_channels
-from infodisent.run import Run, RunExistsError
+from infodisent.records.data import PartsConfig
+from infodisent.run import RunExistsError, open_run
+from infodisent.studies.shortcuts import before_after, class_reliance, edit, mark_channels, suspicious_channels
 
 
 def test_the_planted_mark_follows_its_class_in_training_and_chance_in_test():
@@ -81,9 +82,9 @@ def test_switching_channels_off_in_a_head_and_in_an_explanation(tiny_run):
 
 def test_an_edit_is_a_new_run_with_its_provenance(tiny_run, tmp_path):
     _, _, cfg = tiny_run
-    run = Run.open(cfg.out)
+    run = open_run(cfg.out)
     off = [int(run.model.W.argmax(1)[0])]  # class 0's heaviest channel
-    edited = run.edit(disable=off, out=tmp_path / "edited")
+    edited = edit(run, disable=off, out=tmp_path / "edited")
     written = json.loads((tmp_path / "edited" / "config.json").read_text())
     assert written["edit"] == {"source": str(run.path), "disabled": off, "finetune_epochs": 0}
     assert edited.config.edit.disabled == tuple(off)
@@ -92,7 +93,7 @@ def test_an_edit_is_a_new_run_with_its_provenance(tiny_run, tmp_path):
     preds = edited.predictions("test")
     assert edited.metrics.infodisent.top1 == pytest.approx(preds["correct"].mean())
     assert edited.metrics.sparse is None and edited.metrics.explanations is None
-    tuned = run.edit(disable=off, out=tmp_path / "tuned", finetune_epochs=2)
+    tuned = edit(run, disable=off, out=tmp_path / "tuned", finetune_epochs=2)
     assert (tuned.model.W[:, off] == 0).all() and torch.allclose(tuned.model.U, run.model.U)  # U fixed
     assert not torch.equal(tuned.model.W, edited.model.W)  # the other weights moved
     assert tuned.config.edit.finetune_epochs == 2
@@ -100,11 +101,11 @@ def test_an_edit_is_a_new_run_with_its_provenance(tiny_run, tmp_path):
     assert table.loc["test", "before"] == pytest.approx(run.metrics.infodisent.top1)
     assert table.loc["test", "change"] == pytest.approx(table.loc["test", "after"] - table.loc["test", "before"])
     with pytest.raises(RunExistsError):
-        run.edit(disable=off, out=tmp_path / "edited")
+        edit(run, disable=off, out=tmp_path / "edited")
     with pytest.raises(InputError, match="new run directory"):
-        run.edit(disable=off, out=cfg.out)
+        edit(run, disable=off, out=cfg.out)
     with pytest.raises(InputError, match="outside"):
-        run.edit(disable=[10_000], out=tmp_path / "bad")
+        edit(run, disable=[10_000], out=tmp_path / "bad")
 
 
 def test_suspicious_channels_need_parts_and_rank_by_background_times_reliance(tiny_run):

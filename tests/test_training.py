@@ -1,15 +1,20 @@
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
-from infodisent.core.head import HeadConfig, InfoDisentHead
-from infodisent.data.datasets import PartsConfig, PartsDataset
+from infodisent.core.head import InfoDisentHead
+from infodisent.data.datasets import PartsDataset
 from infodisent.data.extract import extract_features
 from infodisent.data.sources import CachedSource, StreamingSource
+from infodisent.records.data import PartsConfig
+from infodisent.records.model import HeadConfig
+from infodisent.records.options import FitConfig
 from infodisent.train.checkpoints import CheckpointPaths
 from infodisent.train.probe import fit_linear_probe, probe_accuracy
-from infodisent.train.training import FitConfig, evaluate, fit, loss_fn, lr_factor
+from infodisent.train.training import evaluate, fit, loss_fn, lr_factor
 
 
 def paths(folder):
@@ -34,11 +39,15 @@ def test_fit_learns_and_writes_history(caches):
     head = _head(caches)
     cfg = FitConfig(epochs=8, lr=1e-2, rotation_lr=1e-2)
     before = evaluate(head, CachedSource(caches["train"], 16)).loss
+    U0 = head.U.detach().clone()
     hist = fit(head, CachedSource(caches["train"], 16), CachedSource(caches["test"], 64), cfg, progress=False)
     assert list(hist["epoch"]) == list(range(1, 9))
     assert {"train_loss", "train_top1", "seconds", "test_loss", "test_top1", "lr"} <= set(hist.columns)
     assert hist["train_loss"].iloc[-1] < before
-    assert head.W.min() >= 0
+    U = head.U.detach()
+    assert (U - U0).abs().max() > 1e-3  # the rotation trained too, and stayed a rotation
+    torch.testing.assert_close(U @ U.T, torch.eye(len(U)), rtol=0, atol=1e-5)
+    assert hist["test_top1"].iloc[-1] == evaluate(head, CachedSource(caches["test"], 64)).top1  # the last row is the head
 
 
 def test_cpu_training_is_deterministic_for_a_seed(caches):
@@ -178,3 +187,13 @@ def test_distillation_mixes_the_labels_loss_with_matching_the_teacher():
     torch.testing.assert_close(sig, F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher), reduction="sum") / 6)
     with pytest.raises(ValueError, match="distill"):
         FitConfig(distill=1.5)
+
+
+def test_sigmoid_loss_is_one_vs_rest_bce():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    y = torch.tensor([0, 2])
+    manual = -(F.logsigmoid(torch.tensor([2.0, 1.0, -0.5])).sum() + F.logsigmoid(torch.tensor([0.0, -3.0, -2.0])).sum()) / 2
+    torch.testing.assert_close(loss_fn(logits, y, FitConfig(loss="sigmoid")), manual)
+    torch.testing.assert_close(loss_fn(logits, y, FitConfig()), F.cross_entropy(logits, y))
+    with pytest.raises(ValueError, match="loss='hinge'; choose one of softmax, sigmoid"):
+        FitConfig(loss="hinge")  # refused where it is given, before any extraction

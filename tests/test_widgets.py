@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import infodisent
-from infodisent.core.model import save_head
 from infodisent.explain.explanation import explain_channel, explain_class
+from infodisent.run import save_head
 from infodisent.widgets import ChannelBrowser, DecisionExplorer, TrainingPanel
 from infodisent.widgets.common import StaticView
 
@@ -190,7 +190,7 @@ def test_the_explorer_switches_channels_off_at_once(run):
 
 
 def test_the_browser_lists_suspicious_channels(run):
-    from infodisent.eval.shortcuts import suspicious_channels
+    from infodisent.studies.shortcuts import suspicious_channels
 
     b = ChannelBrowser(run)
     assert "suspicious" in [v for _, v in b.pick_by.options]  # parts data: the masks say what is on a part
@@ -286,8 +286,8 @@ def test_the_panel_trains_stops_resumes_and_opens_the_run(tiny_run, tmp_path):
 
 
 def test_the_panel_says_loudly_when_the_compact_head_misses_its_budget(tiny_run, tmp_path, monkeypatch):
+    from infodisent.records.options import SparseOptions
     from infodisent.train import selection
-    from infodisent.train.sparse import SparseOptions
 
     # the held-out images "show" a 30-point loss with a 1-point standard error: measurably outside the budget
     monkeypatch.setattr(selection, "paired_loss", lambda dense, compact: (0.30, 0.01))

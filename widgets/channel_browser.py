@@ -15,17 +15,28 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
-from infodisent.core.options import WEIGHT_THRESHOLD
 from infodisent.errors import InputError
 from infodisent.eval.part_metrics import channel_purity, has_parts, prototype_parts
-from infodisent.eval.shortcuts import suspicious_channels
 from infodisent.explain.explanation import channel_overview, explain_channel, explain_class
 from infodisent.explain.prototypes import PrototypeIndex, StaleIndexError
-from infodisent.run import Run
+from infodisent.records.options import WEIGHT_THRESHOLD
+from infodisent.run import Run, open_run
+from infodisent.studies.shortcuts import suspicious_channels
 from infodisent.viz.plots import classes_figure, patch_image, strip, value_histogram
 
-from .common import (CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded, image, k_selector,
-                     refresh)
+from .common import (
+    CSS,
+    Messages,
+    StaticView,
+    budget_banner,
+    encode,
+    esc,
+    figure_widget,
+    guarded,
+    image,
+    k_selector,
+    refresh,
+)
 
 if TYPE_CHECKING:
     from .decision_explorer import DecisionExplorer
@@ -39,14 +50,14 @@ class ChannelBrowser(W.VBox):
 
     Args:
         run: an open :class:`~infodisent.run.Run` (or its directory).
-        channel: the first channel shown (default: the heaviest channel of class 0).
-        split: whose prototype index to read (``train``: the patches the model learnt from).
-        n: prototypes shown per side.
+        channel: the first channel shown. Default None: the heaviest channel of class 0.
+        split: whose prototype index to read (``train``: the patches the model learnt from). Default ``"train"``.
+        n: prototypes shown per side. Default 6.
     """
 
     def __init__(self, run: Run | str, channel: int | None = None, *, split: str = "train", n: int = 6):
         super().__init__()
-        self.run = run if isinstance(run, Run) else Run.open(run)
+        self.run = run if isinstance(run, Run) else open_run(run)
         self.split, self.n = split, n
         self.model = self.run.model
         self.num_channels = self.model.head.config.num_features
@@ -194,7 +205,10 @@ class ChannelBrowser(W.VBox):
     @guarded
     def use_k(self, k: int | str | None) -> None:
         """Browse another head the run keeps (:meth:`~infodisent.run.Run.with_k`: ``k`` channels per class, or
-        ``"dense"``): its channels and its own prototype index, mined the first time that head is browsed (said)."""
+        ``"dense"``): its channels and its own prototype index, mined the first time that head is browsed (said).
+
+        Args:
+            k: a kept head's channels per class, or ``"dense"`` (or None) for the dense reference."""
         self.run = self.run.with_k(k)
         key = self.run.head_key
         if self.k.value != key:  # called from code: the menu follows, and its callback shows the head once
@@ -217,7 +231,8 @@ class ChannelBrowser(W.VBox):
 
     @cached_property
     def used_channels(self) -> np.ndarray:
-        """Channels some class weighs (above ``WEIGHT_THRESHOLD``); the head does not change while the browser is open."""
+        """Channels some class weighs (above ``WEIGHT_THRESHOLD``); the head does not change while the browser is
+        open."""
         return np.flatnonzero(self.model.W.detach().cpu().numpy().max(0) > WEIGHT_THRESHOLD)
 
     def _overview(self) -> pd.DataFrame:
@@ -229,7 +244,10 @@ class ChannelBrowser(W.VBox):
     # ------------------------------------------------------------------ picking
 
     def step(self, delta: int) -> None:
-        """The previous or next channel (of the used ones when "used only" is ticked)."""
+        """The previous or next channel (of the used ones when "used only" is ticked), wrapping around.
+
+        Args:
+            delta: +1 for the next channel, -1 for the previous one."""
         d = self.channel.value
         if self.used_only.value and len(self.used_channels):
             used = self.used_channels
@@ -300,7 +318,10 @@ class ChannelBrowser(W.VBox):
 
     @guarded
     def show(self, channel: int) -> None:
-        """Show ``channel``: header, patches of both sides, classes, value histogram, parts."""
+        """Show ``channel``: header, patches of both sides, classes, value histogram, parts.
+
+        Args:
+            channel: the channel, in ``0..D-1``."""
         if self.index is None:
             return
         d = int(channel)
@@ -374,7 +395,11 @@ class ChannelBrowser(W.VBox):
 
     @guarded
     def explain_patch(self, side: str, rank: int) -> None:
-        """Open the image of a shown patch in the decision explorer (below the browser)."""
+        """Open the image of a shown patch in the decision explorer (below the browser).
+
+        Args:
+            side: ``"pos"`` or ``"neg"``, the row of the patch.
+            rank: its place in that row, from 0."""
         from .decision_explorer import DecisionExplorer
 
         images = self.shown_images[side]
@@ -393,7 +418,10 @@ class ChannelBrowser(W.VBox):
     # ------------------------------------------------------------------ without a widget manager
 
     def static(self, channel: int | None = None) -> StaticView:
-        """The browser's view of ``channel`` as pictures and plotly figures (no widgets)."""
+        """The browser's view of ``channel`` as pictures and plotly figures (no widgets).
+
+        Args:
+            channel: the channel. Default None: the one the browser shows."""
         d = self.channel.value if channel is None else int(channel)
         if self.index is None:
             self.index = self.run.index(self.split)  # raises the clear error

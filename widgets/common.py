@@ -19,6 +19,7 @@ from PIL import Image
 from plotly.graph_objs import FigureWidget  # noqa: F401 - imported here, once, not when a widget opens
 
 from infodisent.viz.plots import NEGATIVE, POSITIVE
+from infodisent.viz.sentences import budget
 
 # one style for every widget: readable at 1280x800, positive evidence green, negative red (as in plots/report)
 CSS = f"""
@@ -38,38 +39,61 @@ CSS = f"""
 
 
 def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
-    """A PIL image as bytes for an ``ipywidgets.Image`` (JPEG for photos: fast and small)."""
+    """A PIL image as bytes for an ``ipywidgets.Image`` (JPEG for photos: fast and small).
+
+    Args:
+        img: the picture; converted to RGB for JPEG.
+        fmt: the PIL format it is encoded in. Default ``"JPEG"`` (quality 90)."""
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format=fmt, quality=90) if fmt == "JPEG" else img.save(buf, format=fmt)
     return buf.getvalue()
 
 
 def image(width: int, height: int | None = None) -> W.Image:
-    """An empty image widget of a fixed size (so nothing jumps while pictures load)."""
+    """An empty image widget of a fixed size (so nothing jumps while pictures load).
+
+    Args:
+        width: its width in pixels.
+        height: its height in pixels. Default None: ``width`` (a square)."""
     return W.Image(format="jpeg", layout=W.Layout(width=f"{width}px", height=f"{height or width}px",
                                                    object_fit="contain"))
 
 
 def esc(x: Any) -> str:
+    """``str(x)`` with HTML's special characters escaped.
+
+    Args:
+        x: any value."""
     return html.escape(str(x))
 
 
 def table_html(rows: list[list[Any]], header: list[str]) -> str:
-    """A small HTML table (values escaped)."""
+    """A small HTML table: the header escaped, the cells inserted as the HTML they are (e.g. :func:`signed`).
+
+    Args:
+        rows: the table's rows, each a list of cells.
+        header: the column titles."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table class='idw-table'><tr>{head}</tr>{body}</table>"
 
 
 def signed(x: float, digits: int = 3) -> str:
-    """A contribution, coloured by its sign."""
+    """A contribution, coloured by its sign, as an HTML ``span``.
+
+    Args:
+        x: the contribution.
+        digits: decimals shown, with the sign always written. Default 3."""
     cls = "idw-pos" if x > 0 else "idw-neg" if x < 0 else ""
     return f"<span class='{cls}'>{x:+.{digits}f}</span>"
 
 
 def budget_banner(run) -> str:
     """A red line when the run's compact head missed its accuracy budget or none kept it (the dense head is
-    shown instead); nothing otherwise, or when the run has no metrics to say."""
+    shown instead); nothing otherwise, or when the run has no metrics to say.
+
+    Args:
+        run: an opened run."""
     try:
         sparse = run.metrics.sparse
     except Exception:  # noqa: BLE001 - a run without readable metrics: nothing to say
@@ -77,12 +101,15 @@ def budget_banner(run) -> str:
     sel = sparse.selection if sparse is not None else None
     if sel is None or sel.within_tolerance:
         return ""
-    return f"<div class='idw-msg-error'>{esc(sel.budget())}</div>"
+    return f"<div class='idw-msg-error'>{esc(budget(sel))}</div>"
 
 
 def k_selector(run) -> W.Dropdown:
     """A dropdown over the heads a run keeps (its accuracy-readability frontier, :meth:`Run.with_k`), set to the
-    head ``run`` shows; hidden when the run keeps no other head."""
+    head ``run`` shows; hidden when the run keeps no other head.
+
+    Args:
+        run: an opened run."""
     try:
         points = run.metrics.frontier
     except Exception:  # noqa: BLE001 - a run without readable metrics keeps no frontier we can offer
@@ -103,10 +130,18 @@ class Messages(W.HTML):
         self.last: str = ""
 
     def error(self, text: str) -> None:
+        """Show ``text`` as an error, replacing the message before it.
+
+        Args:
+            text: the message, plain text (escaped)."""
         self.last = text
         self.value = f"<div class='idw-msg-error'>{esc(text)}</div>"
 
     def info(self, text: str) -> None:
+        """Show ``text`` as a note, replacing the message before it.
+
+        Args:
+            text: the message, plain text (escaped)."""
         self.last = text
         self.value = f"<div class='idw-msg-info'>{esc(text)}</div>"
 
@@ -116,7 +151,11 @@ class Messages(W.HTML):
 
 def guarded(method: Callable) -> Callable:
     """Run a widget callback; an exception becomes a message in the widget (``self.messages``), which
-    stays usable, instead of a traceback in the log where nobody sees it."""
+    stays usable, instead of a traceback in the log where nobody sees it.
+
+    Args:
+        method: a method of a widget that has ``messages`` (a :class:`Messages`); the traceback of a failure
+            is kept in its ``last_traceback``."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -131,7 +170,11 @@ def guarded(method: Callable) -> Callable:
 
 
 def refresh(fw: go.FigureWidget, fig: go.Figure) -> None:
-    """Show ``fig`` in the figure widget ``fw`` (one batched message; traces updated in place when they fit)."""
+    """Show ``fig`` in the figure widget ``fw`` (one batched message; traces updated in place when they fit).
+
+    Args:
+        fw: the figure widget shown.
+        fig: the figure whose traces and layout it takes."""
     with fw.batch_update():
         same = len(fw.data) == len(fig.data) and all(a.type == b.type for a, b in zip(fw.data, fig.data))
         if same:
@@ -148,7 +191,11 @@ def refresh(fw: go.FigureWidget, fig: go.Figure) -> None:
 
 
 def figure_widget(height: int = 300, width: int | None = None) -> go.FigureWidget:
-    """An empty figure widget; a fixed ``width`` keeps it inside a column (plotly does not shrink to one)."""
+    """An empty figure widget; a fixed ``width`` keeps it inside a column (plotly does not shrink to one).
+
+    Args:
+        height: its height in pixels. Default 300.
+        width: its width in pixels. Default None: plotly's own."""
     layout = {"height": height, "margin": {"l": 40, "r": 10, "t": 30, "b": 30}}
     if width is not None:
         layout["width"] = width
@@ -158,7 +205,13 @@ def figure_widget(height: int = 300, width: int | None = None) -> go.FigureWidge
 @dataclass
 class StaticView:
     """A widget's state as plain pictures (PIL images) and plotly figures, for places without a widget
-    manager (a static HTML export, GitHub, nbviewer): ``display(view)`` shows them one after another."""
+    manager (a static HTML export, GitHub, nbviewer): ``display(view)`` shows them one after another.
+
+    Args:
+        title: the view's heading.
+        images: pictures by caption. Default empty.
+        figures: plotly figures by name. Default empty.
+        notes: lines of text under the title. Default empty."""
 
     title: str
     images: dict[str, Image.Image] = field(default_factory=dict)

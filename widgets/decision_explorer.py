@@ -24,12 +24,24 @@ from infodisent.explain.explanation import Explanation
 from infodisent.explain.posthoc import PosthocCAM, backbone_maps
 from infodisent.explain.prototypes import StaleIndexError
 from infodisent.explain.render import evidence as channel_evidence
-from infodisent.run import Run
+from infodisent.run import Run, open_run
 from infodisent.viz.plots import draw_box, overlay, patch_image, strip, versus_figure, waterfall_figure
 
-from .common import CSS, Messages, StaticView, budget_banner, encode, esc, figure_widget, guarded, k_selector
+from .common import (
+    CSS,
+    Messages,
+    StaticView,
+    budget_banner,
+    encode,
+    esc,
+    figure_widget,
+    guarded,
+    k_selector,
+    refresh,
+    signed,
+    table_html,
+)
 from .common import image as image_widget
-from .common import refresh, signed, table_html
 
 SIZE = 336  # px of the main image
 SMALL = 168  # px of the comparison images
@@ -42,16 +54,16 @@ class DecisionExplorer(W.VBox):
 
     Args:
         run: an open :class:`~infodisent.run.Run` (or its directory).
-        image: a dataset index of ``split``, or an image (PIL image or path).
-        split: the split dataset indices refer to.
-        index_split: whose prototype index gives the channels' prototypes (``train``).
-        n: channels shown on each side of the waterfall.
+        image: a dataset index of ``split``, or an image (PIL image or path). Default 0.
+        split: the split dataset indices refer to. Default ``"test"``.
+        index_split: whose prototype index gives the channels' prototypes. Default ``"train"``.
+        n: channels shown on each side of the waterfall. Default 8.
     """
 
     def __init__(self, run: Run | str, image: Any = 0, *, split: str = "test", index_split: str = "train",
                  n: int = 8):
         super().__init__()
-        self.run = run if isinstance(run, Run) else Run.open(run)
+        self.run = run if isinstance(run, Run) else open_run(run)
         self.model = self.run.model
         self.split, self.index_split, self.n = split, index_split, n
         self.messages = Messages()
@@ -144,7 +156,11 @@ class DecisionExplorer(W.VBox):
 
     @guarded
     def load(self, image: Any, split: str | None = None) -> None:
-        """Explain a new image: a dataset index of ``split`` (default: the explorer's), a PIL image or a path."""
+        """Explain a new image: a dataset index of ``split`` (default: the explorer's), a PIL image or a path.
+
+        Args:
+            image: a dataset index of ``split``, a PIL image or a path.
+            split: the split a dataset index refers to; the explorer keeps it. Default None: the explorer's."""
         if split is not None and split != self.split:
             self.split = split
             self.image_index.description = f"{split} image"
@@ -175,7 +191,10 @@ class DecisionExplorer(W.VBox):
     def use_k(self, k: int | str | None) -> None:
         """Explain the same image with another head the run keeps (:meth:`~infodisent.run.Run.with_k`: ``k``
         channels per class, or ``"dense"``); the channels switched off are switched on again (they were the
-        other head's choice)."""
+        other head's choice).
+
+        Args:
+            k: a kept head's channels per class, or ``"dense"`` (or None) for the dense reference."""
         self.run = self.run.with_k(k)
         self.model = self.run.model
         self._cams = PosthocCAM(self.model)
@@ -249,7 +268,10 @@ class DecisionExplorer(W.VBox):
 
     @guarded
     def explain_class(self, target: int) -> None:
-        """Take the decision apart for class ``target``: waterfall, channel list, CAMs."""
+        """Take the decision apart for class ``target``: waterfall, channel list, CAMs.
+
+        Args:
+            target: the class explained, by index."""
         if self.expl is None:
             return
         self.expl = self.expl.with_target(int(target))
@@ -278,7 +300,10 @@ class DecisionExplorer(W.VBox):
 
     @guarded
     def select_channel(self, channel: int | None) -> None:
-        """Show one channel: its heatmap and box on the image, its numbers, its prototypes."""
+        """Show one channel: its heatmap and box on the image, its numbers, its prototypes.
+
+        Args:
+            channel: the channel, or None for none (when no channel contributes to the class)."""
         if self.expl is None:
             return
         if channel is not None:
@@ -315,7 +340,11 @@ class DecisionExplorer(W.VBox):
     @guarded
     def toggle(self, channel: int, off: bool = True) -> None:
         """Switch ``channel`` off (or on again) and show at once the decision without the channels that are off
-        (:meth:`~infodisent.explain.explanation.Explanation.without`); they stay off for the next images."""
+        (:meth:`~infodisent.explain.explanation.Explanation.without`); they stay off for the next images.
+
+        Args:
+            channel: the channel.
+            off: switch it off; False switches it on again. Default True."""
         if self.expl is None:
             return
         self.expl.channel(int(channel))  # a clear error for a channel out of range
@@ -370,14 +399,21 @@ class DecisionExplorer(W.VBox):
             self._draw()
 
     def renderer_evidence(self, channel: int, expl: Explanation | None = None):
-        """A channel's evidence (heatmap, box) on the explained image; reads nothing from disk."""
+        """A channel's evidence (heatmap, box) on the explained image; reads nothing from disk.
+
+        Args:
+            channel: the channel.
+            expl: the explanation to read it from. Default None: the one shown."""
         return channel_evidence(self.expl if expl is None else expl, channel)
 
     # ------------------------------------------------------------------ why A, not B
 
     @guarded
     def compare(self, other: int) -> None:
-        """Why the explained class and not ``other``: the channels that separate them."""
+        """Why the explained class and not ``other``: the channels that separate them.
+
+        Args:
+            other: the class compared with, by index (None shows nothing)."""
         if self.expl is None or other is None:
             return
         if int(other) == self.expl.target:
@@ -399,7 +435,11 @@ class DecisionExplorer(W.VBox):
 
     @guarded
     def ask(self, x: float, y: float) -> None:
-        """The channels whose winning response lies in the cell under view point ``(x, y)``."""
+        """The channels whose winning response lies in the cell under view point ``(x, y)``.
+
+        Args:
+            x: the point's horizontal coordinate, in view pixels.
+            y: its vertical coordinate, in view pixels."""
         if self.expl is None:
             return
         here = self.expl.at(x, y)
@@ -420,7 +460,12 @@ class DecisionExplorer(W.VBox):
     # ------------------------------------------------------------------ without a widget manager
 
     def static(self, target: int | None = None, other: int | None = None, channel: int | None = None) -> StaticView:
-        """The explorer's view as pictures and plotly figures (no widgets)."""
+        """The explorer's view as pictures and plotly figures (no widgets).
+
+        Args:
+            target: the class explained. Default None: the one shown.
+            other: a class to compare with, adding the "why not" figure. Default None: no comparison.
+            channel: the channel whose heatmap is drawn. Default None: the strongest positive one."""
         e = self.expl if target is None else self.expl.with_target(int(target))
         figures = {"waterfall": waterfall_figure(e, self.n)}
         if other is not None:

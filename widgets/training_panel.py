@@ -1,6 +1,6 @@
 """TrainingPanel: train an InfoDisent head from a notebook without blocking it, watch it, stop it, open it.
 
-The panel is a form over :class:`~infodisent.config.RunConfig` and a view of a
+The panel is a form over :class:`~infodisent.records.run.RunConfig` and a view of a
 :class:`~infodisent.train.monitor.Monitor`: ``train_run(config, monitor=...)`` runs on
 a background thread, the monitor feeds the progress bar and the curves, and
 Stop asks it to end after the current epoch (the checkpoint resumes it).
@@ -18,15 +18,15 @@ from dataclasses import replace
 import ipywidgets as W
 import pandas as pd
 
-from infodisent.config import RunConfig
-from infodisent.core.backbone import DEFAULT_BACKBONE
 from infodisent.data.datasets import DATASETS
 from infodisent.errors import InputError
 from infodisent.pipeline import train_run
+from infodisent.records.model import DEFAULT_BACKBONE
+from infodisent.records.options import SparseOptions
+from infodisent.records.run import RunConfig
 from infodisent.train.monitor import Monitor, Progress, TrainingStopped
-from infodisent.train.sparse import SparseOptions
-from infodisent.eval.results import frontier_steps
 from infodisent.viz.plots import frontier_figure, history_figure
+from infodisent.viz.sentences import budget, frontier_steps
 
 from .common import CSS, Messages, esc, figure_widget, guarded, refresh
 
@@ -39,7 +39,8 @@ class TrainingPanel(W.VBox):
 
     Args:
         config: the configuration the form starts from; fields the form does not show (dataset
-            generation settings, cache folder, head options, ...) are kept from it.
+            generation settings, cache folder, head options, ...) are kept from it. Default None:
+            ``RunConfig(out="runs/panel")``.
     """
 
     def __init__(self, config: RunConfig | None = None):
@@ -171,7 +172,10 @@ class TrainingPanel(W.VBox):
             self.status.value = "<div class='idw-note'>stopping after this epoch…</div>"
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the training thread ends (for scripts and tests)."""
+        """Block until the training thread ends (for scripts and tests).
+
+        Args:
+            timeout: the most seconds to wait. Default None: until it ends."""
         if self.thread is not None:
             self.thread.join(timeout)
 
@@ -191,7 +195,7 @@ class TrainingPanel(W.VBox):
             m = self.result.metrics
             k = m.sparse.channels_per_class if m.sparse is not None else None
             sel = m.sparse.selection if m.sparse is not None else None
-            missed = "" if sel is None or sel.within_tolerance else f"<div class='idw-msg-error'>{esc(sel.budget())}</div>"
+            missed = "" if sel is None or sel.within_tolerance else f"<div class='idw-msg-error'>{esc(budget(sel))}</div>"
             self.status.value = (f"<div class='idw-msg-info'>done: test top-1 {m.infodisent.top1:.3f}"
                                  + (f" (dense {m.sparse.dense.top1:.3f}, K = {k})" if k else
                                     " (the dense head: no compact head kept the budget)" if m.sparse is not None else "")

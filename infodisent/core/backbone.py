@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import timm
@@ -23,38 +22,11 @@ import torch
 from torch import nn
 
 from ..errors import InfodisentError
-
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-OFFLINE_WEIGHTS = "offline"
-HUB_WEIGHTS = "timm"
-RANDOM_WEIGHTS = "random"
-WEIGHTS_KEYWORDS = (OFFLINE_WEIGHTS, HUB_WEIGHTS, RANDOM_WEIGHTS)
+from ..records.model import WeightsSource
 
 
 class BackboneError(InfodisentError, ValueError):
     """A backbone name or weights source that cannot be used."""
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a backbone's weights come from, as recorded in a run's config."""
-
-    kind: str  # "offline" | "timm" | "file" | "random"
-    path: str | None = None
-    sha256: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "sha256": self.sha256}
-
-    @property
-    def spec(self) -> str:
-        """The string a user passes as ``weights=`` to get these weights."""
-        return self.path if self.kind == "file" else self.kind
-
-    @property
-    def cache_id(self) -> str:
-        """Identifies the weights in feature-cache keys."""
-        return f"file:{self.sha256}" if self.kind == "file" else self.kind
 
 
 def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +38,10 @@ def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     - ViT/DeiT: the tokens after the final norm (``fc_norm`` for models that
       normalise after pooling), prefix tokens dropped, reshaped to the patch grid.
     - Swin and other NHWC models (``output_fmt == "NHWC"``): permuted to NCHW.
+
+    Args:
+        model: the timm model.
+        x: preprocessed images ``(B, 3, S, S)``.
     """
     return _as_map(model, model.forward_features(x), x.shape[-2:])
 
@@ -116,21 +92,27 @@ class Backbone(nn.Module):
 
     def __init__(self, model: nn.Module, name: str, weights: WeightsSource, data_config: dict[str, Any],
                  model_kwargs: dict[str, Any] | None = None, *,
-                 feature_shape: tuple[int, int, int] | None = None, classifier_reads_map: bool | None = None):
+                 feature_shape: tuple[int, int, int] | None = None, classifier_reads_map: bool | None = None,
+                 asked_kwargs: dict[str, Any] | None = None):
         """Args:
             model: the timm model (frozen here: no gradients, eval mode).
             name: its timm name.
             weights: where its weights came from.
             data_config: timm's data config (input size, mean, std, interpolation, crop).
             model_kwargs: ``timm.create_model``'s extra arguments. Default None.
-            feature_shape: ``(D, H, W)`` of the map at the input size, and
-            classifier_reads_map: whether the model's classifier reads that map (CNNs), both as a run's
-                ``config.json`` recorded them. Default None: one forward of a blank image finds them.
+            feature_shape: ``(D, H, W)`` of the map at the input size, as a run's ``config.json`` recorded it.
+                Default None: one forward of a blank image finds it.
+            classifier_reads_map: whether the model's classifier reads that map (CNNs), as recorded. Default
+                None: the same forward finds it.
+            asked_kwargs: the extra arguments the user asked for, without those the weights implied (a
+                fine-tuned file's classifier size): what a run records, so that it reopens with another file.
+                Default None: ``model_kwargs``.
         """
         super().__init__()
         self.model = model
         self.name = name
         self.model_kwargs = dict(model_kwargs or {})  # timm.create_model's extra arguments (part of cache keys)
+        self.asked_kwargs = dict(asked_kwargs if asked_kwargs is not None else self.model_kwargs)
         self.weights = weights
         self.data_config = dict(data_config)
         for p in self.model.parameters():
@@ -162,7 +144,12 @@ class Backbone(nn.Module):
     @torch.no_grad()
     def classify(self, maps: torch.Tensor) -> torch.Tensor:
         """The model's own classifier on feature maps of :meth:`forward` (only where
-        ``classifier_reads_map``: CNNs, whose map is ``forward_features``' output)."""
+        ``classifier_reads_map``: CNNs, whose map is ``forward_features``' output).
+
+        Args:
+            maps: feature maps ``(B, D, H, W)``.
+        Returns:
+            The classifier's logits ``(B, num_classifier_classes)``, in float32."""
         if not self.classifier_reads_map:
             raise BackboneError(f"{self.name}'s classifier does not read the feature map InfoDisent uses "
                                 "(tokens, a head norm or NHWC); run the model on the images instead")
@@ -173,12 +160,21 @@ class Backbone(nn.Module):
         return self._feature_shape
 
     def train(self, mode: bool = True) -> "Backbone":
-        """The backbone stays in eval mode: its BatchNorm statistics are frozen."""
+        """The backbone stays in eval mode: its BatchNorm statistics are frozen.
+
+        Args:
+            mode: ignored (``nn.Module.train``'s argument). Default True."""
         super().train(False)
         return self
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map of a batch, without gradients.
+
+        Args:
+            x: preprocessed images ``(B, 3, S, S)``.
+        Returns:
+            The map ``(B, D, H, W)``."""
         return self.map_with_grad(x)
 
     def map_with_grad(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +208,12 @@ class Backbone(nn.Module):
         """On CUDA, the batch for passes without gradients (feature extraction, evaluation, mining): the
         largest power of two up to ``cap`` whose activations, measured on a batch of 8 in inference mode
         in float32 (the extraction's precision; bf16 needs less), fill at most ``budget`` of the free
-        memory. None elsewhere (keep the batch asked)."""
+        memory. None elsewhere (keep the batch asked).
+
+        Args:
+            device: the device the passes run on (the backbone is moved there).
+            cap: the largest batch returned. Default 512.
+            budget: the fraction of the device's free memory the activations may fill. Default 0.5."""
         device = torch.device(device)
         if device.type != "cuda":
             return None

@@ -48,7 +48,12 @@ class ViewGeometry:
 
     @classmethod
     def from_transform(cls, transform, image_size: tuple[int, int]) -> "ViewGeometry":
-        """Read the geometry of a torchvision ``Compose`` (timm's eval transform) for an image of ``(w, h)``."""
+        """Read the geometry of a torchvision ``Compose`` (timm's eval transform) for an image of ``(w, h)``.
+
+        Args:
+            transform: a ``Compose`` of ``Resize``, ``CenterCrop`` and tensor conversion or normalisation
+                steps, or one such step; any other step is an :class:`~infodisent.errors.InputError`.
+            image_size: the original image's ``(width, height)``."""
         w, h = image_size
         resize_ops, crop_ops, tensor_ops = [], [], []
         view = (w, h)
@@ -90,20 +95,31 @@ class ViewGeometry:
         return self.resized[0] / self.image_size[0], self.resized[1] / self.image_size[1]
 
     def view_image(self, img: Image.Image) -> Image.Image:
-        """The RGB pixels the model sees (before tensor conversion and normalisation)."""
+        """The RGB pixels the model sees (before tensor conversion and normalisation).
+
+        Args:
+            img: the original image, of size :attr:`image_size`."""
         for t in (*self.resize_ops, *self.crop_ops):
             img = t(img)
         return img
 
     def to_tensor(self, view: Image.Image):
-        """The model's input tensor from the view: ``transform(image) == to_tensor(view_image(image))``."""
+        """The model's input tensor from the view: ``transform(image) == to_tensor(view_image(image))``.
+
+        Args:
+            view: the view, as :meth:`view_image` returns it."""
         x = view
         for t in self.tensor_ops:
             x = t(x)
         return x
 
     def view_mask(self, mask: np.ndarray) -> np.ndarray:
-        """A boolean ``(..., H, W)`` mask of the original image, brought to the view (nearest neighbour)."""
+        """A boolean ``(..., H, W)`` mask of the original image, brought to the view (nearest neighbour).
+
+        Args:
+            mask: one mask or a stack of masks over the original image's pixels.
+        Returns:
+            The masks over the view's pixels, ``(..., view height, view width)``."""
         m = np.asarray(mask, dtype=np.uint8)
         lead = m.shape[:-2]
         flat = m.reshape(-1, *m.shape[-2:])
@@ -118,13 +134,19 @@ class ViewGeometry:
         return np.stack(out).reshape(*lead, self.view[1], self.view[0])
 
     def points_to_view(self, xy: np.ndarray) -> np.ndarray:
-        """Original-image pixel coordinates ``(N, 2)`` to view coordinates."""
+        """Original-image pixel coordinates ``(N, 2)`` to view coordinates.
+
+        Args:
+            xy: points ``(x, y)`` in original-image pixels (reshaped to ``(N, 2)``)."""
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         sx, sy = self.scale
         return np.stack([xy[:, 0] * sx - self.offset[0], xy[:, 1] * sy - self.offset[1]], axis=1)
 
     def box_to_image(self, box: Box) -> Box:
-        """A view box back in original-image pixels."""
+        """A view box back in original-image pixels.
+
+        Args:
+            box: ``(x0, y0, x1, y1)`` in view pixels."""
         sx, sy = self.scale
         x0, y0, x1, y1 = box
         l, t = self.offset
@@ -136,6 +158,12 @@ def cell_box(position: int, grid: tuple[int, int], view: tuple[int, int], window
 
     ``view`` is the view's ``(width, height)``. With ``window`` (pixels), a square
     of that side centred on the cell, clipped to the view, instead of the cell itself.
+
+    Args:
+        position: the flat map position ``r * W + c``.
+        grid: the map's ``(H, W)``.
+        view: the view's ``(width, height)`` in pixels.
+        window: the side, in view pixels, of a square centred on the cell. Default None: the cell itself.
     """
     gh, gw = grid
     if not 0 <= position < gh * gw:
@@ -147,7 +175,13 @@ def cell_box(position: int, grid: tuple[int, int], view: tuple[int, int], window
 
 
 def cell_at(x: float, y: float, grid: tuple[int, int], view: tuple[int, int]) -> int:
-    """The flat map position whose cell (as :func:`cell_box` draws it) holds view point ``(x, y)``."""
+    """The flat map position whose cell (as :func:`cell_box` draws it) holds view point ``(x, y)``.
+
+    Args:
+        x: the point's horizontal coordinate in view pixels.
+        y: its vertical coordinate in view pixels.
+        grid: the map's ``(H, W)``.
+        view: the view's ``(width, height)``; a point outside it is an error."""
     gh, gw = grid
     if not (0 <= x < view[0] and 0 <= y < view[1]):
         raise InputError(f"point ({x:.1f}, {y:.1f}) is outside the {view[0]}x{view[1]} view")
@@ -155,20 +189,36 @@ def cell_at(x: float, y: float, grid: tuple[int, int], view: tuple[int, int]) ->
 
 
 def around(box: Box, view: tuple[int, int], side: float) -> Box:
-    """A square of ``side`` pixels centred on ``box``, clipped to the view ``(width, height)``."""
+    """A square of ``side`` pixels centred on ``box``, clipped to the view ``(width, height)``.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in view pixels.
+        view: the view's ``(width, height)``.
+        side: the square's side in view pixels."""
     cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, side / 2
     return (max(0.0, cx - half), max(0.0, cy - half), min(float(view[0]), cx + half), min(float(view[1]), cy + half))
 
 
 def cell_center(position: int, grid: tuple[int, int], view: tuple[int, int]) -> tuple[float, float]:
-    """Centre ``(x, y)`` in view pixels of a flat map position."""
+    """Centre ``(x, y)`` in view pixels of a flat map position.
+
+    Args:
+        position: the flat map position ``r * W + c``.
+        grid: the map's ``(H, W)``.
+        view: the view's ``(width, height)``."""
     x0, y0, x1, y1 = cell_box(position, grid, view)
     return ((x0 + x1) / 2, (y0 + y1) / 2)
 
 
 def upsample_map(m: np.ndarray, view: tuple[int, int]) -> np.ndarray:
     """An ``(H, W)`` channel map bilinearly upsampled to the view's ``(height, width)``
-    (``align_corners=False``: each value sits at its cell's centre)."""
+    (``align_corners=False``: each value sits at its cell's centre).
+
+    Args:
+        m: the channel map ``(H, W)``.
+        view: the view's ``(width, height)``.
+    Returns:
+        A float32 array ``(view height, view width)``."""
     import torch
     import torch.nn.functional as F
 
@@ -177,7 +227,12 @@ def upsample_map(m: np.ndarray, view: tuple[int, int]) -> np.ndarray:
 
 
 def window_for(grid: tuple[int, int], view: tuple[int, int], cells: float = 2.0) -> float:
-    """A window side of ``cells`` grid cells, in view pixels."""
+    """A window side of ``cells`` grid cells, in view pixels.
+
+    Args:
+        grid: the map's ``(H, W)``.
+        view: the view's ``(width, height)``.
+        cells: the side in grid cells (of the larger cell dimension). Default 2.0."""
     return cells * max(view[0] / grid[1], view[1] / grid[0])
 
 

@@ -6,7 +6,7 @@ ReLU(-J_d)`` over positions, ``logits = W v (+ b)`` with ``W >= 0``. The logit
 of class ``c`` is exactly ``sum_d W[c, d] v_d (+ b_c)``: per-channel contributions.
 
 Example:
-    >>> head = InfoDisentHead(num_features=1280, num_classes=200)
+    >>> head = InfoDisentHead(HeadConfig(num_features=1280, num_classes=200))
     >>> out = head.forward_details(feature_maps)       # (B, 1280, 7, 7)
     >>> out.logits, out.v, out.J
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from typing import Iterator, Literal, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,45 +26,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
 from ..errors import InputError
-from .options import check_choices
-
-OrthogonalMap = Literal["cayley", "householder", "matrix_exp"]
-Pooling = Literal["max", "avg"]
-Relaxation = Literal["none", "gumbel", "softmax"]
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Everything needed to rebuild a head (stored in a run's ``config.json``).
-
-    ``num_features`` and ``num_classes`` may be left unset in a
-    :class:`~infodisent.pipeline.RunConfig`: training fills them from the backbone and the data.
-    """
-
-    num_features: int | None = None
-    num_classes: int | None = None
-    orthogonal_map: OrthogonalMap = "cayley"
-    rotation: bool = True
-    pooling: Pooling = "max"
-    relaxation: Relaxation = "softmax"  # training only: the max's gradient spread near its peak (see softmax_two_sided)
-    gumbel_tau: float = 0.5
-    softmax_tau: float = 0.05  # "softmax": the temperature, relative to each channel's largest |J|
-    nonnegative: bool = True
-    bias: bool = False
-    pruned: bool = False  # a fixed 0/1 mask on W (SIDE-style pruning), stored as the buffer ``weight_mask``
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        for name in ("num_features", "num_classes"):
-            n = getattr(self, name)
-            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-                raise InputError(f"HeadConfig.{name} must be a positive integer, got {n!r}")
-        for name in ("gumbel_tau", "softmax_tau"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"HeadConfig.{name} must be > 0, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from ..records.model import HeadConfig, OrthogonalMap
 
 
 @dataclass(frozen=True)
@@ -92,7 +54,10 @@ class HeadOutput:
 
 
 def two_sided_max(J: torch.Tensor) -> PoolResult:
-    """``v_d = max_{r,s} ReLU(J_d) - max_{r,s} ReLU(-J_d)`` with the argmax of each side."""
+    """``v_d = max_{r,s} ReLU(J_d) - max_{r,s} ReLU(-J_d)`` with the argmax of each side.
+
+    Args:
+        J: rotated channel maps ``(B, D, H, W)``."""
     flat = J.flatten(2)
     hi, hi_idx = flat.max(dim=2)
     lo, lo_idx = flat.min(dim=2)
@@ -107,6 +72,12 @@ def gumbel_two_sided(J: torch.Tensor, tau: float) -> torch.Tensor:
     straight-through estimator over spatial positions, scaled by ``tau``), so the
     forward value is one sampled response per side, close to the max for small
     ``tau``, and the gradient reaches every position.
+
+    Args:
+        J: rotated channel maps ``(B, D, H, W)``.
+        tau: the temperature, relative to each channel's largest ``|J|`` (``HeadConfig.gumbel_tau``).
+    Returns:
+        The pooled values ``(B, D)``.
     """
     flat = J.flatten(2)
     pos, neg = flat.clamp_min(0), (-flat).clamp_min(0)
@@ -116,16 +87,27 @@ def gumbel_two_sided(J: torch.Tensor, tau: float) -> torch.Tensor:
     return (w_pos * pos).sum(2) - (w_neg * neg).sum(2)
 
 
+def parametrizations_cached() -> bool:
+    """Whether ``torch.nn.utils.parametrize.cached()`` is in force: then U is torch's cached tensor and the
+    Cayley shortcuts must not form their own. torch exposes this only as a private flag; it is read here
+    alone, and a test fails loudly if torch renames or drops it."""
+    return bool(parametrize._cache_enabled)
+
+
 def softmax_two_sided(J: torch.Tensor, tau: float) -> PoolResult:
     """:func:`two_sided_max` whose gradient is spread over the positions near each side's peak.
 
     The forward values are the exact two-sided max. The backward pass is that of a softmax-weighted
     mean over positions (weights ``softmax(±J / s)``, ``s = tau * max |J_d|``, both detached): a
     straight-through estimator. The exact max's gradient jumps when two positions swap places, which
-    makes training chaotic: a change of 1e-6 in the features (another CPU's kernels) moves U by a quarter
-    of its trained displacement. With the spread gradient that divergence is about 10x smaller on the
-    tutorial configuration (not zero: on longer runs the heads still part in their last digits, so
-    results are compared within tolerances, see :mod:`infodisent.train.selection`).
+    makes training chaotic: a change in the features' last bits (another CPU's kernels) moves U far.
+    The spread gradient damps that divergence, though not to zero: heads trained on two CPUs still
+    part in their last digits, so results are compared within tolerances (see
+    :mod:`infodisent.train.selection`; the measurements are in ``docs/results/portability.md``).
+
+    Args:
+        J: rotated channel maps ``(B, D, H, W)``.
+        tau: the temperature, relative to each channel's largest ``|J|`` (``HeadConfig.softmax_tau``).
     """
     res = two_sided_max(J)
     flat = J.flatten(2)
@@ -148,7 +130,13 @@ class _NonNegative(nn.Module):
 
 
 class OrthogonalRotation(nn.Module):
-    """``J = U F`` with U orthogonal (torch's orthogonal parametrization), identity at start."""
+    """``J = U F`` with U orthogonal (torch's orthogonal parametrization), identity at start.
+
+    Args:
+        dim: the number of channels D (U is D x D).
+        orthogonal_map: torch's map from parameters to U (``"cayley"``, ``"householder"`` or
+            ``"matrix_exp"``). Default ``"cayley"``.
+        enabled: rotate; when False, U stays the identity and is not trained. Default True."""
 
     def __init__(self, dim: int, orthogonal_map: OrthogonalMap = "cayley", enabled: bool = True):
         super().__init__()
@@ -168,9 +156,8 @@ class OrthogonalRotation(nn.Module):
 
         Under the Cayley map with the trivialization's base B the identity (every head until a U is
         assigned to it), U is ``(I - A/2)^-1 (I + A/2)`` itself: torch's ``B @`` that product, a D x D
-        matrix product forward and two backward, is skipped (the same bits: a product with I is exact),
-        which saves about a quarter of each training step's rotation (0.146 s against 0.202 s forward and
-        backward at D = 1280 on the 2-core CPU)."""
+        matrix product forward and two backward, is skipped (the same bits: a product with I is exact;
+        what it saves is in ``docs/results/implementation.md``)."""
         cayley = self._cayley()
         if cayley is not None:
             base, half = cayley
@@ -185,7 +172,7 @@ class OrthogonalRotation(nn.Module):
         weight = getattr(getattr(self.linear, "parametrizations", None), "weight", None)
         orth = weight[0] if weight is not None else None
         if (orth is None or getattr(getattr(orth, "orthogonal_map", None), "name", None) != "cayley"
-                or getattr(orth, "base", None) is None or parametrize._cache_enabled):
+                or getattr(orth, "base", None) is None or parametrizations_cached()):
             return None
         X = weight.original.tril()
         return orth.base, 0.5 * (X - X.mT)  # A / 2, A formed as torch forms it
@@ -195,9 +182,12 @@ class OrthogonalRotation(nn.Module):
         (I + A/2)``, B the trivialization's base, A skew) few rows need not form all of U: since
         ``(I - A/2)^T = I + A/2``, ``B[index] (I - A/2)^-1 = solve(I + A/2, B[index]^T)^T``, a solve with K
         right-hand sides instead of D, and no D x D product with B. A pruned head's fine-tuning keeps
-        a few dozen of 1280 channels, so each step's rotation costs about a third as much, forward and
-        backward. The same rows as ``matrix()[index]`` up to rounding; every other case (many rows,
-        another map, U cached by ``parametrize.cached()``) takes those."""
+        a few dozen of its channels, so each step's rotation costs much less, forward and backward
+        (``docs/results/implementation.md``). The same rows as ``matrix()[index]`` up to rounding; every
+        other case (many rows, another map, U cached by ``parametrize.cached()``) takes those.
+
+        Args:
+            index: the row indices K, a 1-D integer tensor."""
         cayley = self._cayley() if 2 * len(index) <= self.dim else None
         if cayley is None:
             return self.matrix()[index]
@@ -206,6 +196,14 @@ class OrthogonalRotation(nn.Module):
         return torch.linalg.solve(plus, base[index].mT).mT @ plus
 
     def forward(self, F_: torch.Tensor, U: torch.Tensor | None = None) -> torch.Tensor:
+        """The rotated maps ``J = U F`` per position (``F_`` itself when the rotation is disabled).
+
+        Args:
+            F_: feature maps ``(B, D, H, W)``.
+            U: the rotation to apply, ``(D, D)``, or some of its rows ``(D', D)``, which give ``D'`` maps.
+                Default None: :meth:`matrix`.
+        Returns:
+            ``J``, ``(B, D, H, W)`` or ``(B, D', H, W)``."""
         if not self.enabled:
             return F_
         U = self.matrix() if U is None else U
@@ -218,7 +216,10 @@ class OrthogonalRotation(nn.Module):
 
 
 class InfoDisentHead(nn.Module):
-    """Rotation, pooling and non-negative classifier composed; see the module docstring."""
+    """Rotation, pooling and non-negative classifier composed; see the module docstring.
+
+    Args:
+        config: the head's configuration; ``num_features`` and ``num_classes`` must be set."""
 
     def __init__(self, config: HeadConfig):
         super().__init__()
@@ -267,7 +268,10 @@ class InfoDisentHead(nn.Module):
         return w * self.weight_mask if self.config.pruned else w
 
     def set_mask(self, mask: torch.Tensor) -> None:
-        """Keep only the weights where ``mask`` is true (needs ``HeadConfig(pruned=True)``)."""
+        """Keep only the weights where ``mask`` is true (needs ``HeadConfig(pruned=True)``).
+
+        Args:
+            mask: a ``(C, D)`` tensor, true (or 1) where a weight is kept."""
         if not self.config.pruned:
             raise InputError("set_mask needs a head built with HeadConfig(pruned=True)")
         if mask.shape != self.weight_mask.shape:
@@ -312,7 +316,13 @@ class InfoDisentHead(nn.Module):
         return self._inference[1], self._inference[2]
 
     def pool(self, J: torch.Tensor) -> tuple[torch.Tensor, PoolResult | None]:
-        """``v`` and the two-sided max with its positions (``None`` only for Gumbel sampling in training)."""
+        """``v`` and the two-sided max with its positions (``None`` only for Gumbel sampling in training).
+
+        Args:
+            J: rotated channel maps ``(B, D, H, W)``.
+        Returns:
+            ``(v, pool)``: the pooled values ``(B, D)`` as the configured pooling and relaxation give them, and
+            the two-sided max with its positions (None in training with Gumbel sampling or average pooling)."""
         if self.training and self.config.relaxation == "gumbel" and self.config.pooling == "max":
             return gumbel_two_sided(J, self.config.gumbel_tau), None
         if self.training and self.config.relaxation == "softmax" and self.config.pooling == "max":
@@ -325,7 +335,10 @@ class InfoDisentHead(nn.Module):
 
     def forward_details(self, features: torch.Tensor) -> HeadOutput:
         """Everything the head computes. In eval mode without autograd, U and W come from
-        :meth:`inference_weights` (computed once, not on every call)."""
+        :meth:`inference_weights` (computed once, not on every call).
+
+        Args:
+            features: backbone feature maps ``(B, D, H, W)``."""
         if not self.training and not torch.is_grad_enabled():
             U, W = self.inference_weights()
             J = self.rotation(features, U.to(features.dtype))
@@ -336,7 +349,12 @@ class InfoDisentHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The logits. A pruned head computes only the channels some class keeps (the others have no weight):
-        the same logits as :meth:`forward_details`, in a fraction of the time at small K."""
+        the same logits as :meth:`forward_details`, in a fraction of the time at small K.
+
+        Args:
+            features: backbone feature maps ``(B, D, H, W)``.
+        Returns:
+            The logits ``(B, C)``."""
         if not self.config.pruned:
             return self.forward_details(features).logits
         kept = self.weight_mask.any(0).nonzero().squeeze(1)
@@ -354,7 +372,12 @@ class InfoDisentHead(nn.Module):
         return F.linear(v, W[:, kept].to(v.dtype), None if self.bias is None else self.bias.to(v.dtype))
 
     def contributions(self, v: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
-        """``W[c, d] * v_d``: (B, C, D) for all classes, or (B, D) for one class per image."""
+        """``W[c, d] * v_d``: (B, C, D) for all classes, or (B, D) for one class per image.
+
+        Args:
+            v: pooled channel values ``(B, D)``.
+            target: the class per image, as a ``(B,)`` tensor, or one class for every image. Default None:
+                all classes."""
         W = self.W
         if target is None:
             return v[:, None, :] * W[None]
@@ -364,7 +387,11 @@ class InfoDisentHead(nn.Module):
 
 
 def check_channels(channels: Sequence[int], num_features: int) -> list[int]:
-    """``channels`` as a sorted list of distinct ints, or an error naming the first out of range."""
+    """``channels`` as a sorted list of distinct ints, or an error naming the first out of range.
+
+    Args:
+        channels: channel indices (at least one).
+        num_features: the number of channels D; each index must lie in ``0..D-1``."""
     out = []
     for d in channels:
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= int(d) < num_features:
@@ -377,7 +404,13 @@ def check_channels(channels: Sequence[int], num_features: int) -> list[int]:
 
 def switch_off(head: InfoDisentHead, channels: Sequence[int]) -> InfoDisentHead:
     """A copy of ``head`` whose classes no longer use ``channels`` (their columns of ``W`` masked to 0;
-    a dense head becomes a pruned one, its other weights unchanged)."""
+    a dense head becomes a pruned one, its other weights unchanged).
+
+    Args:
+        head: the head; it is left unchanged.
+        channels: the channels switched off, for every class.
+    Returns:
+        The new head, in eval mode, on ``head``'s device."""
     d = head.config.num_features
     channels = check_channels(channels, d)
     if head.config.pruned:

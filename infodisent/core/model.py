@@ -1,4 +1,4 @@
-"""InfoDisent = frozen backbone + head, and the head's file (``head.safetensors``).
+"""InfoDisent = frozen backbone + head: the model a run explains, and its configuration.
 
 Example:
     >>> model = infodisent.open_run("runs/demo").model
@@ -12,15 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import BackboneSpec, ModelConfig, RunConfig
 from ..errors import InfodisentError
-from ..io import CorruptFileError, atomic_path
+from ..records.model import BackboneSpec, ModelConfig
 from .backbone import Backbone
-from .head import HeadConfig, InfoDisentHead, PoolResult
+from .head import InfoDisentHead, PoolResult
 from .weights import load_backbone
 
 
@@ -39,12 +36,22 @@ class Outputs:
     pool: PoolResult  # the two-sided max and where each side of each channel peaks
 
     def contributions(self, head: InfoDisentHead, target: torch.Tensor | int | None = None) -> torch.Tensor:
-        """``W[c, d] * v_d``: (B, C, D), or (B, D) for one class per image."""
+        """``W[c, d] * v_d``: (B, C, D), or (B, D) for one class per image.
+
+        Args:
+            head: the head that computed these outputs (its ``W`` is read).
+            target: the class per image, as a ``(B,)`` tensor, or one class for every image. Default None:
+                all classes."""
         return head.contributions(self.v, target)
 
 
 class InfoDisent(nn.Module):
-    """A frozen backbone and an InfoDisent head, with the metadata to save and reload them."""
+    """A frozen backbone and an InfoDisent head, with the metadata to save and reload them.
+
+    Args:
+        backbone: the frozen backbone; its channel count must be the head's ``num_features``.
+        head: the head.
+        class_names: one name per class of the head. Default None: ``"0"``, ``"1"``, ..."""
 
     def __init__(self, backbone: Backbone, head: InfoDisentHead, class_names: list[str] | None = None):
         super().__init__()
@@ -82,23 +89,32 @@ class InfoDisent(nn.Module):
         return self.head.W.device
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch.
+
+        Args:
+            images: preprocessed images ``(B, 3, S, S)`` (:attr:`transform`'s output).
+        Returns:
+            The logits ``(B, C)``."""
         return self.head(self.backbone(images))
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor) -> Outputs:
-        """Logits, pooled values ``v``, channel maps ``J``, backbone maps and pooling positions for a batch."""
+        """Logits, pooled values ``v``, channel maps ``J``, backbone maps and pooling positions for a batch.
+
+        Args:
+            images: preprocessed images ``(B, 3, S, S)``; the head is put in eval mode."""
         self.head.eval()
         F_ = self.backbone(images)
         out = self.head.forward_details(F_)  # eval, no autograd: U and W computed once per head state
         return Outputs(out.logits, out.v, out.J, F_, out.pool)
 
-    def config(self, run: RunConfig | None = None) -> ModelConfig:
-        """What ``config.json`` holds for this model (``run``: how it was trained)."""
+    def config(self) -> ModelConfig:
+        """What rebuilds this model (:meth:`build`): its backbone, data config, head and class names."""
         bb = self.backbone
         return ModelConfig(
             backbone=BackboneSpec(bb.name, bb.weights, bb.num_features, tuple(bb.feature_shape()),
-                                  bb.classifier_reads_map),
-            data=dict(bb.data_config), head=self.head.config, class_names=tuple(self.class_names), run=run,
+                                  bb.classifier_reads_map, dict(bb.asked_kwargs) or None),
+            data=dict(bb.data_config), head=self.head.config, class_names=tuple(self.class_names),
             channels_per_class=self.channels_per_class,
         )
 
@@ -110,73 +126,42 @@ class InfoDisent(nn.Module):
         return int((self.head.weight_mask > 0).sum(1).max())
 
     @classmethod
-    def build(cls, config: ModelConfig, head_file: str | Path, *, device: str | torch.device = "cpu",
+    def build(cls, config: ModelConfig, head: InfoDisentHead, *, device: str | torch.device = "cpu",
               weights: str | None = None) -> "InfoDisent":
-        """Rebuild a saved model: its backbone (``weights`` overrides the recorded source, e.g. a local
-        file on another machine) and the head in ``head_file``."""
+        """Rebuild a model from its configuration, with a head already read.
+
+        Args:
+            config: the model's configuration (a run's ``config.json``, ``Run.config.model``).
+            head: the trained head (:func:`infodisent.run.load_head` reads one from a file).
+            device: where the model runs. Default ``"cpu"``.
+            weights: the backbone's weights, overriding the recorded source (e.g. a local file on another
+                machine). Default None: the recorded source."""
         spec = config.backbone
         weights = weights or spec.weights.spec
-        kwargs = config.run.model_kwargs if config.run is not None else None
         known = spec.classifier_reads_map is not None  # the map's shape as recorded: no probing forward
-        backbone = load_backbone(spec.name, weights, image_size=config.data["input_size"][-1], model_kwargs=kwargs,
-                                 device=device, feature_shape=tuple(spec.feature_shape) if known else None,
+        backbone = load_backbone(spec.name, weights, image_size=config.data["input_size"][-1],
+                                 model_kwargs=spec.model_kwargs, device=device,
+                                 feature_shape=tuple(spec.feature_shape) if known else None,
                                  classifier_reads_map=spec.classifier_reads_map)
         for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode"):
             if k in config.data:
                 backbone.data_config[k] = config.data[k]
         if backbone.num_features != spec.num_features:
             raise RunMismatchError(
-                f"{head_file} expects {spec.num_features} channels from {spec.name}, "
+                f"the head expects {spec.num_features} channels from {spec.name}, "
                 f"the loaded backbone gives {backbone.num_features}"
             )
-        head = load_head(Path(head_file), config.head).to(device)
-        return cls(backbone, head, list(config.class_names))
-
-
-def head_tensors(head: InfoDisentHead) -> dict[str, torch.Tensor]:
-    """The head's state dict plus the materialised ``U`` and ``W`` (for readers without torch's parametrizations)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    tensors["U"] = head.U.detach().cpu().clone().contiguous()
-    tensors["W"] = head.W.detach().cpu().clone().contiguous()
-    return tensors
-
-
-def save_head(head: InfoDisentHead, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file(head_tensors(head), str(tmp))
-
-
-def load_head(path: Path, config: HeadConfig) -> InfoDisentHead:
-    """Read ``head.safetensors``; a damaged file or a head of another shape gets an error naming the file."""
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CorruptFileError(path, f"not a readable safetensors file ({e})",
-                               "the run's head is lost: retrain it (infodisent train ... --overwrite)") from None
-    head = InfoDisentHead(config)
-    W = tensors.get("W")
-    if W is None or W.ndim != 2:
-        raise CorruptFileError(path, "it holds no classifier matrix W")
-    if tuple(W.shape) != (config.num_classes, config.num_features):
-        raise RunMismatchError(
-            f"{path} holds a head for {W.shape[0]} classes and {W.shape[1]} channels; its config.json says "
-            f"{config.num_classes} classes and {config.num_features} channels"
-        )
-    state = {k: v for k, v in tensors.items() if k not in ("U", "W")}
-    try:
-        head.load_state_dict(state)
-    except RuntimeError as e:
-        raise RunMismatchError(f"{path} does not fit the head described by config.json "
-                               f"({str(e).splitlines()[-1].strip()[:200]})") from None
-    head.eval()
-    U, _ = head.inference_weights()  # formed once here, and kept for inference until a parameter changes
-    if "U" in tensors and not torch.allclose(U, tensors["U"], atol=1e-4):
-        raise CorruptFileError(path, "its stored U does not match its parameters")
-    return head
+        return cls(backbone, head.to(device), list(config.class_names))
 
 
 def check_compatible(config: ModelConfig, backbone_name: str, num_classes: int, where: str | Path) -> None:
-    """Raise :class:`RunMismatchError` naming both sides when a run does not fit."""
+    """Raise :class:`RunMismatchError` naming both sides when a run does not fit.
+
+    Args:
+        config: the recorded model's configuration.
+        backbone_name: the timm name the current run uses.
+        num_classes: the class count the current run uses.
+        where: the run directory or checkpoint, named in the message."""
     have_bb, have_c = config.backbone.name, config.num_classes
     if have_bb != backbone_name or have_c != num_classes:
         raise RunMismatchError(

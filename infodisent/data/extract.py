@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..core.backbone import Backbone
-from ..errors import InputError
-from ..io import CorruptFileError, atomic_save_npy, atomic_write_json, read_json, warn
-from . import distributed
+from ..errors import CorruptFileError, InputError
+from ..io import atomic_save_npy, atomic_write_json, read_json, warn
 from .datasets.base import ImageDataset, ImageReadError
 from .features import FeatureCache, _entry, _open_complete
 from .loader import _collate, _maps, _skip_or_raise, _Views
@@ -59,6 +59,22 @@ def extract_features(
     ``bad_files`` (``strict=True`` raises :class:`ImageReadError` instead).
     ``on_batch(rows_done)`` is called after each batch is flushed (for tests
     and progress hooks).
+
+    Args:
+        backbone: the frozen backbone whose maps are stored.
+        dataset: the images.
+        cache_root: the folder holding the cache entries. Default None: :func:`~.features.default_cache_root`.
+        views: rows per image: view 0 uses the evaluation transform, later views the backbone's training
+            augmentation. Default 1.
+        seed: the seed of the augmented views (unused with one view). Default 0.
+        batch_size: images per backbone batch. Default 64.
+        num_workers: image-loading processes. Default 0: load in this process.
+        strict: an unreadable image is an error instead of a skipped row. Default False.
+        progress: show a progress bar. Default True.
+        device: where the backbone runs. Default ``"cpu"``.
+        on_batch: called with the number of rows done after each batch is flushed. Default None.
+    Returns:
+        The complete entry, memory-mapped (``extracted`` is True when this call ran the backbone).
     """
     if views < 1:
         raise InputError(f"views must be >= 1, got {views}")
@@ -197,9 +213,14 @@ def made_with(device: str | torch.device, batch_size: int, processes: int = 1) -
     (the CPU's instruction set, or the GPU and whether TF32 is allowed), the batch and the processes.
 
     These are recorded in the manifest (``made_with``, one entry per extraction session), not keyed: maps
-    made with other kernels differ in their last bits (fp16 rows: about 0.15% of the values by one unit
-    in the last place, 2e-5 relative), far below what head training already amplifies from any such
-    difference; :mod:`tests.test_portability` trains from caches made both ways and compares the results."""
+    made with other kernels differ in their last bits, far below what head training already amplifies from
+    any such difference; :mod:`tests.test_portability` trains from caches made both ways and compares the
+    results.
+
+    Args:
+        device: where the backbone runs.
+        batch_size: images per backbone batch.
+        processes: how many processes share the extraction. Default 1."""
     dev = torch.device(device)
     out: dict[str, Any] = {"torch": torch.__version__, "device": dev.type, "batch_size": int(batch_size),
                            "processes": int(processes)}

@@ -37,9 +37,10 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from .. import distributed
 from ..core.backbone import Backbone
-from ..io import CorruptFileError, read_json, warn
-from . import distributed
+from ..errors import CorruptFileError
+from ..io import read_json, warn
 from .datasets.base import ImageDataset
 
 FORMAT_VERSION = 1
@@ -52,7 +53,13 @@ def default_cache_root() -> Path:
 
 
 def cache_key(backbone: Backbone, dataset: ImageDataset, views: int = 1, seed: int = 0) -> dict[str, Any]:
-    """What identifies a cache entry; its hash names the entry's folder."""
+    """What identifies a cache entry; its hash names the entry's folder.
+
+    Args:
+        backbone: the backbone (name, weights, transform and model arguments count).
+        dataset: the images (name, content, split and size count).
+        views: rows per image. Default 1.
+        seed: the seed of the augmented views; part of the key only with more than one view. Default 0."""
     key = {
         "format": FORMAT_VERSION,
         "backbone": backbone.name,
@@ -75,7 +82,8 @@ def _key_hash(key: dict[str, Any]) -> str:
 
 
 def _entry(backbone, dataset, cache_root, views: int, seed: int) -> tuple[dict[str, Any], Path]:
-    """The key of ``dataset``'s cache entry and its folder under ``cache_root`` (default: :func:`default_cache_root`)."""
+    """The key of ``dataset``'s cache entry and its folder under ``cache_root`` (default:
+    :func:`default_cache_root`)."""
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
     key = cache_key(backbone, dataset, views, seed)
     return key, root / _key_hash(key)
@@ -96,7 +104,10 @@ class FeatureCache:
     @classmethod
     def open(cls, path: Path) -> "FeatureCache":
         """A complete entry, checked: :class:`CorruptFileError` names a damaged or missing file
-        (``FileNotFoundError`` when there is no manifest, i.e. the entry is incomplete)."""
+        (``FileNotFoundError`` when there is no manifest, i.e. the entry is incomplete).
+
+        Args:
+            path: the entry's folder."""
         path = Path(path)
         try:
             manifest = read_json(path / "manifest.json")
@@ -128,7 +139,10 @@ class FeatureCache:
         return list(self.manifest.get("bad_files", []))
 
     def rows(self, view: int | None = None) -> np.ndarray:
-        """Row numbers of valid rows (of one view, if given)."""
+        """Row numbers of valid rows (of one view, if given).
+
+        Args:
+            view: only the rows of this view (0: the plain maps). Default None: every view."""
         rows = np.flatnonzero(self.valid)
         if view is not None:
             n = self.manifest["num_images"]
@@ -136,7 +150,11 @@ class FeatureCache:
         return rows
 
     def load(self, rows: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (float32) and labels of the given rows."""
+        """Features (float32) and labels of the given rows.
+
+        Args:
+            rows: row numbers, read in sorted order.
+            device: where the tensors go. Default ``"cpu"``."""
         rows = np.sort(np.asarray(rows))
         x = torch.from_numpy(np.ascontiguousarray(self.features[rows])).to(device=device, dtype=torch.float32)
         return x, torch.from_numpy(self.labels[rows]).to(device)
@@ -145,7 +163,12 @@ class FeatureCache:
                     shard: "distributed.Shard | None" = None) -> Iterator["MapBatch"]:
         """The plain maps (view 0) of every valid image with their dataset indices, in row order:
         what :func:`stream_feature_maps` yields, read from the cache instead of the backbone
-        (with ``shard``: that process's part of every block of ``world x batch_size`` rows)."""
+        (with ``shard``: that process's part of every block of ``world x batch_size`` rows).
+
+        Args:
+            batch_size: maps per batch (per process under ``torchrun``).
+            device: where the maps go. Default ``"cpu"``.
+            shard: this process's place among several. Default None: one process, every row."""
         rows, shard = self.rows(view=0), shard or distributed.Shard()
         block = batch_size * shard.world
         for s in range(0, len(rows), block):  # one batch per block on every rank (maybe empty)
@@ -160,7 +183,16 @@ class FeatureCache:
         rows: np.ndarray | None = None,
         device: torch.device | str = "cpu",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Mini-batches over valid rows; a seeded permutation when shuffling."""
+        """Mini-batches over valid rows; a seeded permutation when shuffling.
+
+        Args:
+            batch_size: rows per batch.
+            shuffle: visit the rows in a seeded random order. Default False: row order.
+            seed: the seed of that order. Default 0.
+            rows: the rows to visit. Default None: every valid row.
+            device: where the tensors go. Default ``"cpu"``.
+        Returns:
+            An iterator of ``(features, labels)``, features float32 ``(B, D, H, W)``."""
         rows = self.rows() if rows is None else np.asarray(rows)
         if shuffle:
             rows = rows[np.random.default_rng(seed).permutation(len(rows))]
@@ -200,7 +232,16 @@ class MapBatch(NamedTuple):
 def find_cache(
     backbone: Backbone, dataset: ImageDataset, cache_root: str | os.PathLike | None = None, views: int = 1, seed: int = 0
 ) -> FeatureCache | None:
-    """The complete cache entry for ``dataset`` if one exists and is intact (nothing is extracted)."""
+    """The complete cache entry for ``dataset`` if one exists and is intact (nothing is extracted).
+
+    Args:
+        backbone: the backbone whose maps are looked for.
+        dataset: the images.
+        cache_root: the folder holding the cache entries. Default None: :func:`default_cache_root`.
+        views: rows per image of the entry. Default 1.
+        seed: the seed of its augmented views. Default 0.
+    Returns:
+        The entry, or None when there is none or it is damaged (then with a warning)."""
     _, path = _entry(backbone, dataset, cache_root, views, seed)
     return _open_complete(path, "ignoring it")
 

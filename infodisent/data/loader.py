@@ -13,9 +13,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .. import distributed
 from ..core.backbone import Backbone
 from ..io import warn
-from . import distributed
+from ..records.data import DatasetSpec
+from .datasets import from_spec
 from .datasets.base import ImageDataset, ImageReadError, SkippedImageWarning
 from .features import MapBatch
 
@@ -104,6 +106,18 @@ def stream_feature_maps(
 
     Unreadable images are skipped with a :class:`SkippedImageWarning` and appended
     to ``skipped`` as ``"path: reason"`` (``strict=True`` raises :class:`ImageReadError`).
+
+    Args:
+        backbone: the frozen backbone; its evaluation transform is applied to the images.
+        dataset: the images.
+        batch_size: images per batch (per process under ``torchrun``). Default 64.
+        num_workers: image-loading processes. Default 0: load in this process.
+        strict: an unreadable image is an error instead of a skipped one. Default False.
+        device: where the backbone runs and the maps stay. Default ``"cpu"``.
+        skipped: a list that collects ``"path: reason"`` of each skipped image. Default None.
+        shard: this process's place among several. Default None: one process, every image.
+    Returns:
+        An iterator of :class:`MapBatch`: float32 maps and the dataset indices of their images.
     """
     views = _Views(dataset, 1, backbone.transform, None, 0)
     shard = shard or distributed.Shard()
@@ -131,4 +145,21 @@ def _maps(backbone: Backbone, x: torch.Tensor | None, device) -> np.ndarray | No
         return backbone(x.to(device)).to("cpu", torch.float16).numpy()
 
 
-__all__ = ["stream_feature_maps"]
+def image_batches(backbone: Backbone, dataset: ImageDataset, batch_size: int = 64, num_workers: int = 0,
+                  device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` batches of ``dataset`` in the backbone's view, the images on ``device``: one pass
+    for what the cached maps cannot give (the black box of a classifier that does not read them).
+
+    Args:
+        backbone: the backbone whose evaluation transform is applied.
+        dataset: the images, reopened from their recipe with that transform.
+        batch_size: images per batch. Default 64.
+        num_workers: image-loading processes. Default 0: load in this process.
+        device: where the images go. Default ``"cpu"``."""
+    ds = from_spec(DatasetSpec.of(dataset), backbone.transform)
+    for x, y, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
+        yield x.to(device), y
+
+
+
+__all__ = ["image_batches", "stream_feature_maps"]

@@ -5,7 +5,7 @@ fast path, read from a :class:`~infodisent.data.features.FeatureCache`) or image
 frozen backbone on every pass (:class:`StreamingSource`, for datasets too large to cache).
 :func:`holdout_split` holds a seeded share of each class out (the images that choose K). Under
 ``torchrun`` both sources give each process its part of every global batch
-(:mod:`infodisent.data.distributed`).
+(:mod:`infodisent.distributed`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
+from .. import distributed
 from ..core.backbone import Backbone
 from ..errors import InputError
-from . import distributed
 from .datasets.base import ImageDataset
 from .features import FeatureCache
 
@@ -29,13 +29,25 @@ class FeatureSource(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass; shuffled with a seed derived from ``epoch`` when it is not None."""
+        """One pass; shuffled with a seed derived from ``epoch`` when it is not None.
+
+        Args:
+            epoch: the epoch the pass belongs to, or None for the rows in order."""
         ...
 
 
 @dataclass
 class CachedSource:
-    """Batches read from a :class:`FeatureCache` (all views of every valid image)."""
+    """Batches read from a :class:`FeatureCache` (all views of every valid image).
+
+    Args:
+        cache: the complete cache entry.
+        batch_size: rows per batch (the global batch under ``torchrun``). Default 64.
+        seed: the seed of the shuffled order, combined with the epoch. Default 0.
+        device: where the batches go. Default ``"cpu"``.
+        view: only the rows of this view (0: the un-augmented one). Default None: every view.
+        images: only the rows of these dataset indices (a training or validation part). Default None: all.
+    """
 
     cache: FeatureCache
     batch_size: int = 64
@@ -45,6 +57,7 @@ class CachedSource:
     images: np.ndarray | None = None  # restrict to these dataset indices (a training or validation part)
 
     def rows(self) -> np.ndarray:
+        """The cache rows this source reads: valid, of ``view`` and of ``images`` where those are given."""
         rows = self.cache.rows(self.view)
         return rows if self.images is None else rows[np.isin(self.cache.indices[rows], self.images)]
 
@@ -52,6 +65,11 @@ class CachedSource:
         return len(self.rows())
 
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the rows as ``(features, labels)``; under ``torchrun``, this process's part of
+        every global batch.
+
+        Args:
+            epoch: shuffle with a seed derived from it and ``seed``; None reads the rows in order."""
         shuffle = epoch is not None
         seed = self.seed * 100_003 + (epoch or 0)
         shard = distributed.current()
@@ -72,7 +90,19 @@ class StreamingSource:
 
     The backbone runs in inference mode, on CUDA under bfloat16 autocast (``amp``) and channels-last,
     fed by pinned-memory loader workers that prefetch; ``compile`` puts it through :func:`torch.compile`.
-    Only the head ever needs gradients."""
+    Only the head ever needs gradients.
+
+    Args:
+        backbone: the frozen backbone; its evaluation transform is applied to the images.
+        dataset: the images.
+        batch_size: images per batch (the global batch under ``torchrun``). Default 64.
+        seed: the seed of the shuffled order, combined with the epoch. Default 0.
+        num_workers: image-loading processes. Default 0: load in this process.
+        device: where the backbone runs and the batches go. Default ``"cpu"``.
+        images: only these dataset indices (a training or validation part). Default None: all.
+        amp: on CUDA, run the backbone under bfloat16 autocast. Default True.
+        compile: put the backbone through :func:`torch.compile`. Default False.
+        prefetch: batches each loader worker keeps ready. Default 4."""
 
     backbone: Backbone
     dataset: ImageDataset
@@ -105,7 +135,10 @@ class StreamingSource:
         return self._forward
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature maps (float32) of a batch of transformed images."""
+        """Feature maps (float32) of a batch of transformed images.
+
+        Args:
+            x: the images, ``(B, 3, H, W)``, already through the backbone's transform."""
         device = torch.device(self.device)
         forward = self._prepared()
         cuda = device.type == "cuda"
@@ -115,6 +148,11 @@ class StreamingSource:
         return f.clone()  # a normal tensor: the head's backward may save it
 
     def batches(self, epoch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the images as ``(features, labels)``; under ``torchrun``, this process's part of
+        every global batch (empty tensors where a short last batch leaves it none).
+
+        Args:
+            epoch: shuffle with a seed derived from it and ``seed``; None reads the images in order."""
         sampler = distributed.ShardedBatchSampler(len(self), self.batch_size, epoch is not None,
                                       self.seed * 100_003 + (epoch or 0), distributed.current())
         workers = self.num_workers
@@ -134,7 +172,12 @@ class StreamingSource:
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Dataset indices ``(fit, validation)``: a seeded ``fraction`` of each class's images held out
-    (at least one of each class with two or more images), the rest for fitting."""
+    (at least one of each class with two or more images), the rest for fitting.
+
+    Args:
+        labels: each image's class index.
+        fraction: the share of each class held out, strictly between 0 and 1.
+        seed: the seed of the choice. Default 0."""
     if not 0 < fraction < 1:
         raise InputError(f"the validation fraction must be in (0, 1), got {fraction}")
     labels = np.asarray(labels)

@@ -1,6 +1,6 @@
 """All explanation metrics of a model on one split, from its prototype index (``evaluate --explanations``).
 
-The result is an :class:`~infodisent.eval.results.ExplanationMetrics` (what
+The result is an :class:`~infodisent.records.results.ExplanationMetrics` (what
 ``metrics.json`` holds under ``"explanations"``): accuracy, sizes,
 faithfulness, and where the dataset has part ground truth, part scores
 (``parts`` for the synthetic dataset, ``cub_parts`` for CUB keypoints).
@@ -15,9 +15,9 @@ from ..core.model import InfoDisent
 from ..data.datasets import ImageDataset, PartsDataset
 from ..errors import InputError
 from ..explain.prototypes import PrototypeIndex
+from ..records.results import ExplanationMetrics, PartScores
 from .metrics import DEFAULT_KS, WEIGHT_THRESHOLD, accuracy, faithfulness, logits_of, size_summary
 from .part_metrics import cub_part_metrics, parts_purity, pointing_game
-from .results import ExplanationMetrics, PartScores
 
 
 def explanation_metrics(
@@ -33,7 +33,21 @@ def explanation_metrics(
 ) -> ExplanationMetrics:
     """Accuracy, explanation size, faithfulness and (where ``dataset`` has them) part metrics.
 
-    ``dataset`` is the split ``index`` was mined on (its images are read only for part metrics)."""
+    ``dataset`` is the split ``index`` was mined on (its images are read only for part metrics).
+
+    Args:
+        model: the model whose head (``W``, bias) and backbone (transform, stability) are scored.
+        index: the prototype index mined on ``dataset`` with this model.
+        dataset: the split the index was mined on.
+        ks: the numbers of channels removed for faithfulness. Default
+            :data:`~infodisent.eval.metrics.DEFAULT_KS`.
+        repeats: random orders averaged for faithfulness's random curves. Default 5.
+        stability: on CUB, include the stability metric (noisy images through the backbone). Default True.
+        stability_images: images the stability metric uses. Default 200.
+        seed: the seed of the random orders and of the stability images and noise. Default 0.
+    Returns:
+        The metrics; ``parts`` is set for the synthetic dataset, ``cub_parts`` for a dataset with part
+        locations."""
     if len(dataset) != index.meta.num_images:
         raise InputError(f"the index was mined on {index.meta.num_images} images, the dataset has {len(dataset)}")
     W = model.W.double().cpu().numpy()

@@ -32,7 +32,6 @@ from ..core.model import InfoDisent
 from ..errors import InputError
 from ..explain.interop import explain_func
 
-
 # ----------------------------------------------------------------------------- images and ground truth
 
 
@@ -94,6 +93,10 @@ class Memo(nn.Module):
         self._answers: dict[bytes, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output for ``x``, computed once per distinct input (same bytes and shape).
+
+        Args:
+            x: a batch of model inputs."""
         digest = hashlib.blake2b(x.detach().cpu().numpy().tobytes(), digest_size=16).digest()
         key = digest + str(tuple(x.shape)).encode()
         if key not in self._answers:
@@ -106,12 +109,12 @@ class FieldSettings:
     """What the benchmark scores, and the settings of the metrics that are not Quantus's defaults.
 
     Args:
-        probes: images scored by the metrics that call the model per image (default 20: the first 20).
-        faithfulness_runs: Faithfulness Correlation's random subsets per image (default 100, Quantus's).
-        region_steps: Region Perturbation's perturbed 8 x 8 patches per image (default 100, Quantus's).
-        sensitivity_samples: Max-Sensitivity's noisy copies per image (default 10; Quantus's 200 would cost
+        probes: images scored by the metrics that call the model per image. Default 20: the first 20.
+        faithfulness_runs: Faithfulness Correlation's random subsets per image. Default 100, Quantus's.
+        region_steps: Region Perturbation's perturbed 8 x 8 patches per image. Default 100, Quantus's.
+        sensitivity_samples: Max-Sensitivity's noisy copies per image. Default 10 (Quantus's 200 would cost
             Integrated Gradients 2,000 backward passes per image).
-        seed: numpy's seed before each method's call of a random metric (default 42, Quantus's).
+        seed: numpy's seed before each method's call of a random metric. Default 42, Quantus's.
     """
 
     probes: int = 20
@@ -133,8 +136,8 @@ class Metric:
             image: the first :attr:`FieldSettings.probes`).
         settings: its Quantus class and settings in words, with :class:`FieldSettings` fields in braces.
         build: ``(settings, classes) ->`` the Quantus metric.
-        positive: score each map's positive part only (default False).
-        curve: Quantus returns a curve per image, scored by its mean (default False).
+        positive: score each map's positive part only. Default False.
+        curve: Quantus returns a curve per image, scored by its mean. Default False.
     """
 
     name: str
@@ -195,7 +198,7 @@ def metric_table(settings: FieldSettings | None = None) -> pd.DataFrame:
     """The metrics with their family, direction, scope and settings, for the results page.
 
     Args:
-        settings: the benchmark's settings (default :class:`FieldSettings`'s).
+        settings: the benchmark's settings. Default None: :class:`FieldSettings`'s defaults.
     """
     s = asdict(settings or FieldSettings())
     return pd.DataFrame([{"metric": m.name, "family": m.family, "better": m.better, "images": m.scope,
@@ -220,10 +223,10 @@ def score_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tensor
         targets: the explained classes ``(N,)`` (the model's predictions).
         masks: ground-truth object masks ``(N, 1, S, S)`` for the localisation metrics, or None to skip them.
         maps: ``{method: (N, 1, S, S)}`` from :func:`explain_methods`.
-        settings: the benchmark's settings (default :class:`FieldSettings`'s).
-        metrics: names from :func:`metric_table` (default: all).
-        batch_size: images per Quantus batch (default 32).
-        progress: a line per metric and method (default True).
+        settings: the benchmark's settings. Default None: :class:`FieldSettings`'s defaults.
+        metrics: names from :func:`metric_table`. Default None: all of them.
+        batch_size: images per Quantus batch. Default 32.
+        progress: print a line per metric and method. Default True.
 
     Returns:
         One row per (method, metric): ``method, metric, family, better, n, mean, sem, seconds`` (``seconds``:

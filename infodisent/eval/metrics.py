@@ -16,19 +16,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..core.options import WEIGHT_THRESHOLD
-from .results import Accuracy, Faithfulness, Sizes
+from ..records.options import WEIGHT_THRESHOLD
+from ..records.results import Accuracy, Faithfulness, Sizes
 
 DEFAULT_KS = (0, 1, 2, 4, 8, 16, 32, 64)
 
 
 def logits_of(V: np.ndarray, W: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """The head's logits ``V @ W.T + bias``, in float64.
+
+    Args:
+        V: pooled channel values, ``(N, D)``.
+        W: the classifier, ``(C, D)``.
+        bias: the class biases, ``(C,)``. Default None: no bias.
+    Returns:
+        The logits, ``(N, C)``."""
     z = np.asarray(V, np.float64) @ np.asarray(W, np.float64).T
     return z + bias if bias is not None else z
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
-    """Top-1 and top-5 accuracy (top-k over min(5, C) classes)."""
+    """Top-1 and top-5 accuracy (top-k over min(5, C) classes); NaN for no images.
+
+    Args:
+        logits: ``(N, C)`` class scores.
+        labels: ``(N,)`` true classes."""
     labels = np.asarray(labels)
     if len(labels) == 0:
         return Accuracy(float("nan"), float("nan"))
@@ -38,7 +50,12 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
 
 
 def global_size(W: np.ndarray, threshold: float = WEIGHT_THRESHOLD) -> int:
-    """PIP-Net's global size: channels with ``max_c W[c, d] > threshold``."""
+    """PIP-Net's global size: channels with ``max_c W[c, d] > threshold``.
+
+    Args:
+        W: the classifier, ``(C, D)``.
+        threshold: the weight above which a channel has a say in a class. Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`."""
     return int((np.asarray(W).max(axis=0) > threshold).sum())
 
 
@@ -56,7 +73,21 @@ def explanation_sizes(
     relative: float = 0.2,
     top: int = 4,
 ) -> pd.DataFrame:
-    """Per image: ``predicted``, ``local_size``, ``channels_for_mass``, ``above_relative``, ``top_share``."""
+    """Per image: ``predicted``, ``local_size``, ``channels_for_mass``, ``above_relative``, ``top_share``.
+
+    Each is measured against the predicted class and defined in docs/reference.md, "Metrics: definitions".
+
+    Args:
+        V: pooled channel values, ``(N, D)``.
+        W: the classifier, ``(C, D)``.
+        bias: the class biases, ``(C,)``. Default None: no bias.
+        threshold: the weight above which a channel has a say in a class (``local_size``). Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`.
+        mass: the share of the positive evidence that ``channels_for_mass`` must reach. Default 0.9.
+        relative: the fraction of the largest contribution that ``above_relative`` counts from. Default 0.2.
+        top: how many of the largest contributions ``top_share`` adds up. Default 4.
+    Returns:
+        A DataFrame with one row per image."""
     V, W = np.asarray(V, np.float64), np.asarray(W, np.float64)
     pred = _predicted(V, W, bias)
     Wp = W[pred]
@@ -75,7 +106,19 @@ def explanation_sizes(
 
 
 def size_summary(V, W, bias=None, *, threshold=WEIGHT_THRESHOLD, mass=0.9, relative=0.2, top=4) -> Sizes:
-    """The size metrics (means over images; see the module docstring)."""
+    """The size metrics (means over images; see the module docstring).
+
+    Args:
+        V: pooled channel values, ``(N, D)``.
+        W: the classifier, ``(C, D)``.
+        bias: the class biases, ``(C,)``. Default None: no bias.
+        threshold: the weight above which a channel has a say in a class. Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`.
+        mass: the share of the positive evidence that ``channels_for_mass`` must reach. Default 0.9.
+        relative: the fraction of the largest contribution that ``above_relative`` counts from. Default 0.2.
+        top: how many of the largest contributions ``top_share`` adds up. Default 4.
+    Returns:
+        The means over the images, with the global size and the settings used."""
     per = explanation_sizes(V, W, bias, threshold=threshold, mass=mass, relative=relative, top=top)
     return Sizes(
         num_channels=int(np.asarray(W).shape[1]),
@@ -98,7 +141,19 @@ def faithfulness(
     repeats: int = 5,
     seed: int = 0,
 ) -> Faithfulness:
-    """Remove (zero) the top-k contributing vs. k random channels of each decision; see the module docstring."""
+    """Remove (zero) the top-k contributing vs. k random channels of each decision; see the module docstring.
+
+    Args:
+        V: pooled channel values, ``(N, D)``.
+        W: the classifier, ``(C, D)``.
+        bias: the class biases, ``(C,)``, or None for no bias.
+        labels: ``(N,)`` true classes, for the accuracy curves.
+        ks: the numbers of channels removed; those above ``D`` are dropped. Default ``DEFAULT_KS``
+            (0 to 64 in powers of two).
+        repeats: random orders averaged for the random curves. Default 5.
+        seed: the seed of those orders. Default 0.
+    Returns:
+        The curves per k and the areas between the top and random curves (logit drop and accuracy)."""
     V, W, labels = np.asarray(V, np.float64), np.asarray(W, np.float64), np.asarray(labels)
     n, d = V.shape
     ks = tuple(k for k in ks if k <= d)

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from .. import distributed
 from ..core.geometry import ViewGeometry, cell_box, cell_center, window_for
-from ..data import distributed
 from ..errors import InputError
 from ..explain.prototypes import PrototypeIndex
+from ..records.results import CubPartScores
 from .metrics import WEIGHT_THRESHOLD, logits_of
-from .results import CubPartScores
 
 MIN_COVERAGE = 0.2
 TOLERANCE = 15.0
@@ -31,7 +31,11 @@ WINDOW_CELLS = 2.25  # 72 px at 224 px for a 7x7 map, as Huang et al.
 
 
 def cell_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """``(P, S_h, S_w)`` boolean view masks → ``(P, H, W)``: the share of each grid cell each part covers."""
+    """``(P, S_h, S_w)`` boolean view masks → ``(P, H, W)``: the share of each grid cell each part covers.
+
+    Args:
+        masks: one boolean mask per part, in view pixels.
+        grid: ``(H, W)``, the feature map's grid."""
     p, sh, sw = masks.shape
     gh, gw = grid
     out = np.zeros((p, gh, gw))
@@ -51,7 +55,14 @@ def _view_masks(dataset, transform, i: int) -> np.ndarray:
 
 def cell_parts(dataset, transform, i: int, grid: tuple[int, int], min_coverage: float = MIN_COVERAGE) -> np.ndarray:
     """``(H, W)``: the part type covering most of each grid cell of image ``i``'s view (at least
-    ``min_coverage`` of it), else -1 (background)."""
+    ``min_coverage`` of it), else -1 (background).
+
+    Args:
+        dataset: the ``parts`` dataset (it has ``masks``).
+        transform: the model's evaluation transform (resize and centre crop: the view).
+        i: the image's index.
+        grid: ``(H, W)``, the feature map's grid.
+        min_coverage: the share of a cell a part must cover to name it. Default ``MIN_COVERAGE`` (0.2)."""
     cov = cell_coverage(_view_masks(dataset, transform, i), grid)
     return np.where(cov.max(0) >= min_coverage, cov.argmax(0), -1)
 
@@ -59,7 +70,14 @@ def cell_parts(dataset, transform, i: int, grid: tuple[int, int], min_coverage: 
 def parts_purity(
     index: PrototypeIndex, dataset, transform, *, min_coverage: float = MIN_COVERAGE, channels=None
 ) -> pd.DataFrame:
-    """Per channel: ``part`` (most frequent, -1 if only background), ``purity``, ``patches``, ``background``."""
+    """Per channel: ``part`` (most frequent, -1 if only background), ``purity``, ``patches``, ``background``.
+
+    Args:
+        index: the prototype index; its positive-side patches are scored.
+        dataset: the ``parts`` split the index was mined on.
+        transform: the model's evaluation transform (resize and centre crop: the view).
+        min_coverage: the share of a cell a part must cover to name it. Default ``MIN_COVERAGE`` (0.2).
+        channels: only these channels. Default None: every channel in the index."""
     table = index.table[index.table["side"] == "pos"]
     if channels is not None:
         table = table[table["channel"].isin(np.asarray(channels))]
@@ -80,7 +98,16 @@ def pointing_game(
     index: PrototypeIndex, dataset, transform, W: np.ndarray, bias: np.ndarray | None = None,
     *, tolerance: float = TOLERANCE,
 ) -> pd.DataFrame:
-    """Per image: ``predicted``, ``label``, ``channel`` (top contributor), ``x, y`` (view), ``hit``, ``chance``."""
+    """Per image: ``predicted``, ``label``, ``channel`` (top contributor), ``x, y`` (view), ``hit``, ``chance``.
+
+    Args:
+        index: the prototype index (pooled values and argmax positions of every image).
+        dataset: the ``parts`` split the index was mined on.
+        transform: the model's evaluation transform (resize and centre crop: the view).
+        W: the classifier, ``(C, D)``.
+        bias: the class biases, ``(C,)``. Default None: no bias.
+        tolerance: how far from the predicted class's parts, in view pixels, a point still hits. Default
+            ``TOLERANCE`` (15, Zhang et al.'s)."""
     valid = np.flatnonzero(index.valid)
     V = np.asarray(index.v[valid], np.float64)
     pred = logits_of(V, W, bias).argmax(1)
@@ -108,7 +135,10 @@ def pointing_game(
 
 
 def part_groups(part_names: list[str]) -> tuple[list[str], np.ndarray]:
-    """Merge left/right parts: names of the groups and each part's group id."""
+    """Merge left/right parts: names of the groups and each part's group id.
+
+    Args:
+        part_names: CUB's part names, in part id order."""
     groups: list[str] = []
     ids = []
     for name in part_names:
@@ -127,7 +157,13 @@ def _image_size(dataset, i: int) -> tuple[int, int]:
 
 
 class KeypointRegions:
-    """CUB keypoints of a dataset in view coordinates, and which part groups fall in a region."""
+    """CUB keypoints of a dataset in view coordinates, and which part groups fall in a region.
+
+    Args:
+        dataset: a CUB split with part locations (``part_locs``).
+        transform: the model's evaluation transform (resize and centre crop: the view).
+        grid: ``(H, W)``, the feature map's grid.
+        window_cells: the side of the region around a grid cell, in cells. Default ``WINDOW_CELLS`` (2.25)."""
 
     def __init__(self, dataset, transform, grid: tuple[int, int], window_cells: float = WINDOW_CELLS):
         if getattr(dataset, "part_locs", None) is None:
@@ -139,7 +175,10 @@ class KeypointRegions:
         self._cache: dict[int, tuple] = {}
 
     def keypoints(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-        """View coordinates (P, 2), visibility (P,), group ids (P,) and view size of image ``i``."""
+        """View coordinates (P, 2), visibility (P,), group ids (P,) and view size of image ``i``.
+
+        Args:
+            i: the image's index."""
         if i not in self._cache:
             geo = ViewGeometry.from_transform(self.transform, _image_size(self.dataset, i))
             g = self._locs.get(i)
@@ -155,14 +194,21 @@ class KeypointRegions:
         return self._cache[i]
 
     def visible(self, i: int) -> np.ndarray:
-        """(G,) bool: groups with a visible keypoint in the view."""
+        """(G,) bool: groups with a visible keypoint in the view.
+
+        Args:
+            i: the image's index."""
         xy, vis, gid, _ = self.keypoints(i)
         out = np.zeros(len(self.groups), bool)
         out[gid[vis]] = True
         return out
 
     def present(self, i: int, position: int) -> np.ndarray:
-        """(G,) bool: groups with a visible keypoint inside the region around ``position``."""
+        """(G,) bool: groups with a visible keypoint inside the region around ``position``.
+
+        Args:
+            i: the image's index.
+            position: a flat grid position (``row * W + col``)."""
         xy, vis, gid, view = self.keypoints(i)
         x0, y0, x1, y1 = cell_box(position, self.grid, view, window_for(self.grid, view, self.window_cells))
         inside = vis & (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
@@ -172,7 +218,13 @@ class KeypointRegions:
 
 
 def channel_classes(W: np.ndarray, top: int = 10, threshold: float = WEIGHT_THRESHOLD) -> dict[int, np.ndarray]:
-    """Channel → the classes that have it among their ``top`` heaviest weights (above ``threshold``)."""
+    """Channel → the classes that have it among their ``top`` heaviest weights (above ``threshold``).
+
+    Args:
+        W: the classifier, ``(C, D)``.
+        top: how many of each class's heaviest weights count. Default 10.
+        threshold: the weight above which a channel has a say in a class. Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`."""
     W = np.asarray(W)
     heavy = np.argsort(-W, axis=1, kind="stable")[:, :top]
     out: dict[int, list[int]] = {}
@@ -189,7 +241,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)  # the units of Huang et al.'s noise
 def perturb(pixels: torch.Tensor, sigma: float = 0.2, clip: float = 0.25, generator: torch.Generator | None = None
             ) -> torch.Tensor:
     """Huang et al.'s perturbation of (B, 3, H, W) pixels in [0, 1]: Gaussian noise of ``sigma``, clipped to
-    ``+-clip``, in ImageNet-normalised units (so ``sigma * std`` in pixels); not clamped, as in theirs."""
+    ``+-clip``, in ImageNet-normalised units (so ``sigma * std`` in pixels); not clamped, as in theirs.
+
+    Args:
+        pixels: the images, ``(B, 3, H, W)`` in [0, 1].
+        sigma: the noise's standard deviation, in normalised units. Default 0.2.
+        clip: the bound of the noise, in normalised units. Default 0.25.
+        generator: the random generator drawn from. Default None: torch's global one."""
     noise = (torch.randn(pixels.shape, generator=generator) * sigma).clamp(-clip, clip)
     return pixels + noise * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -201,7 +259,20 @@ def noisy_positions(model, dataset, images: np.ndarray, sigma: float = 0.2, seed
     (``positions``: another map from an input batch to (B, n) positions, e.g. of chosen directions).
 
     Under ``torchrun`` each process takes every ``world``-th batch (drawing, not using, the others' noise,
-    so that every image gets the one-process noise) and all processes get all positions."""
+    so that every image gets the one-process noise) and all processes get all positions.
+
+    Args:
+        model: the InfoDisent model (its backbone's normalisation and transform are used).
+        dataset: the images.
+        images: the dataset indices of the images.
+        sigma: the noise's standard deviation (see :func:`perturb`). Default 0.2.
+        seed: the seed of the noise. Default 0.
+        batch_size: images per batch. Default 32.
+        clip: the bound of the noise (see :func:`perturb`). Default 0.25.
+        positions: a map from an input batch to its ``(B, n)`` positions. Default None: the model's
+            positive-side argmax position of every channel.
+    Returns:
+        ``(clean, noisy)``, each ``(len(images), n)``."""
     mean, std = model.backbone.normalization()
     g = torch.Generator().manual_seed(seed)
     device = model.device
@@ -236,7 +307,10 @@ def _cub_purity(index: PrototypeIndex, regions: KeypointRegions, channels) -> di
 
 
 def has_parts(dataset) -> bool:
-    """Whether ``dataset`` knows where object parts are (the ``parts`` masks or CUB's keypoints)."""
+    """Whether ``dataset`` knows where object parts are (the ``parts`` masks or CUB's keypoints).
+
+    Args:
+        dataset: any dataset."""
     return hasattr(dataset, "masks") or getattr(dataset, "part_locs", None) is not None
 
 
@@ -245,7 +319,15 @@ def prototype_parts(index: PrototypeIndex, dataset, transform, channel: int, sid
     """Which parts a channel's prototype patches show: one row per patch (``rank, image, label, parts``), where
     ``parts`` is a tuple of part names: on ``parts``, the part covering most of the patch's grid cell (empty
     for background); on CUB, the part groups with a visible keypoint in the 2.25-cell region around it.
-    ``cache``: a dict kept between calls (e.g. by a widget) so that no image's parts are worked out twice."""
+    ``cache``: a dict kept between calls (e.g. by a widget) so that no image's parts are worked out twice.
+
+    Args:
+        index: the prototype index.
+        dataset: the split the index was mined on, with part masks or keypoints.
+        transform: the model's evaluation transform (resize and centre crop: the view).
+        channel: the channel.
+        side: ``"pos"`` or ``"neg"``, the side of its prototypes. Default ``"pos"``.
+        cache: a dict kept between calls. Default None: a fresh one."""
     rows = index.prototypes(channel, side)  # type: ignore[arg-type]
     cache = {} if cache is None else cache
     if hasattr(dataset, "masks"):
@@ -270,7 +352,14 @@ def prototype_parts(index: PrototypeIndex, dataset, transform, channel: int, sid
 
 
 def channel_purity(index: PrototypeIndex, dataset, transform, channels) -> pd.Series:
-    """Part purity of ``channels`` (as the metrics define it for the dataset), indexed by channel."""
+    """Part purity of ``channels`` (as the metrics define it for the dataset), indexed by channel; NaN for a
+    channel with no patches.
+
+    Args:
+        index: the prototype index.
+        dataset: the split the index was mined on, with part masks (``parts``) or keypoints (CUB).
+        transform: the model's evaluation transform (resize and centre crop: the view).
+        channels: the channels scored."""
     channels = np.asarray(channels, dtype=int)
     if hasattr(dataset, "masks"):
         df = parts_purity(index, dataset, transform, channels=channels)
@@ -296,7 +385,25 @@ def cub_part_metrics(
     clip: float = 0.25,
     seed: int = 0,
 ) -> CubPartScores:
-    """Purity, consistency and (with ``model``) stability on CUB keypoints; see the module docstring."""
+    """Purity, consistency and (with ``model``) stability on CUB keypoints; see the module docstring.
+
+    Args:
+        index: the prototype index mined on ``dataset``.
+        dataset: a CUB split with part locations.
+        W: the classifier, ``(C, D)``; the channels some class uses are scored.
+        transform: the model's evaluation transform (resize and centre crop: the view).
+        model: the model, for stability. Default None: no stability.
+        window_cells: the side of the region around a grid cell, in cells. Default ``WINDOW_CELLS`` (2.25).
+        top_classes: a channel is judged on the images of the classes that have it among this many of their
+            heaviest weights. Default 10.
+        mu: the rate at which a part group must be in a channel's region for it to be consistent. Default 0.8.
+        threshold: the weight above which a channel has a say in a class. Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`.
+        stability_images: at most this many images for stability, drawn from those consistency judges.
+            Default 200.
+        sigma: the stability noise's standard deviation (see :func:`perturb`). Default 0.2.
+        clip: the bound of that noise (see :func:`perturb`). Default 0.25.
+        seed: the seed of the stability images and noise. Default 0."""
     regions = KeypointRegions(dataset, transform, index.grid, window_cells)
     used = np.flatnonzero(np.asarray(W).max(0) > threshold)
     purity = _cub_purity(index, regions, used)

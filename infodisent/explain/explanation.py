@@ -21,8 +21,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,16 +31,19 @@ from PIL import Image
 from ..core.geometry import Box, ViewGeometry, cell_at, cell_box
 from ..core.head import check_channels
 from ..core.model import InfoDisent
-from ..core.options import WEIGHT_THRESHOLD
-from ..data.datasets.base import read_image, to_rgb
+from ..data.inputs import ImageLike, prepare_inputs
 from ..errors import InputError
+from ..records.options import WEIGHT_THRESHOLD
 from .prototypes import PrototypeIndex, Side
-
-ImageLike = Union[Image.Image, str, Path, torch.Tensor]
 
 
 def class_index(value: object, num_classes: int, what: str = "target") -> int:
-    """``value`` as a class index in ``0..num_classes-1``; a clear error for anything else (bools, floats, strings)."""
+    """``value`` as a class index in ``0..num_classes-1``; a clear error for anything else (bools, floats, strings).
+
+    Args:
+        value: the class index to check.
+        num_classes: how many classes there are.
+        what: the argument's name in the error message. Default ``"target"``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{what} must be an integer class index, not {type(value).__name__} {value!r}")
     if not 0 <= int(value) < num_classes:
@@ -80,7 +82,8 @@ class Coverage:
     others: int  # channels outside ``channels`` with a non-zero contribution
 
     def sentence(self) -> str:
-        """E.g. "these 3 channels carry 97.1% of the evidence for 'cat': +18.90 of logit 19.40; 12 other channels: +0.50"."""
+        """E.g. "these 3 channels carry 97.1% of the evidence for 'cat': +18.90 of logit 19.40; 12 other channels:
+        +0.50"."""
         n = len(self.channels)
         what = "this channel carries" if n == 1 else f"these {n} channels carry"
         others = "1 other channel" if self.others == 1 else f"{self.others} other channels"
@@ -142,9 +145,12 @@ class Explanation:
 
     def without(self, channels: Sequence[int]) -> "Explanation":
         """The same decisions with ``channels`` switched off: their weights set to 0 for every class (what
-        :func:`~infodisent.core.head.switch_off` and :meth:`Run.edit <infodisent.run.Run.edit>` do to the
+        :func:`~infodisent.core.head.switch_off` and :func:`infodisent.studies.shortcuts.edit` do to the
         head), logits recomputed; the explained classes stay. ``e.without([d]).predicted`` says at once
-        whether the decision rests on channel ``d``."""
+        whether the decision rests on channel ``d``.
+
+        Args:
+            channels: the channels switched off."""
         channels = check_channels(channels, self.W.shape[1])
         W = self.W.copy()
         logits = self.logits - self.v[:, channels] @ W[:, channels].T  # minus what those channels gave each class
@@ -191,7 +197,11 @@ class Explanation:
         return float((np.abs(total - logit) / np.maximum(np.abs(logit), 1e-12)).max(initial=0.0))
 
     def with_target(self, target: int | Sequence[int]) -> "Explanation":
-        """The same decisions explained for another class (one for all images, or one each)."""
+        """The same decisions explained for another class (one for all images, or one each).
+
+        Args:
+            target: a class index for every image, a sequence of one per image, or None for each image's
+                predicted class."""
         return replace(self, targets=_targets(target, len(self), self.logits))
 
     # ------------------------------------------------------------------ one image
@@ -252,6 +262,9 @@ class Explanation:
         (``W[c, d] * v_d``) and ``share``: the contribution's part of all the evidence on its side
         (a positive contribution over the sum of the positive ones, a negative one over the sum of
         the negative ones; each side's shares add up to 1).
+
+        Args:
+            target: the class the contributions go to. Default None: the explained class.
         """
         self._one()
         c = self.target if target is None else class_index(target, len(self.class_names))
@@ -284,6 +297,9 @@ class Explanation:
 
         Columns ``channel, value, contribution_target, contribution_other, difference``; the
         differences plus the bias difference sum to ``logit[a] - logit[b]``.
+
+        Args:
+            other: the class compared with, by index.
         """
         self._one()
         a, b = self.target, class_index(other, len(self.class_names), "other")
@@ -294,7 +310,10 @@ class Explanation:
         return df.sort_values("difference", ascending=False, kind="stable").reset_index(drop=True)
 
     def channel(self, channel: int) -> ChannelEvidence:
-        """One channel's evidence for the explained class: contribution, value, winning side and its box."""
+        """One channel's evidence for the explained class: contribution, value, winning side and its box.
+
+        Args:
+            channel: the channel, in ``0..D-1``."""
         self._one()
         d = int(channel)
         if isinstance(channel, (bool, np.bool_)) or not 0 <= d < self.v.shape[1]:
@@ -307,7 +326,11 @@ class Explanation:
 
     def coverage(self, channels: Sequence[int] | int | None = None) -> Coverage:
         """How much of the decision ``channels`` carry (an int ``n``: the ``n`` largest contributions by
-        size; default: the channels :meth:`evidence` shows)."""
+        size; default: the channels :meth:`evidence` shows).
+
+        Args:
+            channels: the channels, or an int ``n`` for the ``n`` largest contributions by size. Default None:
+                the channels of :meth:`evidence` with its default ``n``."""
         self._one()
         contrib = self.contributions[0].astype(np.float64)
         if channels is None:
@@ -329,7 +352,11 @@ class Explanation:
         under view point ``(x, y)``, with their contribution to the explained class, largest in size first.
 
         Columns ``channel, side, value, weight, contribution, position``; channels the class does not
-        weigh are listed too, with contribution 0 (after the others)."""
+        weigh are listed too, with contribution 0 (after the others).
+
+        Args:
+            x: the point's horizontal coordinate, in view pixels.
+            y: its vertical coordinate, in view pixels."""
         self._one()
         position = cell_at(x, y, self.grid, self.views[0].size)
         v = self.v[0]
@@ -342,7 +369,10 @@ class Explanation:
         return df.iloc[order].reset_index(drop=True)
 
     def evidence(self, n: int = 5) -> tuple[ChannelEvidence, ...]:
-        """The ``n`` strongest positive, then the ``n`` strongest negative channels."""
+        """The ``n`` strongest positive, then the ``n`` strongest negative channels.
+
+        Args:
+            n: at most this many channels of each sign. Default 5."""
         t = self.table()
         contrib = t["contribution"].to_numpy()
         chosen = list(t["channel"][contrib > 0][:n]) + list(t["channel"][contrib < 0][::-1][:n])
@@ -360,43 +390,6 @@ def _targets(target, n: int, logits: np.ndarray) -> np.ndarray:
     return np.full(n, class_index(target, c), dtype=np.int64)
 
 
-def prepare_inputs(model: InfoDisent, images) -> tuple[torch.Tensor, list[Image.Image], list[int | str | None]]:
-    """Normalised inputs, views and sources for PIL images, paths, one (3,S,S) tensor or a (B,3,S,S) batch."""
-    size = tuple(model.backbone.data_config["input_size"])
-    if isinstance(images, torch.Tensor):
-        x = images[None] if images.ndim == 3 else images
-        if x.ndim != 4 or tuple(x.shape[1:]) != size:
-            raise InputError(
-                f"explain takes (3, H, W) or (B, 3, H, W) tensors of the model's input size {size}, got shape "
-                f"{tuple(images.shape)}; pass PIL images or paths, or use model.transform(image)"
-            )
-        mean, std = model.backbone.normalization()
-        pixels = ((x.detach().cpu().float() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        return x, [Image.fromarray(p, "RGB") for p in pixels], [None] * len(x)
-    items = images if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise InputError("explain needs at least one image")
-    if all(isinstance(i, torch.Tensor) for i in items):
-        tensors = [i[0] if i.ndim == 4 and len(i) == 1 else i for i in items]
-        if len({tuple(t.shape) for t in tensors}) > 1:
-            raise InputError(f"explain takes tensors of one shape, got {sorted({tuple(t.shape) for t in tensors})}")
-        return prepare_inputs(model, torch.stack(tensors))
-    transform = model.transform
-    xs, views, sources = [], [], []
-    for item in items:
-        source = str(item) if isinstance(item, (str, Path)) else None
-        if isinstance(item, (str, Path)):
-            item = read_image(item)
-        if not isinstance(item, Image.Image):
-            raise TypeError(f"explain takes PIL images, paths or normalised tensors, not {type(item).__name__}")
-        geo = ViewGeometry.from_transform(transform, item.size)
-        view = geo.view_image(to_rgb(item))
-        xs.append(geo.to_tensor(view))
-        views.append(view)
-        sources.append(source)
-    return torch.stack(xs), views, sources
-
-
 @torch.no_grad()
 def explain(
     model: InfoDisent,
@@ -410,6 +403,14 @@ def explain(
     ``target`` defaults to each image's predicted class; an int explains that class for every
     image, a sequence gives one per image. ``sources`` records where the images came from
     (dataset indices), for the renderer and the widgets. One forward pass; nothing is rendered.
+
+    Args:
+        model: the InfoDisent model.
+        images: one image or a sequence: PIL images, file paths or normalised tensors.
+        target: the class explained: an int for every image, a sequence of one per image. Default None: each
+            image's predicted class.
+        sources: where each image came from (a dataset index, a path or None). Default None: the paths of
+            images given as paths, else None.
     """
     x, views, found = prepare_inputs(model, images)
     return _explain_tensor(model, x, views, target, sources if sources is not None else found)
@@ -418,7 +419,15 @@ def explain(
 def explain_views(model: InfoDisent, views: Sequence[Image.Image], target: int | Sequence[int] | None = None,
                   sources: Sequence[int | str | None] | None = None,
                   labels: Sequence[int] | None = None) -> Explanation:
-    """:func:`explain` for images already brought to the model's view (as :meth:`Renderer.view` gives them)."""
+    """:func:`explain` for images already brought to the model's view (as :meth:`Renderer.view` gives them).
+
+    Args:
+        model: the InfoDisent model.
+        views: the images, each of the model's input size.
+        target: the class explained: an int for every image, a sequence of one per image. Default None: each
+            image's predicted class.
+        sources: where each image came from (a dataset index, a path or None). Default None: unknown.
+        labels: the true class of each image. Default None: unknown."""
     size = tuple(model.backbone.data_config["input_size"][:0:-1])
     if not views or any(v.size != size for v in views):
         raise InputError(f"explain_views takes views of the model's input size {size}")
@@ -473,7 +482,15 @@ class ChannelExplanation:
 
 def explain_class(model: InfoDisent, target: int, index: PrototypeIndex | None = None, *,
                   threshold: float = WEIGHT_THRESHOLD) -> ClassExplanation:
-    """Class ``target``'s channels with ``W > threshold``, heaviest first."""
+    """Class ``target``'s channels with ``W > threshold``, heaviest first.
+
+    Args:
+        model: the InfoDisent model.
+        target: the class, by index.
+        index: a prototype index; with one, each channel's mean value and contribution on the class's images
+            are added. Default None.
+        threshold: the weight above which a channel counts. Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`."""
     W = model.W.double().cpu().numpy()
     c = class_index(target, W.shape[0])
     w = W[c]
@@ -490,7 +507,14 @@ def explain_class(model: InfoDisent, target: int, index: PrototypeIndex | None =
 
 def explain_channel(model: InfoDisent, channel: int, index: PrototypeIndex | None = None, *,
                     threshold: float = WEIGHT_THRESHOLD) -> ChannelExplanation:
-    """The classes that use ``channel`` (``W > threshold``), heaviest first, and its prototype rows."""
+    """The classes that use ``channel`` (``W > threshold``), heaviest first, and its prototype rows.
+
+    Args:
+        model: the InfoDisent model.
+        channel: the channel, in ``0..D-1``.
+        index: a prototype index, for the channel's prototype rows (both sides). Default None: no rows.
+        threshold: the weight above which a class counts. Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`."""
     W = model.W.double().cpu().numpy()
     if isinstance(channel, (bool, np.bool_)) or not isinstance(channel, (int, np.integer)) \
             or not 0 <= channel < W.shape[1]:
@@ -511,7 +535,13 @@ def channel_overview(model: InfoDisent, index: PrototypeIndex | None = None, *,
     """One row per channel, to rank and pick channels by: ``classes`` (how many weigh it above ``threshold``),
     ``top_class`` (-1 if none), ``top_weight``, ``total_weight``; with an index also ``class_purity`` (the
     share of its top-k positive patches that come from their most common class; NaN where it never fires)
-    and ``fires`` (the share of the split's images whose pooled value ``v_d`` is > 0)."""
+    and ``fires`` (the share of the split's images whose pooled value ``v_d`` is > 0).
+
+    Args:
+        model: the InfoDisent model.
+        index: a prototype index, for ``class_purity`` and ``fires``. Default None: without them.
+        threshold: the weight above which a class counts as weighing a channel. Default
+            :data:`~infodisent.records.options.WEIGHT_THRESHOLD`."""
     W = model.W.double().cpu().numpy()
     used = W > threshold
     df = pd.DataFrame({"channel": np.arange(W.shape[1]), "classes": used.sum(0),
@@ -528,5 +558,5 @@ def channel_overview(model: InfoDisent, index: PrototypeIndex | None = None, *,
 
 __all__ = [
     "ChannelEvidence", "ChannelExplanation", "ClassExplanation", "Coverage", "Explanation", "channel_overview",
-    "class_index", "explain", "explain_channel", "explain_class", "explain_views", "prepare_inputs",
+    "class_index", "explain", "explain_channel", "explain_class", "explain_views",
 ]

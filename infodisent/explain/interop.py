@@ -78,7 +78,7 @@ def channel_maps(model: InfoDisent, images: torch.Tensor, target: int | torch.Te
     Args:
         model: the InfoDisent model.
         images: preprocessed images ``(B, 3, S, S)``, as the model takes them.
-        target: one class for every image, one per image, or None for the predicted class (default).
+        target: one class for every image, one per image, or None for the predicted class. Default None.
     """
     out = model.outputs(images.to(model.device))
     t = _targets(target, out.logits)
@@ -98,7 +98,7 @@ def logit_map(model: InfoDisent, images: torch.Tensor, target: int | torch.Tenso
     Args:
         model: the InfoDisent model.
         images: preprocessed images ``(B, 3, S, S)``.
-        target: one class, one per image, or None for the predicted class (default).
+        target: one class, one per image, or None for the predicted class. Default None.
     """
     return channel_maps(model, images, target)[0].sum(1)
 
@@ -127,9 +127,9 @@ def input_attribution(model: InfoDisent, images: torch.Tensor, target: int | tor
     Args:
         model: the InfoDisent model.
         images: preprocessed images ``(B, 3, S, S)``.
-        target: one class, one per image, or None for the predicted class (default).
-        per_channel: instead, each feature channel's own map, ``(B, D, S, S)`` (default False; large: D maps
-            per image).
+        target: one class, one per image, or None for the predicted class. Default None.
+        per_channel: instead, each feature channel's own map, ``(B, D, S, S)`` (large: D maps per image).
+            Default False.
     """
     maps, _ = channel_maps(model, images, target)
     size = tuple(images.shape[-2:])
@@ -161,8 +161,8 @@ class InfoDisentAttribution(_Attribution or object):  # type: ignore[misc]
 
         Args:
             inputs: preprocessed images ``(B, 3, S, S)``.
-            target: one class, one per image, or None for the predicted class (default).
-            per_channel: each feature channel's own map instead, ``(B, D, S, S)`` (default False).
+            target: one class, one per image, or None for the predicted class. Default None.
+            per_channel: each feature channel's own map instead, ``(B, D, S, S)``. Default False.
         """
         return input_attribution(self.model, inputs, target, per_channel=per_channel)
 
@@ -223,6 +223,10 @@ class Differentiable(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of ``x``, differentiable with respect to it.
+
+        Args:
+            x: preprocessed images ``(B, 3, S, S)``."""
         return self.model.head(self.model.backbone.map_with_grad(x))
 
 
@@ -260,7 +264,7 @@ def explain_func(model: nn.Module, inputs: np.ndarray | torch.Tensor, targets: A
             wraps one as ``.model`` is unwrapped.
         inputs: preprocessed images ``(B, 3, S, S)``.
         targets: one class per image (or one for all).
-        method: a name from :data:`EXPLAINERS` (default ``"InfoDisent"``).
+        method: a name from :data:`EXPLAINERS`. Default ``"InfoDisent"``.
         **kwargs: the rest of Quantus's ``explain_func_kwargs`` (``device`` and the like); ignored.
     """
     if method not in EXPLAINERS:
@@ -283,7 +287,7 @@ def explain_methods(model: InfoDisent, images: torch.Tensor, targets: torch.Tens
         images: preprocessed images ``(N, 3, S, S)``.
         targets: the explained class of each image ``(N,)``.
         methods: names from :data:`EXPLAINERS`.
-        batch_size: images per call (default 32).
+        batch_size: images per call. Default 32.
 
     Returns:
         ``{method: (N, 1, S, S)}`` and ``{method: seconds per image}`` (wall time, this process's threads).

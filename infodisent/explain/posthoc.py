@@ -39,7 +39,10 @@ METHODS = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMpp, "LayerCAM": LayerCAM}
 class FeatureHead(nn.Module):
     """The head as a model of backbone maps ``F``, with ``F`` itself as a layer (``features``) to hook.
 
-    ``U`` and ``W`` are the head's fixed inference weights: gradients reach ``F`` only."""
+    ``U`` and ``W`` are the head's fixed inference weights: gradients reach ``F`` only.
+
+    Args:
+        head: the InfoDisent head."""
 
     def __init__(self, head: InfoDisentHead):
         super().__init__()
@@ -47,6 +50,10 @@ class FeatureHead(nn.Module):
         self.head = head
 
     def forward(self, F_: torch.Tensor) -> torch.Tensor:
+        """The head's logits of backbone maps ``F``.
+
+        Args:
+            F_: backbone maps ``(B, D, H, W)``."""
         F_ = self.features(F_)
         U, W = self.head.inference_weights()
         J = self.head.rotation(F_, U.to(F_.dtype))
@@ -56,7 +63,11 @@ class FeatureHead(nn.Module):
 
 
 def backbone_maps(model: InfoDisent, expl: Explanation) -> torch.Tensor:
-    """The backbone maps ``F`` (B, D, H, W) of an explanation's images, from its rotated maps: ``Uᵀ J``."""
+    """The backbone maps ``F`` (B, D, H, W) of an explanation's images, from its rotated maps: ``Uᵀ J``.
+
+    Args:
+        model: the model that made the explanation (its head's rotation ``U`` is used).
+        expl: the explanation."""
     J = torch.from_numpy(expl.J)
     if not model.head.config.rotation:
         return J.float()
@@ -70,7 +81,7 @@ class PosthocCAM:
 
     Args:
         model: the model whose decisions are explained.
-        methods: names from :data:`METHODS` (default: Grad-CAM and Grad-CAM++).
+        methods: names from :data:`METHODS`. Default ``("Grad-CAM", "Grad-CAM++")``.
     """
 
     def __init__(self, model: InfoDisent, methods: Sequence[str] = ("Grad-CAM", "Grad-CAM++")):
@@ -85,7 +96,13 @@ class PosthocCAM:
                  features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         """Each method's map for class ``target`` (default: the explained class) on image ``i`` of ``expl``,
         upsampled to its view: ``{name: (S_h, S_w) float array in [0, 1]}`` (all zeros where the method
-        finds no positive evidence). ``features``: that image's backbone maps, when already known."""
+        finds no positive evidence). ``features``: that image's backbone maps, when already known.
+
+        Args:
+            expl: an explanation made by the model.
+            target: the class explained. Default None: the explanation's class for image ``i``.
+            i: the image of ``expl``. Default 0.
+            features: image ``i``'s backbone maps ``(1, D, H, W)``. Default None: recovered from ``expl``."""
         c = expl.targets[i] if target is None else class_index(target, len(expl.class_names))
         F_ = backbone_maps(self.model, expl[i]) if features is None else features
         F_ = F_.detach().to(self.model.device).float().requires_grad_(True)  # the gradient's end
@@ -111,8 +128,8 @@ def cam_attribution(model: InfoDisent, images: torch.Tensor, target: int | Seque
     Args:
         model: the InfoDisent model (any copy: its own backbone and head are used).
         images: preprocessed images ``(B, 3, S, S)``.
-        target: one class, one per image, or None for the predicted classes (default).
-        method: a name from :data:`METHODS` (default ``"Grad-CAM"``).
+        target: one class, one per image, or None for the predicted classes. Default None.
+        method: a name from :data:`METHODS`. Default ``"Grad-CAM"``.
     """
     if method not in METHODS:
         raise InputError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")

@@ -38,22 +38,24 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
+from ..core.head import InfoDisentHead
 from ..core.model import InfoDisent
-from ..core.options import Side
-from ..data import distributed
-from ..data.datasets import DatasetSpec, ImageDataset
+from ..data.datasets import ImageDataset
 from ..data.features import FeatureCache
 from ..data.loader import stream_feature_maps
-from ..errors import InfodisentError, InputError
-from ..eval.results import from_dict, to_dict
-from ..io import CorruptFileError, atomic_write_json, read_json
+from ..errors import CorruptFileError, InfodisentError, InputError
+from ..io import atomic_write_json, read_json
+from ..records.data import DatasetSpec
+from ..records.options import Side
+from ..records.serialize import from_dict, to_dict
 
 SIDES: tuple[Side, Side] = ("pos", "neg")
 FORMAT_VERSION = 2
@@ -64,6 +66,10 @@ class StaleIndexError(InfodisentError, ValueError):
 
 
 def check_side(side: str) -> Side:
+    """``side`` if it is ``"pos"`` or ``"neg"``, else an :class:`InputError`.
+
+    Args:
+        side: a side's name."""
     if side not in SIDES:
         raise InputError(f"side must be 'pos' or 'neg', not {side!r}")
     return side  # type: ignore[return-value]
@@ -137,12 +143,20 @@ class PrototypeIndex:
         return {c: self.table[c].to_numpy() for c in self.table.columns}
 
     def rows(self, channel: int, side: Side = "pos") -> np.ndarray:
-        """Table row numbers of one channel and side, best first (see :meth:`prototypes` for the rows)."""
+        """Table row numbers of one channel and side, best first (see :meth:`prototypes` for the rows).
+
+        Args:
+            channel: the channel.
+            side: ``"pos"`` or ``"neg"``. Default ``"pos"``."""
         check_side(side)
         return self._rows.get((int(channel), side), np.zeros(0, np.int64))
 
     def prototypes(self, channel: int, side: Side = "pos") -> pd.DataFrame:
-        """The top-k rows of one channel and side, best first (empty where it never fires on that side)."""
+        """The top-k rows of one channel and side, best first (empty where it never fires on that side).
+
+        Args:
+            channel: the channel, in ``0..D-1``.
+            side: ``"pos"`` or ``"neg"``. Default ``"pos"``."""
         check_side(side)
         if not 0 <= int(channel) < self.channels:
             raise InputError(f"channel {channel} is outside 0..{self.channels - 1}")
@@ -150,7 +164,11 @@ class PrototypeIndex:
 
     @classmethod
     def load(cls, folder: str | Path, head_sha256: str | None = None) -> "PrototypeIndex":
-        """Open an index folder; :class:`StaleIndexError` when ``head_sha256`` differs from the mining head's."""
+        """Open an index folder; :class:`StaleIndexError` when ``head_sha256`` differs from the mining head's.
+
+        Args:
+            folder: the index folder (``<run>/prototypes/<split>``).
+            head_sha256: the current head file's checksum. Default None: not checked."""
         folder = Path(folder)
         if not (folder / "meta.json").is_file():
             raise FileNotFoundError(f"no prototype index at {folder}")
@@ -191,12 +209,27 @@ def mine_prototypes(
     progress: bool = True,
     head_sha256: str | None = None,
 ) -> PrototypeIndex:
-    """Mine every channel's top-``k`` patches on ``dataset`` in one streaming pass.
+    """Mine every channel's top-``k`` patches on ``dataset`` in one streaming pass, in three steps (as
+    zennit-crp's ``analyze_layer``, ``sort_result_array`` and ``collect_results``): accumulate each
+    process's top-k lists and per-image arrays (:func:`_accumulate`), gather the lists of every process
+    (:func:`_gather`), and write the index (:func:`_write`: the table, the arrays, ``meta.json`` last, the
+    folder swapped in whole).
 
-    Feature maps come from ``features`` (the split's cache entry) when given,
-    else from the backbone, on ``device`` (default: the model's). With ``out`` the index is written to that folder
-    (replacing an older one only once the new one is complete); ``head_sha256``
-    records the head it was mined with.
+    Args:
+        model: the model whose channels are mined.
+        dataset: the split whose images are read.
+        out: the index folder, replaced only once the new index is complete. Default None: the index is kept
+            in memory (small splits and tests) and not shared across processes.
+        k: patches per channel and side. Default 10.
+        features: the split's feature-cache entry: its maps are read instead of running the backbone.
+            Default None.
+        batch_size: images per batch. Default 64.
+        num_workers: image-loading processes when the backbone runs. Default 0.
+        device: where the head (and backbone) run. Default None: the model's.
+        strict: an unreadable image is an error instead of a skipped row. Default False.
+        progress: show a progress bar (rank 0 only). Default True.
+        head_sha256: the head file's checksum, recorded so that a retrained head makes the index stale.
+            Default None.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k (prototypes per channel and side) must be an integer >= 1, got {k!r}")
@@ -205,7 +238,6 @@ def mine_prototypes(
     head = model.head.to(device).eval()
     model.backbone.to(device)
     n, d = len(dataset), head.config.num_features
-    grid = tuple(model.backbone.feature_shape()[1:])
     # under torchrun (with an output folder): each process mines its rows and keeps its own top-k lists;
     # rank 0 writes every row (sent to it batch by batch) and merges the lists
     shard = distributed.current() if out is not None else distributed.Shard()
@@ -213,85 +245,146 @@ def mine_prototypes(
     batches = features.map_batches(batch_size, device, shard) if features is not None else stream_feature_maps(
         model.backbone, dataset, batch_size=batch_size, num_workers=num_workers, strict=strict, device=device,
         skipped=skipped, shard=shard)
-    tmp = None
-    if out is not None:
-        final = Path(out)
-        tmp = final.parent / f".{final.name}.partial"
-    v_all = pos_all = None
-    if tmp is not None and shard.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        v_all = np.lib.format.open_memmap(tmp / "v.npy", mode="w+", dtype=np.float32, shape=(n, d))
-        pos_all = np.lib.format.open_memmap(tmp / "positions.npy", mode="w+", dtype=np.int16, shape=(n, 2, d))
-        v_all[:] = np.nan
-        pos_all[:] = -1
-    elif tmp is None:
-        v_all, pos_all = np.full((n, d), np.nan, np.float32), np.full((n, 2, d), -1, np.int16)
-
-    top_val = torch.full((2, d, k), -1.0, device=device)
-    top_img = torch.full((2, d, k), -1, dtype=torch.long, device=device)
-    top_pos = torch.zeros((2, d, k), dtype=torch.long, device=device)
+    final = Path(out) if out is not None else None
+    tmp = final.parent / f".{final.name}.partial" if final is not None else None
+    arrays = _Arrays.open(tmp, n, d, writer=shard.main)
     bar = tqdm(total=n, desc=f"mine {dataset.name}/{dataset.split}", unit="img", disable=not progress or not shard.main)
-    # eval mode without autograd: the head computes U and W once (inference_weights)
+    top = _accumulate(head, batches, _TopK.empty(d, k, device), arrays, shard, bar.update)
+    bar.close()
+    lists = _gather(top, skipped if features is None else None, shard)
+    if lists is None:  # another process: rank 0 writes the index
+        distributed.barrier()
+        return PrototypeIndex.load(final)
+    (tv, ti, tp), gathered = lists
+    skipped = gathered if gathered is not None else skipped
+    grid = tuple(model.backbone.feature_shape()[1:])
+    table = _table(*_best(tv, ti, tp, k), np.asarray(dataset.labels), grid[1])
+    size = model.backbone.data_config["input_size"]
+    meta = IndexMeta(
+        dataset=DatasetSpec.of(dataset), classes=list(dataset.classes), k=int(k), grid=grid,  # type: ignore[arg-type]
+        view=(int(size[2]), int(size[1])), channels=d, num_images=n,
+        num_valid=int((~np.isnan(arrays.v[:, 0])).sum()) if n else 0, pooling=head.config.pooling,
+        source="cache" if features is not None else "backbone",
+        cache_path=str(features.path) if features is not None else None, skipped_images=skipped,
+        seconds=round(time.perf_counter() - t0, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        head_sha256=head_sha256,
+    )
+    labels = np.asarray(dataset.labels)
+    if final is None:
+        return PrototypeIndex(table, arrays.v, arrays.positions, labels, meta, None)
+    _write(tmp, final, table, arrays, labels, meta)
+    distributed.barrier()  # the other processes open the index once it is in place
+    return PrototypeIndex.load(final)
+
+
+@dataclass
+class _TopK:
+    """The ``k`` best candidates so far of every (side, channel): value, image and map position, (2, D, k)."""
+
+    values: torch.Tensor
+    images: torch.Tensor
+    positions: torch.Tensor
+
+    @classmethod
+    def empty(cls, d: int, k: int, device: torch.device) -> "_TopK":
+        return cls(torch.full((2, d, k), -1.0, device=device),
+                   torch.full((2, d, k), -1, dtype=torch.long, device=device),
+                   torch.zeros((2, d, k), dtype=torch.long, device=device))
+
+    def add(self, values: torch.Tensor, positions: torch.Tensor, images: list[int]) -> "_TopK":
+        """These lists merged with a batch's ``values`` and ``positions`` (2, D, B) of ``images``."""
+        k = self.values.shape[2]
+        img = torch.as_tensor(images, device=values.device).expand(2, values.shape[1], len(images))
+        value, order = torch.cat([self.values, values], 2).topk(k, dim=2)
+        return _TopK(value, torch.cat([self.images, img], 2).gather(2, order),
+                     torch.cat([self.positions, positions], 2).gather(2, order))
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.values.cpu().numpy(), self.images.cpu().numpy(), self.positions.cpu().numpy()
+
+
+@dataclass
+class _Arrays:
+    """Every image's pooled values ``v`` (N, D) and both sides' argmax positions (N, 2, D): memory-mapped in
+    the partial index folder, in memory without one, absent on a process that does not write."""
+
+    v: np.ndarray | None
+    positions: np.ndarray | None
+
+    @classmethod
+    def open(cls, folder: Path | None, n: int, d: int, writer: bool) -> "_Arrays":
+        if folder is None:
+            return cls(np.full((n, d), np.nan, np.float32), np.full((n, 2, d), -1, np.int16))
+        if not writer:
+            return cls(None, None)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        v = np.lib.format.open_memmap(folder / "v.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        positions = np.lib.format.open_memmap(folder / "positions.npy", mode="w+", dtype=np.int16, shape=(n, 2, d))
+        v[:] = np.nan
+        positions[:] = -1
+        return cls(v, positions)
+
+
+def _accumulate(head: InfoDisentHead, batches: Iterable[tuple[torch.Tensor, list[int]]], top: _TopK, arrays: _Arrays,
+                shard: distributed.Shard, done: Callable[[int], object]) -> _TopK:
+    """The streaming pass: each batch's two-sided max (the head's own pooling, U and W computed once in eval
+    mode) merged into ``top``, and its rows of ``arrays`` filled (under torchrun, rank 0 receives every
+    process's rows); ``done(n)`` hears of each batch written."""
     for F_, images in batches:
         v_b = pos_b = None
         if len(images):
-            out_ = head.forward_details(F_.to(device, torch.float32))
-            pool = out_.pool  # the head's own two-sided max and its positions
+            out = head.forward_details(F_.to(top.values.device, torch.float32))
+            pool = out.pool
             where = torch.stack([pool.pos_index, pool.neg_index])  # (2, B, D)
-            v_b, pos_b = out_.v.cpu().numpy(), where.transpose(0, 1).cpu().numpy().astype(np.int16)
-            b = len(images)
-            cand_val = torch.cat([top_val, torch.stack([pool.pos_values, pool.neg_values]).transpose(1, 2)], 2)
-            img_t = torch.as_tensor(images, device=device).expand(2, d, b)
-            cand_img = torch.cat([top_img, img_t], 2)
-            cand_pos = torch.cat([top_pos, where.transpose(1, 2)], 2)
-            top_val, order = cand_val.topk(k, dim=2)
-            top_img, top_pos = cand_img.gather(2, order), cand_pos.gather(2, order)
+            v_b, pos_b = out.v.cpu().numpy(), where.transpose(0, 1).cpu().numpy().astype(np.int16)
+            top = top.add(torch.stack([pool.pos_values, pool.neg_values]).transpose(1, 2), where.transpose(1, 2),
+                          images)
         pieces = distributed.gather_to_main((images, v_b, pos_b)) if shard.active else [(images, v_b, pos_b)]
         for imgs, v_p, pos_p in pieces or []:
             if len(imgs):
-                v_all[imgs] = v_p
-                pos_all[imgs] = pos_p
-                bar.update(len(imgs))
-    bar.close()
+                arrays.v[imgs] = v_p
+                arrays.positions[imgs] = pos_p
+                done(len(imgs))
+    return top
 
-    tv, ti, tp = top_val.cpu().numpy(), top_img.cpu().numpy(), top_pos.cpu().numpy()
-    if shard.active:
-        lists = distributed.gather_to_main((tv, ti, tp, skipped))
-        if not shard.main:
-            distributed.barrier()  # rank 0 writes the index
-            return PrototypeIndex.load(Path(out))
-        tv, ti, tp = (np.concatenate([part[j] for part in lists], axis=2) for j in range(3))
-        skipped = sorted(s for part in lists for s in part[3]) if features is None else skipped
-    tv, ti, tp = _best(tv, ti, tp, k)
+
+def _gather(top: _TopK, skipped: list[str] | None, shard: distributed.Shard
+            ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str] | None] | None:
+    """Every process's top-k lists side by side (2, D, k x processes), and the images each skipped (when read
+    from the backbone: ``skipped``), on rank 0; None on the other ranks."""
+    tv, ti, tp = top.numpy()
+    if not shard.active:
+        return (tv, ti, tp), skipped
+    lists = distributed.gather_to_main((tv, ti, tp, skipped or []))
+    if not shard.main:
+        return None
+    merged = tuple(np.concatenate([part[j] for part in lists], axis=2) for j in range(3))
+    return merged, (sorted(s for part in lists for s in part[3]) if skipped is not None else None)
+
+
+def _table(tv: np.ndarray, ti: np.ndarray, tp: np.ndarray, labels: np.ndarray, grid_width: int) -> pd.DataFrame:
+    """``index.csv``: one row per (channel, side, rank) where the channel fires on that side."""
+    d, k = tv.shape[1:]
     rows = []
-    gw = grid[1]
     for s, side in enumerate(SIDES):
         ch, rank = np.meshgrid(np.arange(d), np.arange(k), indexing="ij")
         keep = (ti[s] >= 0) & (tv[s] > 0)
         pos = tp[s][keep]
         rows.append(pd.DataFrame({
             "channel": ch[keep], "side": side, "rank": rank[keep], "image": ti[s][keep],
-            "label": dataset.labels[ti[s][keep]], "position": pos, "row": pos // gw, "col": pos % gw,
+            "label": labels[ti[s][keep]], "position": pos, "row": pos // grid_width, "col": pos % grid_width,
             "value": tv[s][keep],
         }))
-    table = pd.concat(rows, ignore_index=True).sort_values(["channel", "side", "rank"]).reset_index(drop=True)
-    labels = np.asarray(dataset.labels)
-    size = model.backbone.data_config["input_size"]
-    meta = IndexMeta(
-        dataset=DatasetSpec.of(dataset), classes=list(dataset.classes), k=int(k), grid=grid,  # type: ignore[arg-type]
-        view=(int(size[2]), int(size[1])), channels=d, num_images=n,
-        num_valid=int((~np.isnan(v_all[:, 0])).sum()) if n else 0, pooling=head.config.pooling,
-        source="cache" if features is not None else "backbone",
-        cache_path=str(features.path) if features is not None else None, skipped_images=skipped,
-        seconds=round(time.perf_counter() - t0, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        head_sha256=head_sha256,
-    )
-    if tmp is None:
-        return PrototypeIndex(table, v_all, pos_all, labels, meta, None)
-    v_all.flush()
-    pos_all.flush()
-    del v_all, pos_all
+    return pd.concat(rows, ignore_index=True).sort_values(["channel", "side", "rank"]).reset_index(drop=True)
+
+
+def _write(tmp: Path, final: Path, table: pd.DataFrame, arrays: _Arrays, labels: np.ndarray, meta: IndexMeta) -> None:
+    """The index folder: the arrays flushed, the table and the labels, ``meta.json`` last, then the whole
+    folder swapped in for an older index."""
+    arrays.v.flush()
+    arrays.positions.flush()
+    arrays.v = arrays.positions = None  # the memory maps closed before the folder moves
     table.to_csv(tmp / "index.csv", index=False)
     np.save(tmp / "labels.npy", labels)
     atomic_write_json(tmp / "meta.json", to_dict(meta))
@@ -301,8 +394,6 @@ def mine_prototypes(
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
-    distributed.barrier()  # the other processes open the index once it is in place
-    return PrototypeIndex.load(final)
 
 
 def _best(val: np.ndarray, img: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

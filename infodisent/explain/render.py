@@ -55,20 +55,30 @@ class Patch:
     rank: int | None = None  # rank among the channel's prototypes (None for evidence)
 
     def crop(self, cells: float = 2.0) -> Image.Image:
-        """The patch around the response: ``cells`` grid cells wide, centred on the box."""
+        """The patch around the response: ``cells`` grid cells wide, centred on the box.
+
+        Args:
+            cells: the patch's side, in grid cells (clipped to the view). Default 2.0."""
         x0, y0, x1, y1 = self.box
         x0, y0, x1, y1 = around(self.box, self.view.size, cells * max(x1 - x0, y1 - y0))
         return self.view.crop((int(x0), int(y0), int(round(x1)), int(round(y1))))
 
 
 class LRU(Generic[K, V]):
-    """A small least-recently-used map with hit/miss counts (functools.lru_cache cannot be filled in batches)."""
+    """A small least-recently-used map with hit/miss counts (functools.lru_cache cannot be filled in batches).
+
+    Args:
+        maxsize: the most entries kept; the least recently used go first."""
 
     def __init__(self, maxsize: int):
         self.maxsize, self.hits, self.misses = maxsize, 0, 0
         self._data: OrderedDict[K, V] = OrderedDict()
 
     def get(self, key: K) -> V | None:
+        """The value of ``key``, marked recently used, or None when it is not kept (a hit or a miss is counted).
+
+        Args:
+            key: the entry's key."""
         if key in self._data:
             self._data.move_to_end(key)
             self.hits += 1
@@ -77,6 +87,11 @@ class LRU(Generic[K, V]):
         return None
 
     def put(self, key: K, value: V) -> None:
+        """Keep ``value`` under ``key`` as the most recently used entry, dropping the oldest beyond ``maxsize``.
+
+        Args:
+            key: the entry's key.
+            value: what is kept."""
         self._data[key] = value
         self._data.move_to_end(key)
         while len(self._data) > self.maxsize:
@@ -90,14 +105,24 @@ class LRU(Generic[K, V]):
 
 
 def heatmap(explanation: "Explanation", channel: int, i: int = 0) -> np.ndarray:
-    """Channel ``channel``'s map on explained image ``i``, upsampled to its view (signed, as computed)."""
+    """Channel ``channel``'s map on explained image ``i``, upsampled to its view (signed, as computed).
+
+    Args:
+        explanation: the explanation holding the maps ``J``.
+        channel: the channel.
+        i: the image of the explanation. Default 0."""
     view = explanation.views[i]
     return upsample_map(explanation.J[i, channel], view.size)
 
 
 def evidence(explanation: "Explanation", channel: int, i: int = 0) -> Patch:
     """Channel ``channel`` on explained image ``i``: the side that won (the sign of ``v_d``), its box
-    and its heatmap (negated for the negative side). Reads no image: the explanation holds the view."""
+    and its heatmap (negated for the negative side). Reads no image: the explanation holds the view.
+
+    Args:
+        explanation: the explanation.
+        channel: the channel.
+        i: the image of the explanation. Default 0."""
     ev = explanation[i].channel(channel)
     view = explanation.views[i]
     sign = 1.0 if ev.side == "pos" else -1.0
@@ -112,11 +137,14 @@ class Renderer:
 
     Args:
         model: the InfoDisent model (its ``U`` is read once, at construction).
-        dataset: the split the prototype index was mined on (images are read from it lazily).
-        index: its prototype index, or a callable returning it (resolved on first use),
-            or None when only evidence is rendered.
-        features: the split's feature-cache entry; without one, maps are computed by the backbone.
-        images, maps, patches: sizes of the three LRU caches.
+        dataset: the split the prototype index was mined on (images are read from it lazily). Default None:
+            no dataset images (evidence only).
+        index: its prototype index, or a callable returning it (resolved on first use). Default None: only
+            evidence is rendered.
+        features: the split's feature-cache entry. Default None: maps are computed by the backbone.
+        images: the size of the LRU cache of decoded views. Default 256.
+        maps: the size of the LRU cache of backbone feature maps. Default 1024.
+        patches: the size of the LRU cache of rendered patches. Default 4096.
     """
 
     def __init__(
@@ -155,7 +183,10 @@ class Renderer:
         return self.dataset
 
     def view(self, image: int) -> Image.Image:
-        """The model's view (resized, centre-cropped RGB) of dataset image ``image``, cached."""
+        """The model's view (resized, centre-cropped RGB) of dataset image ``image``, cached.
+
+        Args:
+            image: the dataset index."""
         image = int(image)
         got = self._views.get(image)
         if got is None:
@@ -179,7 +210,11 @@ class Renderer:
 
     def feature_maps(self, images: Sequence[int], batch_size: int = 64) -> np.ndarray:
         """Backbone maps ``F`` (n, D, H, W) of dataset images, from the LRU, the feature cache or the backbone
-        (in batches of ``batch_size``)."""
+        (in batches of ``batch_size``).
+
+        Args:
+            images: dataset indices.
+            batch_size: images per backbone batch for the maps neither cache holds. Default 64."""
         images = [int(i) for i in images]
         found: dict[int, np.ndarray] = {}
         for i in dict.fromkeys(images):
@@ -208,7 +243,11 @@ class Renderer:
         return np.stack([found[i] for i in images])
 
     def channel_maps(self, images: Sequence[int], channel: int) -> np.ndarray:
-        """``J_d`` (n, H, W) of one channel on dataset images: ``U[d] F``, without the other channels."""
+        """``J_d`` (n, H, W) of one channel on dataset images: ``U[d] F``, without the other channels.
+
+        Args:
+            images: dataset indices.
+            channel: the channel."""
         F_ = torch.from_numpy(self.feature_maps(images).astype(np.float32))
         n, d, h, w = F_.shape
         return torch.matmul(self._U[channel], F_.reshape(n, d, h * w)).reshape(n, h, w).numpy()
@@ -219,7 +258,10 @@ class Renderer:
         """Patches for many (channel, side, rank) at once (None where the index has no such row).
 
         The batch method: the feature maps of all the images involved are loaded in one go, and
-        their channel maps computed and upsampled together."""
+        their channel maps computed and upsampled together.
+
+        Args:
+            keys: ``(channel, side, rank)`` triples, ``side`` ``"pos"`` or ``"neg"``, ``rank`` from 0."""
         keys = [(int(c), check_side(s), int(r)) for c, s, r in keys]
         index = self.index
         done: dict[tuple[int, str, int], Patch | None] = {}
@@ -261,7 +303,12 @@ class Renderer:
         return out
 
     def prototype(self, channel: int, side: Side = "pos", rank: int = 0) -> Patch:
-        """One prototype of the index as a patch."""
+        """One prototype of the index as a patch.
+
+        Args:
+            channel: the channel.
+            side: ``"pos"`` or ``"neg"``. Default ``"pos"``.
+            rank: its rank among the channel's prototypes of that side, 0 the best. Default 0."""
         self._check_channel(channel)
         got = self.render([(channel, side, rank)])[0]
         if got is None:
@@ -270,7 +317,12 @@ class Renderer:
         return got
 
     def prototypes(self, channel: int, side: Side = "pos", n: int | None = None) -> list[Patch]:
-        """The channel's top-``n`` prototypes of one side (default: all the index has), best first."""
+        """The channel's top-``n`` prototypes of one side (default: all the index has), best first.
+
+        Args:
+            channel: the channel.
+            side: ``"pos"`` or ``"neg"``. Default ``"pos"``.
+            n: at most this many. Default None: all the index has."""
         self._check_channel(channel)
         count = len(self.index.rows(channel, side))
         count = count if n is None else min(n, count)
@@ -287,11 +339,21 @@ class Renderer:
     # ------------------------------------------------------------------ explanations
 
     def heatmap(self, explanation: "Explanation", channel: int, i: int = 0) -> np.ndarray:
-        """:func:`heatmap` (kept here so a run's renderer draws everything of an explanation)."""
+        """:func:`heatmap` (kept here so a run's renderer draws everything of an explanation).
+
+        Args:
+            explanation: the explanation holding the maps ``J``.
+            channel: the channel.
+            i: the image of the explanation. Default 0."""
         return heatmap(explanation, channel, i)
 
     def evidence(self, explanation: "Explanation", channel: int, i: int = 0) -> Patch:
-        """:func:`evidence` (kept here so a run's renderer draws everything of an explanation)."""
+        """:func:`evidence` (kept here so a run's renderer draws everything of an explanation).
+
+        Args:
+            explanation: the explanation.
+            channel: the channel.
+            i: the image of the explanation. Default 0."""
         return evidence(explanation, channel, i)
 
     def cache_info(self) -> dict[str, tuple[int, int, int]]:

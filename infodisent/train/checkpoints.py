@@ -11,9 +11,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..core.head import HeadConfig, InfoDisentHead
-from ..errors import InfodisentError
-from ..io import CorruptFileError, atomic_path, atomic_write_text
+from ..core.head import InfoDisentHead
+from ..errors import CorruptFileError, InfodisentError
+from ..io import atomic_path, atomic_write_text
+from ..records.model import HeadConfig
 
 
 class CheckpointMismatchError(InfodisentError, ValueError):
@@ -34,7 +35,17 @@ def save_checkpoint(paths: CheckpointPaths, head: InfoDisentHead, history: pd.Da
     """Write ``history.csv`` then the checkpoint (head config and state, optimizer, RNG), each atomically.
 
     ``phase`` is ``"train"`` (resumable) or ``"pruned"`` (a finished pruned head); ``extra`` holds more
-    plain values (numbers, strings) to keep."""
+    plain values (numbers, strings) to keep.
+
+    Args:
+        paths: where the checkpoint and the history go.
+        head: the head whose configuration and state are saved.
+        history: the per-epoch rows so far, written as ``history.csv``.
+        epoch: the last finished epoch.
+        step: the optimizer steps taken so far.
+        optimizer: the optimizer, whose state is saved for resuming. Default None: not saved.
+        phase: ``"train"`` or ``"pruned"``. Default ``"train"``.
+        extra: more plain values stored under their keys. Default None: none."""
     state: dict[str, Any] = {
         "phase": phase,
         "epoch": epoch,
@@ -52,7 +63,12 @@ def save_checkpoint(paths: CheckpointPaths, head: InfoDisentHead, history: pd.Da
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """A checkpoint written by :func:`save_checkpoint`, or None when there is none."""
+    """A checkpoint written by :func:`save_checkpoint`, or None when there is none.
+
+    Args:
+        path: the checkpoint file; one that cannot be read is a :class:`~infodisent.errors.CorruptFileError`.
+    Returns:
+        The saved dict (tensors on the CPU), or None when ``path`` is not a file."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -65,7 +81,12 @@ def load_checkpoint(path: Path) -> dict | None:
 
 def check_checkpoint(ckpt: dict, want: HeadConfig, path: Path) -> None:
     """Raise :class:`CheckpointMismatchError` naming both heads when ``ckpt`` does not fit a head of ``want``
-    (for a pruned checkpoint: the dense head it was pruned from)."""
+    (for a pruned checkpoint: the dense head it was pruned from).
+
+    Args:
+        ckpt: the checkpoint, as :func:`load_checkpoint` returns it.
+        want: the configuration of the head being trained.
+        path: the checkpoint's file, named in the message."""
     have = HeadConfig(**ckpt["head_config"]) if "head_config" in ckpt else None
     if have is None:
         raise CheckpointMismatchError(f"{path} has no head configuration (written by an older infodisent); "

@@ -15,7 +15,7 @@ penalties down to a thousandth of the largest, minibatches of 256, no class-bala
 optional dependency (the ``[interop]`` extra); importing this module does not need it, fitting does.
 
 glm-saga's ``train_saga`` forms each minibatch's weight gradient as a (batch, classes, features) product
-and averages it, a GPU-sized habit that costs seconds per epoch on a CPU at 100 classes. ``solver="matmul"``
+and averages it, a GPU-sized habit that is slow on a CPU. ``solver="matmul"``
 (the default) runs the same SAGA steps with that average as one matrix product, and glm-saga's own
 proximal operators, starting penalty, data set and stopping rule; the tests check that it follows
 ``solver="glm-saga"`` (glm-saga's ``train_saga`` itself) step for step.
@@ -59,7 +59,10 @@ class PathPoint:
     converged: bool
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's logits for pooled features ``x`` (N, D)."""
+        """The layer's logits for pooled features ``x`` (N, D).
+
+        Args:
+            x: pooled features ``(N, D)`` (raw, not standardised)."""
         return x.float() @ self.weight.T + self.bias
 
 

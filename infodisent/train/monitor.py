@@ -41,10 +41,10 @@ class Monitor:
     """Hooks a running :func:`~infodisent.pipeline.train_run` calls (pass callables, or subclass and override).
 
     Args:
-        on_progress: called with a :class:`Progress` as work advances.
+        on_progress: called with a :class:`Progress` as work advances. Default None: not called.
         on_epoch: called with each finished epoch's row (``epoch``, ``train_loss``, ``train_top1``, ...,
             ``phase``); ``epoch`` counts every epoch of the run, pruning rounds included (after a resume,
-            from where the run was).
+            from where the run was). Default None: not called.
     """
 
     def __init__(self, on_progress: Callable[[Progress], Any] | None = None,
@@ -56,11 +56,20 @@ class Monitor:
         self._stop = threading.Event()
 
     def progress(self, stage: str, done: int, total: int) -> None:
+        """Report progress: passes a :class:`Progress` to ``on_progress``.
+
+        Args:
+            stage: what is running (``"features train"``, ``"train"``, ``"prune K=8"``, ...).
+            done: units finished so far.
+            total: units in the stage (images for features, epochs for training)."""
         if self.on_progress is not None:
             self.on_progress(Progress(stage, int(done), int(total)))
 
     def epoch(self, row: dict) -> None:
-        """Record a finished epoch (``row`` as in ``history.csv``) and pass it on."""
+        """Record a finished epoch (``row`` as in ``history.csv``) and pass it on.
+
+        Args:
+            row: the epoch's row; the current phase is added and the epoch number offset by :attr:`offset`."""
         row = {**row, "phase": self.phase, "epoch": int(row["epoch"]) + self.offset}
         self.rows.append(row)
         if self.on_epoch is not None:
@@ -75,7 +84,11 @@ class Monitor:
         return self._stop.is_set()
 
     def check_stop(self, where: str) -> None:
-        """Raise :class:`TrainingStopped` when a stop was requested (``where``: what has been saved)."""
+        """Raise :class:`TrainingStopped` when a stop was requested (``where``: what has been saved).
+
+        Args:
+            where: the end of the message: how far the training got and what resumes it
+                (``"after epoch 3 of 30; ..."``)."""
         if self._stop.is_set():
             raise TrainingStopped(f"stopped on request {where}")
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.head import InfoDisentHead
-from ..core.options import SparseOptions
 from ..data.sources import FeatureSource
-from ..eval.results import KSelection
+from ..records.options import SparseOptions
+from ..records.results import KSelection
 from .training import classification_metrics, predict
 
 
@@ -45,7 +45,10 @@ MEASURED_CLASSES = 100  # the most classes the compact default was measured on (
 
 
 def scale_warning(num_classes: int) -> str | None:
-    """What a run that chooses K on ``num_classes`` classes should hear first, or None within what was measured."""
+    """What a run that chooses K on ``num_classes`` classes should hear first, or None within what was measured.
+
+    Args:
+        num_classes: the dataset's class count."""
     if num_classes <= MEASURED_CLASSES:
         return None
     return (f"the compact default was measured on up to {MEASURED_CLASSES} classes (docs/results/cub100.md) and "
@@ -58,7 +61,14 @@ Z_ONE_SIDED_95 = 1.645  # standard errors a loss must exceed the tolerance by to
 
 
 def calibrated_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Per-image cross-entropy after temperature scaling, and the temperature ``argmin_T CE(logits / T, labels)``."""
+    """Per-image cross-entropy after temperature scaling, and the temperature ``argmin_T CE(logits / T, labels)``.
+
+    Args:
+        logits: ``(N, C)`` held-out logits.
+        labels: ``(N,)`` class labels.
+    Returns:
+        ``(losses, T)``: the ``(N,)`` calibrated cross-entropies and the temperature (1.0 when the search
+        fails to improve on no scaling)."""
     z, y = logits.double(), labels.long()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
@@ -90,6 +100,12 @@ class HeldOut:
 
     @classmethod
     def of(cls, head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> HeldOut:
+        """Score a head on held-out features.
+
+        Args:
+            head: the head (put in eval mode).
+            source: the held-out features.
+            amp: bfloat16 autocast on CUDA. Default True."""
         logits, labels = predict(head, source, amp)
         losses, t = calibrated_loss(logits, labels)
         return cls(classification_metrics(logits, labels).top1, float(losses.mean()), t, logits.argmax(1) == labels,
@@ -97,7 +113,11 @@ class HeldOut:
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Mean of ``a - b`` over the same images, and its standard error."""
+    """Mean of ``a - b`` over the same images, and its standard error.
+
+    Args:
+        a: one value per image.
+        b: one value per image, the same images in the same order."""
     d = a.double() - b.double()
     n = len(d)
     mean = float(d.mean())
@@ -107,13 +127,22 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def paired_loss(dense: torch.Tensor, compact: torch.Tensor) -> tuple[float, float]:
     """Top-1 the compact head loses against the dense one on the same images (``correct`` masks), and its
-    standard error: only images one head gets right and the other wrong count."""
+    standard error: only images one head gets right and the other wrong count.
+
+    Args:
+        dense: the dense head's ``correct`` mask.
+        compact: the compact head's ``correct`` mask, on the same images."""
     return paired(dense, compact)
 
 
 def budget_check(dense: HeldOut, compact: HeldOut, tolerance: float) -> tuple[float, float, bool]:
     """Top-1 the compact head loses against the dense one on the held-out images, the loss those images
-    cannot resolve (1.645 paired standard errors), and whether the head is within the budget ``tolerance``."""
+    cannot resolve (1.645 paired standard errors), and whether the head is within the budget ``tolerance``.
+
+    Args:
+        dense: the dense head's held-out scores.
+        compact: the compact head's, on the same images.
+        tolerance: the top-1 the compact head may lose, as a fraction (0.005: half a point)."""
     lost, se = paired_loss(dense.correct, compact.correct)
     noise = Z_ONE_SIDED_95 * se
     return lost, noise, lost <= tolerance + noise + 1e-9
@@ -123,7 +152,14 @@ def escalated(selection: KSelection, went: dict[int, HeldOut], k: int | None, lo
               noise: float) -> KSelection:
     """``selection`` after going up through the K of ``went`` (their held-out scores, in the order tried):
     ``k`` is the first within the budget (losing ``lost``, ``noise`` unresolvable), or None when none
-    was and the dense head is kept instead (``fallback``)."""
+    was and the dense head is kept instead (``fallback``).
+
+    Args:
+        selection: the loss rule's choice, as :func:`choose_k` returns it.
+        went: the held-out scores of each larger K tried, in the order tried.
+        k: the K kept, or None for the dense head.
+        lost: the top-1 ``k`` loses against the dense head (ignored when ``k`` is None).
+        noise: the loss the held-out images cannot resolve (ignored when ``k`` is None)."""
     top1 = {**selection.top1, **{str(a): s.top1 for a, s in went.items()}}
     loss = {**selection.loss, **{str(a): s.loss for a, s in went.items()}}
     found = k is not None
@@ -134,7 +170,12 @@ def escalated(selection: KSelection, went: dict[int, HeldOut], k: int | None, lo
 
 def choose_k(tried: dict[int, HeldOut], dense: HeldOut, options: SparseOptions) -> KSelection:
     """The smallest K whose calibrated held-out loss is within ``options.loss_se`` standard errors of
-    the best candidate's, with the top-1 budget checked against the dense head (see the module's docstring)."""
+    the best candidate's, with the top-1 budget checked against the dense head (see the module's docstring).
+
+    Args:
+        tried: the held-out scores of each candidate K.
+        dense: the dense head's held-out scores, on the same images.
+        options: the sparse options read (``loss_se``, ``tolerance``)."""
     best = min(tried, key=lambda a: (tried[a].loss, a))
     gaps = {a: paired(s.losses, tried[best].losses) for a, s in tried.items()}
     k = min(a for a, (gap, se) in gaps.items() if gap <= options.loss_se * se + 1e-12)

@@ -1,7 +1,7 @@
 """SIDE-style sparse heads (Dubovik et al., arXiv 2507.19321): prune each class to K channels.
 
 This is the default run (:class:`SparseOptions` in ``RunConfig.sparse``): a dense head spreads a
-decision over ~900 channels, a pruned one over K, which a person can check. K is chosen by the data
+decision over most of its channels, a pruned one over K, which a person can check. K is chosen by the data
 (:func:`sparsify`): the smallest of a short list whose calibrated loss on held-out training images is
 within one standard error of the best candidate's; the head is then checked against a half-point
 accuracy budget (:mod:`infodisent.train.selection`). A measured miss sends the choice up to larger K and,
@@ -13,14 +13,12 @@ The recipe: train a dense head, then prune in rounds: each round keeps for
 each class the channels that matter most to it (4x fewer per round, down to
 ``K``: 1280 -> 320 -> 80 -> 20 -> 5) and fine-tunes the pruned head, ``W`` on
 its remaining slots and, by default, ``U``, so that channels can
-re-specialise for the few classes they now serve. Both matter. On the parts
-demo (12 dense epochs, test accuracy 0.913), pruning straight to 5 gives 0.32,
-0.37 after fine-tuning with U fixed and 0.86 with U trained; the rounds give
-0.94. Each fine-tune starts at the training rates times the share of the dense
+re-specialise for the few classes they now serve. Both matter (the ablation
+grid measures each: ``docs/results/ablation-grid.md``). Each fine-tune starts at the training rates times the share of the dense
 head's evidence the head has lost (:func:`finetune_rates`): a head the masks
 barely moved stays near the dense optimum, one that lost most of its evidence
 gets the full rate. Every head fine-tuned as a final one is kept (the frontier,
-:mod:`infodisent.train.frontier`).
+:mod:`infodisent.eval.frontier`).
 A channel's importance to class ``c`` is its mean contribution
 ``W[c, d] * v_d`` over the training images of class ``c``: the evidence it
 actually supplies, not its raw weight. SIDE also swaps softmax for a
@@ -43,12 +41,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import distributed
 from ..core.head import InfoDisentHead
-from ..core.options import FitConfig, SparseOptions
-from ..data import distributed
 from ..data.sources import FeatureSource
 from ..errors import InputError
-from ..eval.results import KSelection
+from ..records.options import FitConfig, SparseOptions
+from ..records.results import KSelection
 from .monitor import Monitor
 from .selection import HeldOut, budget_check, choose_k, escalated
 from .training import fit
@@ -79,7 +77,13 @@ class Refitted(NamedTuple):
 
 @torch.no_grad()
 def class_importance(head: InfoDisentHead, source: FeatureSource) -> torch.Tensor:
-    """(C, D): mean over each class's images of ``W[c, d] * v_d``."""
+    """(C, D): mean over each class's images of ``W[c, d] * v_d``.
+
+    Args:
+        head: the head (put in eval mode).
+        source: the images that rank the channels (under torchrun, summed over every process's part).
+    Returns:
+        A float64 tensor on the CPU; a class without images has zeros."""
     head.eval()
     c, d = head.config.num_classes, head.config.num_features
     sums = torch.zeros(c, d, dtype=torch.float64)
@@ -97,7 +101,13 @@ def class_importance(head: InfoDisentHead, source: FeatureSource) -> torch.Tenso
 
 def shared_channels(importance: torch.Tensor, total: int) -> torch.Tensor:
     """The ``total`` channels that matter most to all classes together: each class's positive importance,
-    normalised to sum 1 (so that classes with large logits do not dominate), summed over classes."""
+    normalised to sum 1 (so that classes with large logits do not dominate), summed over classes.
+
+    Args:
+        importance: ``(C, D)``, as :func:`class_importance` gives it (non-finite entries count as 0).
+        total: how many channels are returned.
+    Returns:
+        The channel indices, most important first."""
     imp = importance.clamp_min(0)
     imp = torch.where(torch.isfinite(imp), imp, torch.zeros_like(imp))
     score = (imp / imp.sum(1, keepdim=True).clamp_min(1e-12)).sum(0)
@@ -107,7 +117,11 @@ def shared_channels(importance: torch.Tensor, total: int) -> torch.Tensor:
 def removed_evidence(importance: torch.Tensor, mask: torch.Tensor) -> float:
     """The share of its positive evidence (``importance`` clamped at 0, :func:`class_importance`) that a
     class loses to ``mask`` (1: kept), averaged over the classes that had any: 0 when nothing that mattered
-    went, 1 when all of it did."""
+    went, 1 when all of it did.
+
+    Args:
+        importance: ``(C, D)``, as :func:`class_importance` gives it.
+        mask: ``(C, D)``, 1 where a weight is kept, 0 where it is pruned."""
     imp = importance.clamp_min(0)
     imp = torch.where(torch.isfinite(imp), imp, torch.zeros_like(imp))
     total = imp.sum(1)
@@ -123,6 +137,16 @@ def prune_head(head: InfoDisentHead, source: FeatureSource, channels_per_class: 
     With ``channels_total``, all classes choose from one shared budget: the ``channels_total`` channels
     of :func:`shared_channels`, so that similar classes reuse a channel instead of each holding its own.
     ``importance``: ``class_importance(head, source)`` when already computed (default None: computed here).
+
+    Args:
+        head: the head pruned (dense, or pruned by an earlier round, whose removed channels stay removed);
+            it is left unchanged.
+        source: the images that rank the channels (:func:`class_importance`).
+        channels_per_class: K, the channels each class keeps, in ``1..D``.
+        channels_total: the shared budget, in ``K..D``. Default None: each class chooses from every channel.
+        importance: the ranking, ``(C, D)``. Default None: computed from ``source``.
+    Returns:
+        A pruned head (``HeadConfig(pruned=True)``) on ``head``'s device.
     """
     k = channels_per_class
     if not 1 <= k <= head.config.num_features:
@@ -169,6 +193,22 @@ def sparsify(
     ``importance``: the images that rank the channels (the un-augmented training view); ``validation``
     (needed when K is chosen): the held-out images K is chosen on; ``test``: evaluated at the end of each
     fine-tune for the history.
+
+    Args:
+        head: the trained dense head.
+        options: the pruning options: K or its candidates, rounds, fine-tuning, budget, frontier.
+        fit_config: the dense training's options; each fine-tune takes them with its own epochs and rates
+            (:func:`finetune_rates`).
+        train: the features fine-tuning trains on.
+        importance: the features that rank the channels.
+        validation: the held-out features K is chosen on. Default None (then ``options`` must give K).
+        test: features evaluated at the end of each fine-tune. Default None: none.
+        first_epoch: the number the history's epochs count on from. Default 0.
+        progress: show progress bars. Default True.
+        device: where the heads train. Default ``"cpu"``.
+        monitor: hooks told of every epoch, which may ask the training to stop. Default None.
+        teacher: a module whose logits every fine-tune matches (the black box). Default None: the dense head
+            when ``options.distill > 0``, else no distillation.
     """
     if options.chosen and validation is None:
         raise InputError("choosing K needs validation images")
@@ -260,7 +300,11 @@ def sparsify(
 
 def lost_evidence(before: float, removed: float) -> float:
     """The share of the dense head's evidence a head has lost when a prune takes ``removed`` of what is left
-    to a head that had lost ``before``: ``1 - (1 - before)(1 - removed)``."""
+    to a head that had lost ``before``: ``1 - (1 - before)(1 - removed)``.
+
+    Args:
+        before: the share already lost, in ``[0, 1]``.
+        removed: the share of what was left that the prune takes (:func:`removed_evidence`)."""
     return 1.0 - (1.0 - before) * (1.0 - removed)
 
 
@@ -270,7 +314,14 @@ def finetune_rates(options: SparseOptions, fit_config: FitConfig, lost: float) -
     rates times ``lost``, at least ``options.finetune_lr_min`` of them, so that a head the masks barely changed
     is not shaken out of the dense head's minimum (the full rate from a converged head loses accuracy with
     nothing pruned at all), while a head far from the dense one gets the full rate it needs to re-specialise
-    its few channels. ``options.finetune_lr`` set: that rate for ``W``, the run's for ``U``, unscaled."""
+    its few channels. ``options.finetune_lr`` set: that rate for ``W``, the run's for ``U``, unscaled.
+
+    Args:
+        options: the pruning options (``finetune_lr``, ``finetune_lr_min``).
+        fit_config: the run's training options (``lr``, ``rotation_lr``).
+        lost: the share of the dense head's evidence lost, in ``[0, 1]``.
+    Returns:
+        ``(lr, rotation_lr)``."""
     if options.finetune_lr is not None:
         return options.finetune_lr, fit_config.rotation_lr
     scale = min(1.0, max(options.finetune_lr_min, lost))
@@ -308,7 +359,25 @@ def refit(head: InfoDisentHead, dense: InfoDisentHead, options: SparseOptions, f
     head, the dense reference, their history (``phase`` "dense reference", then "refit" with each head's
     ``channels_per_class``; epochs numbered on from ``first_epoch``) and the refit candidates, the chosen
     one among them. When the chosen head is the dense one (the fallback), the dense reference is it. A
-    ``teacher`` (the black box) is matched by every training, as by the first."""
+    ``teacher`` (the black box) is matched by every training, as by the first.
+
+    Args:
+        head: the chosen head (pruned, or the dense head when no K kept the budget).
+        dense: the dense head trained on the training images without the held-out ones.
+        options: the pruning options (``dense_reference``, ``refit_epochs``, ``distill``, rates).
+        fit_config: the run's training options, for the dense reference and as the fine-tunes' base.
+        everything: every training image's features.
+        candidates: the other heads refit beside the chosen one (K -> head). Default None: none.
+        lost: the share of the dense evidence each candidate has lost (K -> share). Default None: the lowest
+            rate for every head.
+        test: features evaluated after the dense reference's training (in the fallback) and after the chosen
+            head's fine-tune. Default None: none.
+        first_epoch: the number the history's epochs count on from. Default 0.
+        progress: show progress bars. Default True.
+        device: where the heads train. Default ``"cpu"``.
+        monitor: hooks told of every epoch, which may ask the training to stop. Default None.
+        teacher: a module whose logits every training matches. Default None: the dense reference when
+            ``options.distill > 0``, else no distillation."""
     fallback = not head.config.pruned
     parts = []
     if options.dense_reference:
@@ -367,5 +436,5 @@ def _escalate(selection: KSelection, tried: dict[int, tuple[HeldOut, InfoDisentH
     return copy.deepcopy(dense_head), escalated(selection, went, None, 0.0, 0.0)
 
 
-__all__ = ["Pruned", "Refitted", "SparseOptions", "class_importance", "finetune_rates", "lost_evidence", "prune_head",
+__all__ = ["Pruned", "Refitted", "class_importance", "finetune_rates", "lost_evidence", "prune_head",
            "refit", "removed_evidence", "shared_channels", "sparsify"]

@@ -7,7 +7,7 @@ only compute. Features come from a :class:`~infodisent.data.sources.FeatureSourc
 frozen backbone (:class:`~infodisent.data.sources.StreamingSource`, for datasets too large to cache).
 
 Under ``torchrun`` both sources give each process its part of every global batch
-(:mod:`infodisent.data.distributed`), ``fit`` trains the head under DDP, and ``predict``
+(:mod:`infodisent.distributed`), ``fit`` trains the head under DDP, and ``predict``
 gathers the logits, so that N processes train the one-process head.
 """
 
@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..core.head import InfoDisentHead
-from ..core.options import FitConfig
-from ..data import distributed
 from ..data.sources import FeatureSource
 from ..errors import InputError
-from ..eval.results import Accuracy
+from ..records.options import FitConfig
+from ..records.results import Accuracy
 from .checkpoints import CheckpointPaths, check_checkpoint, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
@@ -45,7 +45,14 @@ class EpochStats:
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
+    """Linear warm-up, then cosine decay to zero.
+
+    Args:
+        step: the optimizer step about to be taken (from 0).
+        total: the training's total number of steps.
+        warmup: the number of warm-up steps (0: none).
+    Returns:
+        The factor the base learning rate is multiplied by, in ``(0, 1]`` (0 at the end of the decay)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -53,6 +60,13 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def make_optimizer(head: InfoDisentHead, config: FitConfig) -> torch.optim.Optimizer:
+    """AdamW with two parameter groups: the rotation's (``config.rotation_lr``, no weight decay; only when
+    ``config.train_rotation``) and the rest (``config.lr``, ``config.weight_decay``). Each group keeps its
+    ``base_lr`` for the schedule of :func:`lr_factor`.
+
+    Args:
+        head: the head trained (only parameters that require gradients are optimised).
+        config: the training options read."""
     rot = [p for p in head.rotation.parameters() if p.requires_grad] if config.train_rotation else []
     rest = [p for n, p in head.named_parameters() if p.requires_grad and not n.startswith("rotation.")]
     groups = [{"params": rest, "lr": config.lr, "base_lr": config.lr, "weight_decay": config.weight_decay}]
@@ -69,7 +83,14 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, config: FitConfig, reduction:
     With ``teacher`` logits and ``config.distill > 0``: ``(1 - distill) x`` that loss ``+ distill x`` the
     distillation loss at ``distill_temperature`` T (Hinton et al.): ``T^2 KL(softmax(teacher/T) ||
     softmax(logits/T))`` for softmax training, the binary cross-entropy to ``sigmoid(teacher/T)`` per class
-    for sigmoid training."""
+    for sigmoid training.
+
+    Args:
+        logits: the head's logits ``(B, C)``.
+        y: class labels ``(B,)``.
+        config: the training options (``loss``, ``label_smoothing``, ``distill``, ``distill_temperature``).
+        reduction: ``"mean"`` or ``"sum"`` over the batch. Default ``"mean"``.
+        teacher: the teacher's logits ``(B, C)`` for distillation. Default None: no distillation."""
     if config.loss == "softmax":
         hard = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing, reduction="sum")
     elif config.loss == "sigmoid":
@@ -108,10 +129,24 @@ def train_one_epoch(
 ) -> tuple[EpochStats, int]:
     """One pass over ``batches``; U is computed once per optimizer step. Returns stats and the new step.
 
-    ``forward`` is the head wrapped for DDP (:func:`infodisent.data.distributed.ddp`) when several processes
+    ``forward`` is the head wrapped for DDP (:func:`infodisent.distributed.ddp`) when several processes
     train: each holds part of every global batch, and its loss is scaled so that the averaged gradient is
     the gradient of the global batch's mean loss; the stats are summed over processes. ``teacher``: a head
-    whose logits on the same features ``config.distill`` asks to match (frozen, in evaluation mode)."""
+    whose logits on the same features ``config.distill`` asks to match (frozen, in evaluation mode).
+
+    Args:
+        head: the head trained (put in training mode).
+        batches: ``(features, labels)`` batches of one epoch.
+        optimizer: the optimizer, as :func:`make_optimizer` builds it; its learning rates are set per step.
+        step: the optimizer steps taken before this epoch.
+        total_steps: the training's total number of steps (for :func:`lr_factor`).
+        warmup_steps: the number of warm-up steps (for :func:`lr_factor`).
+        config: the training options.
+        progress: a progress bar advanced by the images of each batch. Default None: none.
+        forward: the module the batches go through. Default None: ``head`` itself.
+        teacher: the distillation teacher. Default None: none.
+    Returns:
+        ``(stats, step)``: the epoch's mean loss, top-1, seconds and image count, and the steps taken so far."""
     head.train()
     forward = head if forward is None else forward
     shard = distributed.current()
@@ -189,13 +224,24 @@ def forward_all(head: InfoDisentHead, source: FeatureSource, amp: bool = True, v
 
 
 def predict(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a whole source; U and W are computed once (:func:`forward_all`)."""
+    """Logits and labels of a whole source; U and W are computed once (:func:`forward_all`).
+
+    Args:
+        head: the head (put in eval mode).
+        source: the features.
+        amp: bfloat16 autocast on CUDA. Default True.
+    Returns:
+        ``(logits, labels)`` on the CPU, logits in float32."""
     logits, labels, _ = forward_all(head, source, amp)
     return logits, labels
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
-    """Top-1, top-5 accuracy and cross-entropy of logits against labels."""
+    """Top-1, top-5 accuracy and cross-entropy of logits against labels.
+
+    Args:
+        logits: ``(N, C)`` logits.
+        labels: ``(N,)`` class labels; with none, every metric is NaN."""
     if len(labels) == 0:
         return Accuracy(float("nan"), float("nan"), float("nan"))
     k = min(5, logits.shape[1])
@@ -208,6 +254,12 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Accura
 
 
 def evaluate(head: InfoDisentHead, source: FeatureSource, amp: bool = True) -> Accuracy:
+    """:func:`classification_metrics` of a head on a whole source.
+
+    Args:
+        head: the head (put in eval mode).
+        source: the features.
+        amp: bfloat16 autocast on CUDA. Default True."""
     return classification_metrics(*predict(head, source, amp))
 
 
@@ -235,6 +287,19 @@ def fit(
     each epoch; ``resume=True`` continues from the last finished epoch there, and
     gives the same result as an uninterrupted run (on CPU, for a seed), with any
     number of processes (under ``torchrun``: DDP, rank 0 writes).
+
+    Args:
+        head: the head trained, moved to ``device``.
+        train: the training features (batches reshuffled each epoch).
+        test: features evaluated after the last epoch and every ``config.eval_every`` epochs, or None
+            for no evaluation.
+        config: the training options (epochs, learning rates, seed, ...).
+        paths: where the checkpoint and the history go. Default None: nothing is written.
+        resume: continue from the checkpoint at ``paths`` where there is one. Default False.
+        progress: show a progress bar (on rank 0). Default True.
+        device: where the head trains. Default ``"cpu"``.
+        monitor: hooks told of every epoch, which may ask the training to stop. Default None.
+        teacher: the distillation teacher. Default None: none.
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)

@@ -5,7 +5,7 @@ Cars, ImageNet, or a plain class-per-folder tree) whose images are ``parts``
 images: real photographic parts on textures, class ``c`` = the ``c``-th pair of
 part types. The loaders read it exactly as they read the real release, so a
 tutorial or a reproduction notebook's ``smoke`` profile exercises the real code
-path in seconds, on a machine without the data. The CUB copy also gets
+path on a machine without the data. The CUB copy also gets
 ``bounding_boxes.txt`` (the box around both parts) and ``parts/part_locs.txt``
 (the centre of each part type's visible mask), so CUB's part metrics work on it.
 
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from ..data.datasets.parts import PartsConfig, PartsDataset
+from ..data.datasets.parts import PartsDataset
 from ..errors import InputError
+from ..records.data import PartsConfig
 
 LAYOUTS = ("cub", "stanford_dogs", "stanford_cars", "imagenet", "folder")
 
@@ -48,7 +49,16 @@ def fabricate(
 ) -> Path:
     """Write a miniature of ``layout`` (one of :data:`LAYOUTS`) under ``root``; return the folder to pass as
     ``--root``. Deterministic for a seed; an existing complete copy with the same settings is kept as it is,
-    one with other settings is replaced, and a non-empty folder that ``fabricate`` did not write is refused."""
+    one with other settings is replaced, and a non-empty folder that ``fabricate`` did not write is refused.
+
+    Args:
+        layout: the on-disk layout written, one of :data:`LAYOUTS`.
+        root: the folder written into (a CUB copy goes to ``root/CUB_200_2011``).
+        classes: how many classes, 1 to 15 (the ``parts`` generator's pairs of part types). Default 6.
+        train_per_class: training images per class. Default 10.
+        test_per_class: test images per class. Default 5.
+        image_size: the side of the square images, in pixels, at least 32. Default 160.
+        seed: the seed of the ``parts`` generator. Default 0."""
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not 1 <= classes <= 15:

@@ -65,7 +65,10 @@ def setup(threads: int | None = 2) -> None:
     on; None leaves torch's choice), pandas tables at 3 decimals, PIL images as JPEG only, and plotly figures
     as data (JupyterLab, VS Code; in Colab set ``plotly.io.renderers.default = "colab"``) with a static PNG of
     each beside it (:func:`figure_png`), which GitHub, nbviewer and HTML exports show where plotly's
-    JavaScript does not run."""
+    JavaScript does not run.
+
+    Args:
+        threads: torch's thread count; None leaves torch's choice. Default 2."""
     import pandas as pd
     import plotly.io as pio
     import torch
@@ -153,7 +156,12 @@ def figure_png(fig: Any, dpi: int = 80) -> bytes | None:
     """A static PNG of a plotly figure (a ``go.Figure`` or its dict), drawn with matplotlib (a dependency of
     torchcam, so always there; no browser, no kaleido). It draws what the toolkit's figures use (bars,
     waterfalls, lines and markers, histograms; subplots side by side; titles, axis titles, reversed axes) and
-    returns None for a figure with nothing it can draw."""
+    returns None for a figure with nothing it can draw.
+
+    Args:
+        fig: a plotly ``go.Figure`` or its dict.
+        dpi: the resolution; the figure's size in pixels is its plotly width and height times ``dpi / 100``.
+            Default 80."""
     import io
 
     import numpy as np
@@ -256,7 +264,7 @@ def figure_png(fig: Any, dpi: int = 80) -> bytes | None:
         out.legend(loc="outside lower center", ncols=min(len(legend), 4), fontsize=8, frameon=False)
     buf = io.BytesIO()
     FigureCanvasAgg(out).print_png(buf)
-    # 64 colours: a chart needs no more, and the notebook file stays small (about 5 KB a figure)
+    # 64 colours: a chart needs no more, and the notebook file stays small
     small = io.BytesIO()
     Image.open(buf).convert("RGB").quantize(64, method=Image.Quantize.MEDIANCUT).save(small, "PNG", optimize=True)
     return small.getvalue()

@@ -6,7 +6,7 @@ profiles (:data:`PROFILES`):
 - ``full``: the paper's setting: the real dataset at a root you give, timm's pretrained weights (or a local
   file), the dense head, a GPU, streaming where a feature cache would not fit (ImageNet);
 - ``smoke``: a fabricated miniature in the same on-disk layout (:func:`~infodisent.tutorials.fabricate`), on
-  the CPU, in about a minute: it checks the pipeline, its numbers mean nothing;
+  the CPU: it checks the pipeline, its numbers mean nothing;
 - ``cpu-real``: what a 2-core CPU without a download can run for real: the offline EfficientNet-Lite0 on
   Imagenette (ImageNet layout) or CUB-200-2011 classes 1-50.
 
@@ -28,15 +28,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import RunConfig
 from ..core.backbone import Backbone
-from ..data.datasets import PartsConfig
+from ..data.loader import image_batches
 from ..errors import InputError
-from ..eval.fidelity import classifier_columns, image_batches
-from ..eval.results import Accuracy
+from ..records.data import PartsConfig
+from ..records.options import FitConfig, SparseOptions
+from ..records.results import Accuracy
+from ..records.run import RunConfig
 from ..run import Run
-from ..train.sparse import SparseOptions
-from ..train.training import FitConfig, classification_metrics
+from ..train.teacher import classifier_columns
+from ..train.training import classification_metrics
 from .fabricate import fabricate
 
 PROFILES = ("smoke", "cpu-real", "full")
@@ -63,13 +64,22 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 
 def check_profile(profile: str) -> str:
+    """``profile`` if it is one of :data:`PROFILES`, else an :class:`InputError`.
+
+    Args:
+        profile: a profile's name."""
     if profile not in PROFILES:
         raise InputError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     return profile
 
 
 def real_data(name: str, root: str | Path | None = None) -> Path:
-    """The folder of a ``cpu-real`` dataset (``imagenette`` or ``cub50``), with an error that says where it was looked for."""
+    """The folder of a ``cpu-real`` dataset (``imagenette`` or ``cub50``), with an error that says where it was
+    looked for.
+
+    Args:
+        name: ``"imagenette"`` or ``"cub50"``.
+        root: its folder. Default None: under ``shared/datasets/`` beside the checkout."""
     folders = {"imagenette": "imagenette_mini", "cub50": "cub50/CUB_200_2011"}
     if name not in folders:
         raise InputError(f"unknown cpu-real dataset {name!r}; choose one of {', '.join(folders)}")
@@ -89,7 +99,20 @@ def _smoke(out: Path, dataset: str, epochs: int = 2) -> RunConfig:
 def imagenet_configs(profile: str, out: str | Path = "runs/reproduction/imagenet", root: str | Path | None = None,
                      weights: str = "timm", device: str = "cuda", epochs: int = 30,
                      progress: bool = True) -> dict[str, RunConfig]:
-    """One run per backbone of the ImageNet table: the paper's dense head on the frozen backbone."""
+    """One run per backbone of the ImageNet table: the paper's dense head on the frozen backbone.
+
+    Args:
+        profile: one of :data:`PROFILES`.
+        out: the folder the runs go under, one subfolder per backbone. Default
+            ``"runs/reproduction/imagenet"``.
+        root: the dataset's folder: ImageNet for ``full`` (required there), Imagenette for ``cpu-real``.
+            Default None: for ``cpu-real``, :func:`real_data`'s folder; unused by ``smoke``.
+        weights: the backbones' weights for ``full``: ``"timm"`` (pretrained) or a local file. Default ``"timm"``.
+        device: where ``full`` runs. Default ``"cuda"``.
+        epochs: training epochs of the head for ``cpu-real`` and ``full`` (``smoke`` trains 2). Default 30.
+        progress: show progress bars while the runs train. Default True.
+    Returns:
+        The run configurations, by backbone name."""
     return _with_progress(_imagenet_configs(profile, Path(out), root, weights, device, epochs), progress)
 
 
@@ -119,7 +142,19 @@ def fine_grained_configs(profile: str, out: str | Path = "runs/reproduction/fine
                          roots: dict[str, str] | None = None, backbones: tuple[str, ...] = tuple(IMAGENET["backbone"]),
                          weights: str = "timm", device: str = "cuda", epochs: int = 30,
                          progress: bool = True) -> dict[str, RunConfig]:
-    """Runs of the fine-grained table, keyed ``dataset/backbone``; ``full`` needs ``roots`` per dataset."""
+    """Runs of the fine-grained table, keyed ``dataset/backbone``; ``full`` needs ``roots`` per dataset.
+
+    Args:
+        profile: one of :data:`PROFILES`.
+        out: the folder the runs go under. Default ``"runs/reproduction/fine_grained"``.
+        roots: each dataset's folder, by name (``"cub"``, ``"stanford_cars"``, ``"stanford_dogs"``); ``full``
+            needs all three, ``cpu-real`` reads ``"cub"`` (a 50-class CUB). Default None: for ``cpu-real``,
+            :func:`real_data`'s folder; unused by ``smoke``.
+        backbones: the backbones ``full`` runs on each dataset. Default those of :data:`IMAGENET`.
+        weights: the backbones' weights for ``full``: ``"timm"`` (pretrained) or a local file. Default ``"timm"``.
+        device: where ``full`` runs. Default ``"cuda"``.
+        epochs: training epochs of the head for ``cpu-real`` and ``full`` (``smoke`` trains 2). Default 30.
+        progress: show progress bars while the runs train. Default True."""
     return _with_progress(_fine_grained_configs(profile, Path(out), roots, backbones, weights, device, epochs),
                           progress)
 
@@ -145,7 +180,22 @@ def side_configs(profile: str, out: str | Path = "runs/reproduction/side", root:
                  backbone: str = "swinv2_small_window8_256", epochs: int = 30,
                  progress: bool = True) -> dict[str, RunConfig]:
     """SIDE's size-vs-accuracy sweep: the dense head, then SIDE's sigmoid training pruned to each ``K``
-    channels per class, and at SIDE's K = 5 also the softmax head pruned the same way; one run each."""
+    channels per class, and at SIDE's K = 5 also the softmax head pruned the same way; one run each.
+
+    Args:
+        profile: one of :data:`PROFILES`.
+        out: the folder the runs go under. Default ``"runs/reproduction/side"``.
+        root: the dataset's folder: ImageNet for ``full`` (required there), the 50-class CUB for ``cpu-real``.
+            Default None: for ``cpu-real``, :func:`real_data`'s folder; ``smoke`` uses the ``parts`` dataset.
+        ks: the channels per class pruned to, one sweep run each; ``smoke`` keeps the first two. Default
+            ``(8, 5, 3, 1)``.
+        weights: the backbone's weights for ``full``: ``"timm"`` (pretrained) or a local file. Default ``"timm"``.
+        device: where ``full`` runs. Default ``"cuda"``.
+        backbone: the backbone ``full`` runs on. Default ``"swinv2_small_window8_256"`` (SIDE's SwinV2-S).
+        epochs: training epochs of the head for ``cpu-real`` and ``full`` (``smoke`` trains 2). Default 30.
+        progress: show progress bars while the runs train. Default True.
+    Returns:
+        The run configurations by name: ``"dense"``, ``"side K=<k>"`` and ``"softmax K=5"``."""
     out = Path(out)
     if isinstance(ks, (str, bytes)) or not all(isinstance(k, int) and k >= 1 for k in ks):
         raise InputError(f"ks must be channel counts (integers >= 1), got {ks!r} (papermill: -y 'KS: [5, 1]')")
@@ -181,7 +231,14 @@ def black_box_accuracy(backbone: Backbone, dataset, batch_size: int = 64, num_wo
                        device: str | torch.device = "cpu") -> Accuracy | None:
     """Top-1 and top-5 of the backbone's own ImageNet classifier on an ImageNet-layout split (the "black box"
     column of the paper's table), among the split's classes: on ImageNet-1k the usual 1000-way accuracy, on a
-    subset (Imagenette) the same task InfoDisent's head solves. None when the classes are not ImageNet's."""
+    subset (Imagenette) the same task InfoDisent's head solves. None when the classes are not ImageNet's.
+
+    Args:
+        backbone: the backbone whose ImageNet classifier is scored.
+        dataset: an ImageNet-layout split.
+        batch_size: images per batch. Default 64.
+        num_workers: image-loading processes. Default 0: load in this process.
+        device: where the classifier runs. Default ``"cpu"``."""
     cols = classifier_columns(backbone, dataset)
     if cols is None or cols[0] != "imagenet":
         return None
@@ -200,21 +257,28 @@ def black_box_accuracy(backbone: Backbone, dataset, batch_size: int = 64, num_wo
 
 def summary(run: Run, **extra: Any) -> dict[str, Any]:
     """One row of a reproduction table: the run's test top-1 (%), its linear probe's, the dense head's
-    (a pruned run), channels per class, and ``extra`` columns."""
+    (a pruned run), channels per class, and ``extra`` columns.
+
+    Args:
+        run: an opened, trained run.
+        **extra: further columns of the row, by name (e.g. ``black_box``)."""
     m = run.metrics
     pct = (lambda a: None if a is None else round(100 * a.top1, 1))
     return {
         "dataset": m.dataset, "backbone": m.backbone, "weights": m.weights, "classes": m.num_classes,
         "test_images": m.num_test_evaluated, "infodisent": pct(m.infodisent), "linear_probe": pct(m.linear_probe),
         "dense": pct(m.sparse.dense) if m.sparse else None,
-        "channels_per_class": run.config.channels_per_class, **extra,
+        "channels_per_class": run.config.model.channels_per_class, **extra,
     }
 
 
 def compare_imagenet(ours: pd.DataFrame) -> pd.DataFrame:
     """Our rows (``backbone``, ``black_box``, ``infodisent``, ``linear_probe``, ...) and the published ImageNet
     table, one row per backbone of either. Where the paper did not use a backbone, the comparable quantity is the
-    share of the black box's top-1 that InfoDisent keeps (``kept``)."""
+    share of the black box's top-1 that InfoDisent keeps (``kept``).
+
+    Args:
+        ours: our rows, one per run (:func:`summary` with a ``black_box`` column)."""
     pub = IMAGENET.rename(columns={"black_box": "published black box", "infodisent": "published InfoDisent"})
     order = list(pub["backbone"]) + [b for b in ours["backbone"] if b not in set(pub["backbone"])]
     table = ours.merge(pub, on="backbone", how="outer").set_index("backbone").reindex(order).reset_index()
@@ -227,7 +291,10 @@ def compare_imagenet(ours: pd.DataFrame) -> pd.DataFrame:
 def compare_fine_grained(ours: pd.DataFrame) -> pd.DataFrame:
     """Our best top-1 per dataset next to the paper's best fine-grained top-1. ``difference`` is left empty
     where our run does not have all the dataset's classes (``same_task`` is False): a 50-species CUB is
-    another task than the paper's 200 species."""
+    another task than the paper's 200 species.
+
+    Args:
+        ours: our rows, one per run (:func:`summary`'s, with ``dataset``, ``classes`` and ``infodisent``)."""
     best = ours.sort_values("infodisent", ascending=False).groupby("dataset", sort=False).head(1)
     best = best.assign(published=best["dataset"].map(FINE_GRAINED),
                        same_task=best["classes"] == best["dataset"].map(FINE_GRAINED_CLASSES))
@@ -238,11 +305,16 @@ def compare_fine_grained(ours: pd.DataFrame) -> pd.DataFrame:
 
 def side_row(name: str, run: Run, explanations) -> dict[str, Any]:
     """One row of the SIDE table: the run's accuracy and explanation sizes (``explanations``: its
-    :class:`~infodisent.eval.results.ExplanationMetrics` on the test split)."""
+    :class:`~infodisent.records.results.ExplanationMetrics` on the test split).
+
+    Args:
+        name: the row's name in the ``head`` column (e.g. ``"side K=5"``).
+        run: the opened, trained run.
+        explanations: its explanation metrics on the test split."""
     cfg = run.config.run
     size = explanations.size
     return {"head": name, "loss": cfg.fit.loss if cfg is not None else None,
-            "channels_per_class": run.config.channels_per_class, "top1": round(100 * run.metrics.infodisent.top1, 1),
+            "channels_per_class": run.config.model.channels_per_class, "top1": round(100 * run.metrics.infodisent.top1, 1),
             "global_size": size.global_size, "local_size": size.local_size,
             "channels_for_90pct": size.channels_for_mass, "above_0.2_of_max": size.above_relative,
             "top4_share": size.top_share}
@@ -250,7 +322,10 @@ def side_row(name: str, run: Run, explanations) -> dict[str, Any]:
 
 def compare_side(rows: pd.DataFrame) -> pd.DataFrame:
     """SIDE's claim, row by row: accuracy against the dense head (points) and how much smaller the explanation
-    is (``size_reduction``: 1 - local size / the dense head's local size); the first row must be the dense head."""
+    is (``size_reduction``: 1 - local size / the dense head's local size); the first row must be the dense head.
+
+    Args:
+        rows: :func:`side_row`'s rows, the dense head's first."""
     dense = rows.iloc[0]
     table = rows.copy()
     table["top1 vs dense"] = (table["top1"] - dense["top1"]).round(1)

@@ -26,9 +26,9 @@ from plotly.colors import sample_colorscale, unlabel_rgb
 
 from ..core.geometry import Box
 from ..errors import InputError
-from ..eval.results import Accuracy, Faithfulness, FrontierPoint
 from ..explain.explanation import Explanation
 from ..explain.render import Patch, Renderer, evidence
+from ..records.results import Accuracy, Faithfulness, FrontierPoint
 
 BOX_COLOR = (0, 230, 118)
 POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
@@ -36,13 +36,22 @@ POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
 
 @lru_cache(maxsize=8)
 def colormap(name: str = "Inferno") -> np.ndarray:
-    """A (256, 3) uint8 lookup table sampled from a plotly colour scale."""
+    """A (256, 3) uint8 lookup table sampled from a plotly colour scale.
+
+    Args:
+        name: the plotly colour scale's name. Default ``"Inferno"``."""
     colors = sample_colorscale(name, list(np.linspace(0, 1, 256)))
     return np.array([unlabel_rgb(c) for c in colors]).round().clip(0, 255).astype(np.uint8)
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.55, cmap: str = "Inferno") -> Image.Image:
-    """``image`` with ``heatmap`` (its positive part, scaled to its maximum) blended on top."""
+    """``image`` with ``heatmap`` (its positive part, scaled to its maximum) blended on top.
+
+    Args:
+        image: the picture underneath; resized to the heatmap's size.
+        heatmap: ``(H, W)`` values; negative ones are not drawn.
+        alpha: the opacity of the strongest response (weaker ones are fainter). Default 0.55.
+        cmap: the plotly colour scale of the heatmap. Default ``"Inferno"``."""
     h = np.clip(np.asarray(heatmap, np.float64), 0, None)
     h = h / h.max() if h.max() > 0 else h
     colored = colormap(cmap)[(h * 255).round().astype(int)]
@@ -52,7 +61,13 @@ def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.55, cmap: 
 
 
 def draw_box(image: Image.Image, box: Box, color=BOX_COLOR, width: int = 3) -> Image.Image:
-    """A copy of ``image`` with ``box`` (x0, y0, x1, y1) outlined."""
+    """A copy of ``image`` with ``box`` (x0, y0, x1, y1) outlined.
+
+    Args:
+        image: the picture.
+        box: ``(x0, y0, x1, y1)`` in the picture's pixels, ``x1`` and ``y1`` exclusive.
+        color: the outline's RGB colour. Default ``BOX_COLOR`` (green).
+        width: the outline's width in pixels. Default 3."""
     out = image.convert("RGB").copy()
     x0, y0, x1, y1 = box
     ImageDraw.Draw(out).rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
@@ -61,7 +76,12 @@ def draw_box(image: Image.Image, box: Box, color=BOX_COLOR, width: int = 3) -> I
 
 def patch_image(patch: Patch, mode: str = "crop", size: int = 128) -> Image.Image:
     """One prototype as ``crop`` (the patch around the response), ``box`` (whole view, box drawn)
-    or ``heatmap`` (whole view, channel map blended, box drawn); ``size`` px square."""
+    or ``heatmap`` (whole view, channel map blended, box drawn); ``size`` px square.
+
+    Args:
+        patch: a channel's response on one image (from :meth:`Renderer.prototypes` or :func:`evidence`).
+        mode: ``"crop"``, ``"box"`` or ``"heatmap"``. Default ``"crop"``.
+        size: the side of the square picture, in pixels. Default 128."""
     if mode == "crop":
         img = patch.crop()
     elif mode == "box":
@@ -74,7 +94,12 @@ def patch_image(patch: Patch, mode: str = "crop", size: int = 128) -> Image.Imag
 
 
 def strip(images: Sequence[Image.Image], gap: int = 4, background=(255, 255, 255)) -> Image.Image:
-    """Images side by side (same height expected)."""
+    """Images side by side (same height expected).
+
+    Args:
+        images: the pictures, left to right; none gives a 1 x 1 picture.
+        gap: pixels between two pictures. Default 4.
+        background: the RGB colour of the gaps. Default white."""
     if not images:
         return Image.new("RGB", (1, 1), background)
     h = max(i.height for i in images)
@@ -87,7 +112,12 @@ def strip(images: Sequence[Image.Image], gap: int = 4, background=(255, 255, 255
 
 
 def stack(images: Sequence[Image.Image], gap: int = 6, background=(255, 255, 255)) -> Image.Image:
-    """Images one above the other, left-aligned."""
+    """Images one above the other, left-aligned.
+
+    Args:
+        images: the pictures, top to bottom; none gives a 1 x 1 picture.
+        gap: pixels between two pictures. Default 6.
+        background: the RGB colour of the gaps and margins. Default white."""
     if not images:
         return Image.new("RGB", (1, 1), background)
     out = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images) + gap * (len(images) - 1)), background)
@@ -99,7 +129,12 @@ def stack(images: Sequence[Image.Image], gap: int = 6, background=(255, 255, 255
 
 
 def caption(img: Image.Image, text: str, height: int = 18) -> Image.Image:
-    """``img`` with a line of text above it."""
+    """``img`` with a line of text above it.
+
+    Args:
+        img: the picture.
+        text: the caption, one line.
+        height: the pixels added above the picture for it. Default 18."""
     out = Image.new("RGB", (max(img.width, 7 * len(text)), img.height + height), (255, 255, 255))
     out.paste(img, (0, height))
     ImageDraw.Draw(out).text((2, 3), text, fill=(0, 0, 0))
@@ -109,7 +144,15 @@ def caption(img: Image.Image, text: str, height: int = 18) -> Image.Image:
 def evidence_image(expl: Explanation, renderer: Renderer, n: int = 4, size: int = 144, prototypes: int = 4,
                    negative: bool = False) -> Image.Image:
     """One row per top channel of a one-image explanation: its heatmap and box on this image, then
-    its first ``prototypes`` prototype patches of the same side (from ``renderer``'s index)."""
+    its first ``prototypes`` prototype patches of the same side (from ``renderer``'s index).
+
+    Args:
+        expl: a one-image explanation.
+        renderer: draws the prototypes from the run's prototype index.
+        n: how many channels (rows). Default 4.
+        size: the side of each picture, in pixels. Default 144.
+        prototypes: prototype patches per row; 0 draws none. Default 4.
+        negative: show the channels that count against the class instead of those for it. Default False."""
     chosen = [e for e in expl.evidence(n) if (e.contribution < 0) == negative][:n]
     rows = []
     for e in chosen:
@@ -149,7 +192,11 @@ def _strongest(expl: Explanation, n: int) -> tuple[pd.DataFrame, pd.DataFrame, s
 
 
 def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
-    """The logit of the explained class as bars: top positive and negative channels, the rest, the bias."""
+    """The logit of the explained class as bars: top positive and negative channels, the rest, the bias.
+
+    Args:
+        expl: a one-image explanation.
+        n: how many channels of each sign get their own bar. Default 10."""
     pos, neg, shown, rest, others = _strongest(expl, n)
     labels = [f"ch {c}" for c in pos["channel"]] + ([f"{others} others"] if others else []) \
         + [f"ch {c}" for c in neg["channel"]]
@@ -176,7 +223,12 @@ def contributions_figure(expl: Explanation, n: int = 10) -> go.Figure:
 
 def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
     """Why the explained class and not ``other``: the largest channel-wise differences both ways, each bar
-    labelled with the channel's contribution to either class."""
+    labelled with the channel's contribution to either class.
+
+    Args:
+        expl: a one-image explanation.
+        other: the class compared with, by index.
+        n: how many channels each way get a bar. Default 10."""
     t = expl.versus(other)
     top = t[t["difference"] > 0].head(n)  # channels that favour the explained class
     bottom = t[t["difference"] < 0].tail(n)[::-1]  # channels that favour the other
@@ -211,7 +263,11 @@ def versus_figure(expl: Explanation, other: int, n: int = 10) -> go.Figure:
 def waterfall_figure(expl: Explanation, n: int = 8) -> go.Figure:
     """The explained class's logit built up channel by channel: the ``n`` strongest positive contributions,
     the rest in one step, the ``n`` strongest negative ones and the bias, ending on the logit itself.
-    Each channel's step carries its number in ``customdata`` (for clicks)."""
+    Each channel's step carries its number in ``customdata`` (for clicks).
+
+    Args:
+        expl: a one-image explanation.
+        n: how many channels of each sign get their own step. Default 8."""
     pos, neg, shown, rest, others = _strongest(expl, n)
     neg = neg[::-1]  # the strongest first
     labels = [f"ch {c}" for c in pos["channel"]] + ([f"{others} others"] if others else []) \
@@ -244,7 +300,12 @@ def waterfall_figure(expl: Explanation, n: int = 8) -> go.Figure:
 
 
 def classes_figure(classes: pd.DataFrame, channel: int, n: int = 10) -> go.Figure:
-    """The classes that weigh a channel (``explain_channel(...).classes``), heaviest first."""
+    """The classes that weigh a channel (``explain_channel(...).classes``), heaviest first.
+
+    Args:
+        classes: the table, with columns ``class``, ``name`` and ``weight``, heaviest first.
+        channel: the channel, for the title.
+        n: how many classes get a bar. Default 10."""
     top = classes.head(n)
     fig = go.Figure(go.Bar(x=top["weight"], y=[str(x) for x in top["name"]], orientation="h",
                            marker_color=POSITIVE, customdata=top["class"],
@@ -261,7 +322,13 @@ def classes_figure(classes: pd.DataFrame, channel: int, n: int = 10) -> go.Figur
 def value_histogram(values: np.ndarray, channel: int, marks: dict[str, np.ndarray] | None = None,
                     bins: int = 40) -> go.Figure:
     """The distribution of a channel's pooled value ``v_d`` over a split, with ``marks`` (e.g. the images
-    of the shown prototypes: ``{"positive prototypes": values, "negative prototypes": values}``)."""
+    of the shown prototypes: ``{"positive prototypes": values, "negative prototypes": values}``).
+
+    Args:
+        values: the channel's pooled value on each image; non-finite ones are left out.
+        channel: the channel, for the title.
+        marks: values to mark under the histogram, by legend name. Default None: none.
+        bins: the histogram's bins. Default 40."""
     values = np.asarray(values, np.float64)
     values = values[np.isfinite(values)]
     fig = go.Figure(go.Histogram(x=values, nbinsx=bins, marker_color="#90a4ae", name="all images",
@@ -282,7 +349,10 @@ def value_histogram(values: np.ndarray, channel: int, marks: dict[str, np.ndarra
 
 
 def history_figure(history: pd.DataFrame) -> go.Figure:
-    """Loss and top-1 per epoch of a training (``history.csv`` or a monitor's rows)."""
+    """Loss and top-1 per epoch of a training (``history.csv`` or a monitor's rows).
+
+    Args:
+        history: rows with ``epoch`` and any of ``train_loss``, ``test_loss``, ``train_top1``, ``test_top1``."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "top-1"))
@@ -302,7 +372,10 @@ def history_figure(history: pd.DataFrame) -> go.Figure:
 
 
 def faithfulness_figure(faith: Faithfulness) -> go.Figure:
-    """Removal curves (``run.metrics.explanations.faithfulness``): top-k vs random channels."""
+    """Removal curves (``run.metrics.explanations.faithfulness``): top-k vs random channels.
+
+    Args:
+        faith: the faithfulness metrics, whose ``curves`` are drawn."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("drop of the predicted logit", "top-1 accuracy"))
@@ -326,11 +399,11 @@ def frontier_figure(points: Sequence[FrontierPoint], probe: Accuracy | None = No
 
     Args:
         points: the kept heads; the dense one is drawn as a line across (and a point at the right edge).
-        probe: the linear probe's accuracy, drawn as a dotted line (default None: not drawn).
-        chosen: the K the run's rule chose, before any escalation (default None: not marked); the head shown
-            is ringed.
+        probe: the linear probe's accuracy, drawn as a dotted line. Default None: not drawn.
+        chosen: the K the run's rule chose, before any escalation; the head shown is ringed. Default None:
+            not marked.
         peers: other sparse layers' test top-1, by name: (weights per class, top-1) pairs drawn beside the
-            compact heads (default None: none), e.g. glm-saga's (``benchmarks/peers.py``).
+            compact heads, e.g. glm-saga's (``benchmarks/peers.py``). Default None: none.
     """
     from plotly.subplots import make_subplots
 
@@ -377,7 +450,12 @@ def frontier_figure(points: Sequence[FrontierPoint], probe: Accuracy | None = No
 
 
 def to_data_uri(img: Image.Image, fmt: str = "JPEG", quality: int = 88) -> str:
-    """A PIL image as a ``data:`` URI (for self-contained HTML)."""
+    """A PIL image as a ``data:`` URI (for self-contained HTML).
+
+    Args:
+        img: the picture; converted to RGB.
+        fmt: the PIL format it is encoded in. Default ``"JPEG"``.
+        quality: the JPEG quality, 1 to 95. Default 88."""
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format=fmt, quality=quality)
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()

@@ -10,18 +10,45 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from ..eval.results import RunMetrics, frontier_steps, frontier_table, head_key
-from ..explain.explanation import explain_class
-from ..explain.prototypes import StaleIndexError
+from ..core.model import InfoDisent
+from ..data.datasets import ImageDataset
+from ..explain.explanation import Explanation, explain_class
+from ..explain.prototypes import PrototypeIndex, StaleIndexError
+from ..explain.render import Renderer
 from ..io import atomic_write_text
-from ..pipeline import mine_run
-from ..run import Run
-from . import plots
+from ..records.results import RunMetrics, frontier_table, head_key
+from ..records.run import RunRecord
+from . import plots, sentences
+
+
+class RunView(Protocol):
+    """What the report reads of a run: :class:`infodisent.run.Run` is one (``open_run(path)``)."""
+
+    path: Path
+    config: RunRecord
+    model: InfoDisent
+    metrics: RunMetrics
+
+    @property
+    def files(self) -> Any: ...  # the run directory's file names (RunFiles)
+
+    @property
+    def head_files(self) -> Any: ...  # those of the head shown (a kept head's own folder)
+
+    def renderer(self, split: str = "train") -> Renderer: ...
+
+    def index(self, split: str = "train") -> PrototypeIndex: ...
+
+    def mine(self, split: str = "train", **kwargs: Any) -> PrototypeIndex: ...
+
+    def dataset(self, split: str = "test") -> ImageDataset: ...
+
+    def explain(self, images: Any) -> list[Explanation]: ...
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#212121}
@@ -65,16 +92,16 @@ def _metrics_section(metrics: RunMetrics, fig: _Figures) -> str:
              metrics.table().to_html(float_format=lambda v: f"{v:.4f}", na_rep="–")]
     sel = metrics.sparse.selection if metrics.sparse is not None else None
     if metrics.sparse is not None:
-        parts.append(f"<p>{html.escape(metrics.sparse.cost(metrics.infodisent))}.</p>")
+        parts.append(f"<p>{html.escape(sentences.compactness_cost(metrics.sparse, metrics.infodisent))}.</p>")
     if sel is not None and sel.loss:  # how K was chosen, and, loudly, a missed accuracy budget or the fallback
         style = "" if sel.within_tolerance else " class='warning'"
-        parts.append(f"<p{style}>{html.escape(sel.budget())}.</p>")
+        parts.append(f"<p{style}>{html.escape(sentences.budget(sel))}.</p>")
     if metrics.frontier:
         parts.append(_frontier_section(metrics, fig))
     if metrics.agreement is not None:
-        parts.append(f"<p>{html.escape(metrics.agreement.sentence())}.</p>")
+        parts.append(f"<p>{html.escape(sentences.agreement(metrics.agreement))}.</p>")
     if metrics.sanity is not None:
-        parts.extend(f"<p>{html.escape(line)}.</p>" for line in metrics.sanity.sentence().split("\n"))
+        parts.extend(f"<p>{html.escape(line)}.</p>" for line in sentences.sanity(metrics.sanity).split("\n"))
     ex = metrics.explanations
     if ex:
         d = ex.to_dict()
@@ -96,7 +123,7 @@ def _frontier_section(metrics: RunMetrics, fig: _Figures) -> str:
     sel = metrics.sparse.selection if metrics.sparse is not None else None
     chosen = metrics.selected.chosen if metrics.selected is not None else (sel.channels_per_class if sel else None)
     rule = sel.rule_choice if sel is not None else chosen
-    steps = frontier_steps(metrics.frontier)
+    steps = sentences.frontier_steps(metrics.frontier)
     shown = next((p for p in metrics.frontier if p.shown), None)
     note = (f"<p class='warning'>Shown: K={shown.key}, selected after training (the rule chose "
             f"K={head_key(chosen)}).</p>" if metrics.selected is not None and shown else "")
@@ -111,7 +138,7 @@ def _frontier_section(metrics: RunMetrics, fig: _Figures) -> str:
             "(<code>run.with_k(K)</code> in Python).</p>")
 
 
-def _class_section(run: Run, classes: list[int], channels: int, prototypes: int) -> str:
+def _class_section(run: RunView, classes: list[int], channels: int, prototypes: int) -> str:
     parts = ["<h2>Classes and their prototypes</h2><p class='muted'>For each class, its heaviest channels "
              "(weight W[c,d], share of the class's total weight), each shown by its top training patches "
              "(box = grid cell of the strongest response).</p>"]
@@ -134,7 +161,7 @@ def _class_section(run: Run, classes: list[int], channels: int, prototypes: int)
     return "\n".join(parts)
 
 
-def _samples_section(run: Run, n: int, fig: _Figures, seed: int) -> str:
+def _samples_section(run: RunView, n: int, fig: _Figures, seed: int) -> str:
     ds = run.dataset("test")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False).tolist())
@@ -158,7 +185,7 @@ def _samples_section(run: Run, n: int, fig: _Figures, seed: int) -> str:
 
 
 def write_report(
-    run: Run | str | Path,
+    run: RunView,
     out: str | Path | None = None,
     *,
     classes: list[int] | None = None,
@@ -169,20 +196,32 @@ def write_report(
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Write the report (default ``<run>/report.html``); mines the training split first if needed."""
-    run = run if isinstance(run, Run) else Run.open(run)
+    """Write the report; mines the training split first if needed.
+
+    Args:
+        run: an opened run (``infodisent.open_run(path)``).
+        out: the HTML file. Default None: ``report.html`` in the run directory (a kept head's own folder).
+        classes: the classes whose prototypes are shown. Default None: the first ``max_classes``.
+        max_classes: how many classes by default. Default 20.
+        channels: heaviest channels shown per class. Default 3.
+        prototypes: training patches shown per channel. Default 5.
+        samples: test images explained. Default 6 (0: none).
+        seed: draws the test images. Default 0.
+        progress: show the mining's progress bar. Default True.
+    Returns:
+        The path written."""
     try:
         run.index("train")
     except (FileNotFoundError, StaleIndexError):
-        mine_run(run, "train", progress=progress)
+        run.mine("train", progress=progress)
     metrics = run.metrics if run.files.metrics.is_file() else None
     fig = _Figures()
-    num_classes = run.config.num_classes
+    num_classes = run.config.model.num_classes
     classes = classes if classes is not None else list(range(min(max_classes, num_classes)))
     body = [
         f"<h1>InfoDisent report</h1><p class='muted'>{html.escape(str(run.path))} · "
-        f"{num_classes} classes · {run.config.backbone.num_features} channels · "
-        f"head <code>{html.escape(json.dumps(run.config.head.to_dict()))}</code></p>",
+        f"{num_classes} classes · {run.config.model.backbone.num_features} channels · "
+        f"head <code>{html.escape(json.dumps(run.config.model.head.to_dict()))}</code></p>",
         _metrics_section(metrics, fig) if metrics else "<p>No metrics.json in this run.</p>",
         _samples_section(run, samples, fig, seed) if samples else "",
         _class_section(run, classes, channels, prototypes),

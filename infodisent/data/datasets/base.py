@@ -16,7 +16,13 @@ from ...errors import InfodisentError, InputError
 
 
 class DatasetLayoutError(InfodisentError, FileNotFoundError):
-    """A dataset root that does not have the expected on-disk layout."""
+    """A dataset root that does not have the expected on-disk layout.
+
+    Args:
+        dataset: the dataset's name.
+        root: the folder that was given.
+        layout: a description of the expected layout, shown in the message.
+        problem: what is wrong, e.g. ``"missing classes.txt"``."""
 
     def __init__(self, dataset: str, root: Path | str, layout: str, problem: str):
         self.dataset, self.root, self.layout = dataset, Path(root), layout
@@ -24,7 +30,11 @@ class DatasetLayoutError(InfodisentError, FileNotFoundError):
 
 
 class ImageReadError(InfodisentError, OSError):
-    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+    """An image file that cannot be decoded (corrupt, truncated, not an image).
+
+    Args:
+        path: the image file.
+        reason: why it cannot be read."""
 
     def __init__(self, path: str, reason: str):
         self.path, self.reason = path, reason
@@ -37,7 +47,10 @@ class SkippedImageWarning(UserWarning):
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: greyscale, CMYK, 16-bit, palette and alpha images
-    (transparent areas composited onto white)."""
+    (transparent areas composited onto white).
+
+    Args:
+        img: an image in any mode; returned as is when it is RGB already."""
     if img.mode == "RGB":
         return img
     if img.mode == "P":
@@ -55,7 +68,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully and return it as RGB; :class:`ImageReadError` names the path."""
+    """Decode an image file fully and return it as RGB; :class:`ImageReadError` names the path.
+
+    Args:
+        path: the image file."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -89,6 +105,15 @@ class ImageDataset(torch.utils.data.Dataset):
     Subclasses provide ``load_image(i)`` (a PIL RGB image) and ``labels``;
     file-based datasets also ``paths``. ``dataset[i]`` applies ``transform``
     and returns ``(image, label, i)``.
+
+    Args:
+        labels: each sample's class index.
+        classes: the class names, in label order.
+        split: the split the samples come from, ``"train"`` or ``"test"``.
+        root: the folder the files live under (paths below it are keyed relative to it). Default None.
+        paths: each sample's image file. Default None: a dataset without files, which overrides
+            ``load_image``.
+        transform: applied to each image in ``dataset[i]``. Default None: the PIL image as read.
     """
 
     name: str = "images"
@@ -117,6 +142,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.classes)
 
     def load_image(self, i: int) -> Image.Image:
+        """Sample ``i``'s image as RGB, before ``transform``.
+
+        Args:
+            i: the sample's index."""
         if self.paths is None:
             raise NotImplementedError(f"{type(self).__name__} has no files; it must override load_image")
         return read_image(self.paths[i])
@@ -141,7 +170,15 @@ class ImageDataset(torch.utils.data.Dataset):
 def limit_classes(
     paths: list[str], labels: list[int], classes: list[str], max_classes: int | None
 ) -> tuple[list[str], list[int], list[str]]:
-    """Keep the first ``max_classes`` classes (in the dataset's own order)."""
+    """Keep the first ``max_classes`` classes (in the dataset's own order).
+
+    Args:
+        paths: each sample's image file.
+        labels: each sample's class index.
+        classes: the class names, in label order.
+        max_classes: how many classes to keep; None or at least ``len(classes)`` keeps all.
+    Returns:
+        ``(paths, labels, classes)`` of the kept samples and classes."""
     if max_classes is None or max_classes >= len(classes):
         return paths, labels, classes
     if max_classes < 1:
@@ -154,7 +191,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def scan_class_folders(folder: Path) -> tuple[list[str], list[int], list[str]]:
-    """``folder/<class>/<image>`` → paths, labels, sorted class names. Hidden entries are ignored."""
+    """``folder/<class>/<image>`` → paths, labels, sorted class names. Hidden entries are ignored.
+
+    Args:
+        folder: the folder holding one subfolder per class."""
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for y, c in enumerate(classes):

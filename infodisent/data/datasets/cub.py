@@ -22,6 +22,11 @@ _REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "cl
 
 
 def find_root(root: Path) -> Path:
+    """The ``CUB_200_2011`` folder: ``root`` itself or its child of that name; a
+    :class:`DatasetLayoutError` when neither has the official files.
+
+    Args:
+        root: the folder given as the dataset's root."""
     root = Path(root).expanduser()
     for cand in (root, root / "CUB_200_2011"):
         if all((cand / f).is_file() for f in _REQUIRED) and (cand / "images").is_dir():
@@ -36,7 +41,13 @@ def _table(path: Path, names: list[str]) -> pd.DataFrame:
 
 class CUB200(ImageDataset):
     """CUB-200-2011. ``boxes`` and ``part_locs`` are DataFrames indexed like the dataset
-    (pixel coordinates of the files on disk); ``image_ids`` are the official ids."""
+    (pixel coordinates of the files on disk); ``image_ids`` are the official ids.
+
+    Args:
+        root: the ``CUB_200_2011`` folder or its parent.
+        split: ``"train"``; any other split reads the official test images. Default ``"train"``.
+        transform: applied to each image. Default None: the PIL image as read.
+        max_classes: keep only the first this many classes. Default None: all 200."""
 
     name = "cub"
 

@@ -17,7 +17,19 @@ _TEST_NAMES = ("test", "val", "valid", "validation")
 
 
 class ImageFolderDataset(ImageDataset):
-    """Folder-per-class images. Class order: sorted folder names (the train split's)."""
+    """Folder-per-class images. Class order: sorted folder names (the train split's).
+
+    Args:
+        root: the folder holding ``train/`` and ``test/`` (or ``val/``), or the class folders themselves.
+        split: ``"train"``; any other split reads the test folder, or the held-out part of a root without
+            split folders. Default ``"train"``.
+        transform: applied to each image. Default None: the PIL image as read.
+        max_classes: keep only the first this many classes. Default None: all.
+        test_fraction: without split folders, the share of each class's images that forms the test split.
+            Default 0.2.
+        seed: without split folders, the seed of that split. Default 0.
+        layout: the expected layout, shown when the root does not have it. Default this module's
+            ``LAYOUT``."""
 
     name = "folder"
 

@@ -18,7 +18,13 @@ LAYOUT = """\
 class ImageNet(ImageFolderDataset):
     """ImageNet-style folders. ``imagenet_index[c]`` maps class ``c`` to its index among
     the 1000 ImageNet-1k classes (for checking a backbone's own classifier), and class
-    names are WordNet descriptions where the wnid is known."""
+    names are WordNet descriptions where the wnid is known.
+
+    Args:
+        root: the folder holding ``train/`` and ``val/``.
+        split: ``"train"``; any other split reads ``val/``. Default ``"train"``.
+        transform: applied to each image. Default None: the PIL image as read.
+        max_classes: keep only the first this many classes (sorted wnids). Default None: all."""
 
     name = "imagenet"
 

@@ -10,60 +10,26 @@ types: with 6 part types there are 15 classes, and every part type occurs in
 ground-truth mask per part type (what is visible of it after occlusion).
 
 Images are generated on the fly from ``(seed, split, index)``: deterministic,
-no download, a few milliseconds each.
+no download.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageDraw
 from skimage import data as skdata
 
-from ...errors import InputError
+from ...records.data import PartsConfig
 from .base import ImageDataset
 
 PART_TYPES = ("cat", "cup", "astronaut", "rocket", "retina", "horse")
 DISTRACTORS = ("moon", "galaxies", "tissue", "logo")
 TEXTURES = ("brick", "grass", "gravel")
 _SPLIT_CODE = {"train": 1, "test": 2}
-
-
-@dataclass(frozen=True)
-class PartsConfig:
-    """Generation parameters. The defaults give the project's demo difficulty."""
-
-    image_size: int = 224
-    train_per_class: int = 60
-    test_per_class: int = 30
-    scale: tuple[float, float] = (0.17, 0.37)  # part size as a fraction of the image side
-    max_distractors: int = 1  # 0..max_distractors objects of no class, uniformly
-    margin: float = 0.08  # keep parts this far from the border (survives a centre crop)
-    seed: int = 0
-    # A planted shortcut (Waterbirds-style, with ground truth): a small mark on ``shortcut_share`` of the
-    # training images of class ``shortcut_class``, and on ``shortcut_test_share`` of all test images at
-    # random (0: a clean test set; e.g. 0.5: a shifted one, where the mark says nothing of the class).
-    shortcut_class: int | None = None
-    shortcut_share: float = 0.95
-    shortcut_test_share: float = 0.0
-    shortcut_size: float = 0.25  # the mark's side, as a fraction of the image side (56 px at 224)
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.shortcut_share <= 1 and 0 <= self.shortcut_test_share <= 1 and 0 < self.shortcut_size < 0.5):
-            raise InputError("PartsConfig needs shortcut_share and shortcut_test_share in [0, 1] and "
-                             f"0 < shortcut_size < 0.5; got {self}")
-
-    def per_class(self, split: str) -> int:
-        return self.train_per_class if split == "train" else self.test_per_class
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PartsConfig":
-        """Rebuild from its ``asdict`` form as read back from JSON (lists become tuples again)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def _ellipse_alpha(h: int, w: int) -> np.ndarray:
@@ -113,6 +79,12 @@ class PartsDataset(ImageDataset):
 
     ``masks(i)`` gives a ``(num_parts, H, W)`` boolean array, one mask per part
     type in ``part_names`` order; ``parts_of_class[c]`` the two part types of class ``c``.
+
+    Args:
+        split: ``"train"`` or ``"test"``; each split draws its own images. Default ``"train"``.
+        transform: applied to each image. Default None: the PIL image as generated.
+        max_classes: keep only the first this many part pairs. Default None: all 15.
+        config: the generation settings. Default None: :class:`PartsConfig`'s defaults.
     """
 
     name = "parts"
@@ -147,7 +119,10 @@ class PartsDataset(ImageDataset):
         return np.random.default_rng([self.config.seed, _SPLIT_CODE.get(self.split, 3), i])
 
     def render(self, i: int) -> tuple[Image.Image, np.ndarray]:
-        """Image ``i`` and its ``(num_parts, H, W)`` boolean part masks."""
+        """Image ``i`` and its ``(num_parts, H, W)`` boolean part masks.
+
+        Args:
+            i: the sample's index."""
         return self._render(i)[:2]
 
     def _render(self, i: int) -> tuple[Image.Image, np.ndarray, tuple[int, int, int, int] | None]:
@@ -233,13 +208,25 @@ class PartsDataset(ImageDataset):
         return s, best
 
     def load_image(self, i: int) -> Image.Image:
+        """Image ``i``, generated.
+
+        Args:
+            i: the sample's index."""
         return self.render(i)[0]
 
     def masks(self, i: int) -> np.ndarray:
+        """Image ``i``'s ``(num_parts, H, W)`` boolean masks, one per part type in ``part_names`` order: what is
+        visible of each part.
+
+        Args:
+            i: the sample's index."""
         return self.render(i)[1]
 
     def has_mark(self, i: int) -> bool:
-        """Whether image ``i`` carries the planted shortcut's mark (see :class:`PartsConfig`)."""
+        """Whether image ``i`` carries the planted shortcut's mark (see :class:`PartsConfig`).
+
+        Args:
+            i: the sample's index."""
         cfg = self.config
         if cfg.shortcut_class is None:
             return False
@@ -250,7 +237,10 @@ class PartsDataset(ImageDataset):
 
     def mark_box(self, i: int) -> tuple[int, int, int, int] | None:
         """``(x0, y0, x1, y1)`` of image ``i``'s mark, in pixels (None without one): the ground truth of the
-        shortcut, which covers no part (it is placed where it overlaps the objects least)."""
+        shortcut, which covers no part (it is placed where it overlaps the objects least).
+
+        Args:
+            i: the sample's index."""
         return self._render(i)[2] if self.has_mark(i) else None
 
     def describe(self) -> str:

@@ -24,7 +24,13 @@ def _annos(path: Path) -> tuple[list[str], list[int]]:
 
 
 def stanford_cars(root: Path | str, split: str = "train", transform=None, max_classes: int | None = None) -> ImageDataset:
-    """Stanford Cars from the devkit layout, or from a folder-per-class export."""
+    """Stanford Cars from the devkit layout, or from a folder-per-class export.
+
+    Args:
+        root: the dataset's folder.
+        split: ``"train"`` or ``"test"``. Default ``"train"``.
+        transform: applied to each image. Default None: the PIL image as read.
+        max_classes: keep only the first this many classes. Default None: all 196."""
     root = Path(root).expanduser()
     if not (root / "devkit").is_dir() and (root / "train").is_dir():
         ds = ImageFolderDataset(root, split, transform, max_classes, layout=LAYOUT)
@@ -34,7 +40,13 @@ def stanford_cars(root: Path | str, split: str = "train", transform=None, max_cl
 
 
 class StanfordCars(ImageDataset):
-    """Stanford Cars, 196 models, from the devkit's annotations."""
+    """Stanford Cars, 196 models, from the devkit's annotations.
+
+    Args:
+        root: the folder holding ``devkit/``, ``cars_train/`` and ``cars_test/``.
+        split: ``"train"``; any other split reads the test images. Default ``"train"``.
+        transform: applied to each image. Default None: the PIL image as read.
+        max_classes: keep only the first this many classes. Default None: all 196."""
 
     name = "stanford_cars"
 

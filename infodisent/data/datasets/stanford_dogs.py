@@ -23,7 +23,13 @@ def _mat_str(x) -> str:
 
 
 class StanfordDogs(ImageDataset):
-    """Stanford Dogs, 120 breeds, official train/test lists."""
+    """Stanford Dogs, 120 breeds, official train/test lists.
+
+    Args:
+        root: the folder holding ``Images/`` and ``lists/``.
+        split: ``"train"``; any other split reads the test list. Default ``"train"``.
+        transform: applied to each image. Default None: the PIL image as read.
+        max_classes: keep only the first this many classes. Default None: all 120."""
 
     name = "stanford_dogs"
 

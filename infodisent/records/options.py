@@ -1,14 +1,15 @@
-"""The options every layer reads, in one module that imports nothing of the package: how a head is
+"""The options every layer reads: how a head is
 trained (:class:`FitConfig`), how it is pruned to a compact head (:class:`SparseOptions`), the two sides of
 a channel (:data:`Side`) and the weight below which a channel has no say (:data:`WEIGHT_THRESHOLD`). Opening
 a model reads these without importing the training loop or the cache writer."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_type_hints
 
 from ..errors import InputError
+from .serialize import Record
 
 Loss = Literal["softmax", "sigmoid"]
 Side = Literal["pos", "neg"]  # a channel's positive (max ReLU(J)) or negative (max ReLU(-J)) side
@@ -16,7 +17,10 @@ WEIGHT_THRESHOLD = 1e-3  # W[c, d] above this: channel d has a say in class c (s
 
 
 def check_choices(obj: Any) -> None:
-    """Raise ``ValueError`` naming the allowed values when a ``Literal`` field of dataclass ``obj`` holds another."""
+    """Raise ``ValueError`` naming the allowed values when a ``Literal`` field of dataclass ``obj`` holds another.
+
+    Args:
+        obj: a dataclass instance; only its fields annotated with a ``Literal`` are checked."""
     for name, tp in get_type_hints(type(obj)).items():
         allowed = get_args(tp) if getattr(tp, "__origin__", None) is Literal else None
         if allowed and getattr(obj, name) not in allowed:
@@ -24,7 +28,7 @@ def check_choices(obj: Any) -> None:
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(Record):
     """Optimisation settings (stored in the run's ``config.json``)."""
 
     epochs: int = 30
@@ -50,12 +54,9 @@ class FitConfig:
             raise InputError(f"FitConfig needs 0 <= distill <= 1 and distill_temperature > 0; got {self.distill}, "
                              f"{self.distill_temperature}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class SparseOptions:
+class SparseOptions(Record):
     """Pruning settings: ``channels_per_class`` after the last round, then ``finetune_epochs`` of fine-tuning.
 
     ``channels_per_class=None`` (the default) lets the data choose K: a ``validation`` share of each
@@ -127,7 +128,10 @@ class SparseOptions:
 
     def schedule(self, num_features: int) -> list[int]:
         """Channels per class after each round: 1/ratio per round down to K (or the largest candidate),
-        then, when K is chosen, each smaller candidate."""
+        then, when K is chosen, each smaller candidate.
+
+        Args:
+            num_features: the dense head's channel count D; the first round keeps fewer."""
         top = self.channels_per_class or self.candidates[-1]
         ks = [top]
         while self.ratio > 1 and ks[-1] * self.ratio < num_features:
@@ -136,20 +140,34 @@ class SparseOptions:
 
     def extra_frontier(self, num_features: int) -> list[int]:
         """The K of :attr:`frontier` that pruning trains beside the candidates (or the given K), largest
-        first: those below ``num_features`` that the rounds do not already give as a final head."""
+        first: those below ``num_features`` that the rounds do not already give as a final head.
+
+        Args:
+            num_features: the dense head's channel count D."""
         done = set(self.candidates) if self.chosen else {self.channels_per_class}
         return sorted((k for k in self.frontier if k < num_features and k not in done), reverse=True)
 
     def escalation(self, num_features: int) -> list[int]:
         """The K tried, smallest first, when no candidate keeps the budget: twice the largest candidate,
-        then the K of each earlier round (whose heads are kept for this), all below ``num_features``."""
+        then the K of each earlier round (whose heads are kept for this), all below ``num_features``.
+
+        Args:
+            num_features: the dense head's channel count D."""
         top = self.candidates[-1]
         rounds = [k for k in self.schedule(num_features) if k > top]
         return sorted(k for k in {2 * top, *rounds} if k < num_features)
 
     def shared_budget(self, k: int, num_features: int, num_classes: int) -> int | None:
         """The shared channel budget of a head with ``k`` channels per class (escalation): ``channels_total``
-        scaled by ``k`` over the largest candidate, as long as that is a real limit."""
+        scaled by ``k`` over the largest candidate, as long as that is a real limit.
+
+        Args:
+            k: the head's channels per class.
+            num_features: the dense head's channel count D.
+            num_classes: the class count C.
+        Returns:
+            The budget, or None when there is no ``channels_total`` or the budget would not limit anything
+            (at least ``k * num_classes`` or ``num_features``)."""
         if self.channels_total is None:
             return None
         total = self.channels_total * k // (self.channels_per_class or self.candidates[-1])
@@ -157,7 +175,13 @@ class SparseOptions:
 
     def budgets(self, num_features: int, num_classes: int) -> list[int | None]:
         """The shared channel budget of each round of :meth:`schedule` (None: no shared budget yet): the
-        final ``channels_total``, ``ratio`` times more per earlier round, as long as that is a real limit."""
+        final ``channels_total``, ``ratio`` times more per earlier round, as long as that is a real limit.
+
+        Args:
+            num_features: the dense head's channel count D.
+            num_classes: the class count C.
+        Returns:
+            One budget, or None, per round of :meth:`schedule`."""
         ks = self.schedule(num_features)
         if self.channels_total is None:
             return [None] * len(ks)

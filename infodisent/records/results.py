@@ -2,8 +2,9 @@
 
 One accuracy vocabulary everywhere: :class:`Accuracy` (``top1``, ``top5``,
 ``loss`` where it was computed). Each result serialises with ``to_dict()`` to
-the JSON the run directory holds and loads back with ``from_dict()``; figures
-and tables take the dataclasses.
+the JSON the run directory holds and loads back with ``from_dict()``
+(:mod:`infodisent.records.serialize`); figures, tables and the sentences built
+from them (:mod:`infodisent.viz.sentences`) take the dataclasses.
 
 Example:
     >>> run = infodisent.open_run("runs/demo")
@@ -14,125 +15,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any
 
 import pandas as pd
 
 from ..errors import InputError
-
-T = TypeVar("T")
-
-
-# ----------------------------------------------------------------------------- (de)serialisation
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass (nested ones, lists, tuples, dicts) as plain JSON values; ``to_dict`` methods are used."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        own = getattr(type(obj), "to_dict", None)
-        if own is not None and own is not _DataMixin.to_dict:
-            return own(obj)
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def from_dict(cls: type[T], data: Any) -> T:
-    """Rebuild ``cls`` (a dataclass, or a typing annotation) from :func:`to_dict`'s output.
-
-    Unknown keys are an error (a file from another version), missing keys take the field's default.
-    """
-    return _convert(cls, data, cls.__name__ if isinstance(cls, type) else str(cls))
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any or tp is None:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, where)
-            except (TypeError, ValueError, KeyError) as e:
-                errors.append(str(e))
-        raise InputError(errors[0] if len(errors) == 1 else f"{where}: a {type(value).__name__} that fits none of "
-                         f"{[getattr(a, '__name__', str(a)) for a in args]} ({'; '.join(errors)[:300]})")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise InputError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
-        return value
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{where}: expected a list, got {type(value).__name__}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        if origin is tuple and args:
-            return tuple(_convert(a, v, where) for a, v in zip(args, value))
-        return [_convert(args[0] if args else Any, v, where) for v in value]
-    if origin is dict:
-        kt, vt = typing.get_args(tp) or (Any, Any)
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected an object, got {type(value).__name__}")
-        return {k: _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        own = tp.__dict__.get("from_dict")
-        if own is not None and isinstance(own, classmethod) and tp.from_dict.__func__ is not _DataMixin.from_dict.__func__:
-            return tp.from_dict(value)
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected an object for {tp.__name__}, got {type(value).__name__}")
-        hints = _type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp) if f.init}
-        unknown = set(value) - names
-        if unknown:
-            raise InputError(f"{where}: unknown keys {sorted(unknown)} for {tp.__name__}")
-        return tp(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in value.items()})
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise TypeError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
-    return value
-
-
-@functools.cache
-def _type_hints(tp: type) -> dict[str, Any]:
-    """A dataclass's resolved field types, once per class: resolving compiles every string annotation."""
-    return typing.get_type_hints(tp)
-
-
-class _DataMixin:
-    """``to_dict`` / ``from_dict`` for the result dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        return from_dict(cls, data)
-
-
-# ----------------------------------------------------------------------------- the results
+from .serialize import Record
 
 
 @dataclass(frozen=True)
-class Accuracy(_DataMixin):
+class Accuracy(Record):
     """Top-1 and top-5 accuracy (top-k over min(5, C) classes), and the cross-entropy where computed."""
 
     top1: float
@@ -141,7 +34,7 @@ class Accuracy(_DataMixin):
 
 
 @dataclass(frozen=True)
-class Sizes(_DataMixin):
+class Sizes(Record):
     """How many channels an explanation has (each field defined in docs/reference.md, "Explanation size")."""
 
     num_channels: int
@@ -157,7 +50,7 @@ class Sizes(_DataMixin):
 
 
 @dataclass(frozen=True)
-class Faithfulness(_DataMixin):
+class Faithfulness(Record):
     """Removal curves (top-k contributors vs k random channels) and the areas between them."""
 
     curves: pd.DataFrame  # k, logit_drop_top, logit_drop_random, accuracy_top, accuracy_random
@@ -170,12 +63,16 @@ class Faithfulness(_DataMixin):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Faithfulness":
+        """Rebuild from :meth:`to_dict`'s output.
+
+        Args:
+            data: the two areas and, under every other key, one column of the curves."""
         curves = pd.DataFrame({k: v for k, v in data.items() if k not in ("area_logit", "area_accuracy")})
         return cls(curves, float(data["area_logit"]), float(data["area_accuracy"]))
 
 
 @dataclass(frozen=True)
-class PartScores(_DataMixin):
+class PartScores(Record):
     """Part metrics on the synthetic ``parts`` dataset (definitions in :mod:`infodisent.eval.part_metrics`).
 
     ``purity``: share of a channel's top-k patches showing its most frequent part, mean over the
@@ -194,7 +91,7 @@ class PartScores(_DataMixin):
 
 
 @dataclass(frozen=True)
-class CubPartScores(_DataMixin):
+class CubPartScores(Record):
     """Part metrics on CUB keypoints (definitions in :mod:`infodisent.eval.part_metrics`): ``purity``
     (PIP-Net), ``consistency`` and ``stability`` (Huang et al.), each in [0, 1]; ``window_px`` is the
     side of the region around a response, ``part_groups`` the 12 keypoint groups (left/right merged)."""
@@ -212,7 +109,7 @@ class CubPartScores(_DataMixin):
 
 
 @dataclass(frozen=True)
-class ExplanationMetrics(_DataMixin):
+class ExplanationMetrics(Record):
     """All explanation metrics of a model on one split (``evaluate --explanations``)."""
 
     dataset: str
@@ -227,7 +124,7 @@ class ExplanationMetrics(_DataMixin):
 
 
 @dataclass(frozen=True)
-class Agreement(_DataMixin):
+class Agreement(Record):
     """How closely InfoDisent's head follows the backbone's own classifier (the black box) on one split.
 
     ``classifier``: ``"imagenet"`` (its ImageNet head, read on the dataset's classes) or ``"own"`` (a
@@ -241,16 +138,10 @@ class Agreement(_DataMixin):
     kl: float
     black_box: Accuracy
 
-    def sentence(self) -> str:
-        """One line for the run's output and report."""
-        which = "its ImageNet classifier read on these classes" if self.classifier == "imagenet" else "its own classifier"
-        return (f"agreement with the backbone's black box ({which}): the same class on {100 * self.top1:.1f}% of "
-                f"{self.num_images} images, KL(black box || InfoDisent) {self.kl:.3f} nats; the black box's own "
-                f"top-1 {self.black_box.top1:.3f}")
 
 
 @dataclass(frozen=True)
-class Randomised(_DataMixin):
+class Randomised(Record):
     """The model randomisation check at one level of the cascade (Adebayo et al., NeurIPS 2018): the backbone's
     last ``stages`` stages re-initialised (``modules`` parameterised modules), the trained head kept. Each
     number compares the explanations of the same images by the trained and the randomised model: the mean
@@ -266,7 +157,7 @@ class Randomised(_DataMixin):
 
 
 @dataclass(frozen=True)
-class LabelRandomisation(_DataMixin):
+class LabelRandomisation(Record):
     """The label randomisation check: a head trained as the run's was, on the training images with their labels
     shuffled. Its part purity and pointing game (on the evaluated split) beside the trained run's, beside the
     same head untrained (the backbone's own channels, picked with no label: what a frozen backbone gives
@@ -281,17 +172,12 @@ class LabelRandomisation(_DataMixin):
     pointing_game: float
     pointing_game_trained: float | None
     pointing_game_chance: float
-    purity_untrained: float | None = None  # None: written by a version without this reference
+    purity_untrained: float | None = None  # None: not recorded
     pointing_game_untrained: float | None = None
 
 
-def _refs(trained: float | None, untrained: float | None, chance: float) -> str:
-    named = (("trained", trained), ("untrained head", untrained), ("chance", chance))
-    return ", ".join(f"{name} {x:.3f}" for name, x in named if x is not None)
-
-
 @dataclass(frozen=True)
-class SanityChecks(_DataMixin):
+class SanityChecks(Record):
     """``infodisent evaluate --sanity``: does the explanation depend on the model and on the labels?"""
 
     split: str
@@ -300,36 +186,24 @@ class SanityChecks(_DataMixin):
     model: list[Randomised] = field(default_factory=list)  # one entry per level of the cascade
     labels: LabelRandomisation | None = None
 
-    def sentence(self) -> str:
-        """One line per check, for the run's output and report."""
-        lines = [f"sanity, the last {m.stages} stage{'s' if m.stages > 1 else ''} of the backbone re-initialised: "
-                 f"channel maps' rank correlation {m.map_spearman:.2f}, SSIM {m.map_ssim:.2f}; contributions' rank "
-                 f"correlation {m.ranking_spearman:.2f}; top-1 {m.top1:.2f}" for m in self.model]
-        if self.labels is not None:
-            s = self.labels
-            lines.append(f"sanity, labels shuffled: purity {s.purity:.3f} "
-                         f"({_refs(s.purity_trained, s.purity_untrained, s.purity_chance)}), pointing game "
-                         f"{s.pointing_game:.3f} ({_refs(s.pointing_game_trained, s.pointing_game_untrained, s.pointing_game_chance)}), "
-                         f"top-1 {s.top1:.3f}")
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
-class CacheUse(_DataMixin):
+class CacheUse(Record):
     path: str
     reused: bool  # True: no image passed through the backbone
     extraction_seconds: float | None = None
 
 
 @dataclass(frozen=True)
-class ProbeInfo(_DataMixin):
+class ProbeInfo(Record):
     l2: float
     holdout_accuracy: dict[str, float]  # L2 strength -> held-out top-1
     solver: str | None = None  # "lbfgs" (full batch) or "minibatch" (data beyond infodisent.train.probe.IN_MEMORY)
 
 
 @dataclass(frozen=True)
-class KSelection(_DataMixin):
+class KSelection(Record):
     """How the channels per class were chosen (:func:`infodisent.train.selection.choose_k`): each candidate's
     held-out top-1 and calibrated loss, and whether the chosen head keeps the accuracy budget."""
 
@@ -355,38 +229,10 @@ class KSelection(_DataMixin):
         """The K the loss rule chose, before any escalation (what the frontier figure stars)."""
         return self.rule_k if self.rule_k is not None else self.channels_per_class
 
-    def _lost(self, k: int, lost: float | None = None) -> str:
-        """``K=k loses x points`` (``lost``: the paired loss; default: the difference of the top-1s)."""
-        lost = self.dense_top1 - self.top1[str(k)] if lost is None else lost
-        did = f"loses {100 * lost:.1f} points" if lost > 0 else f"gains {-100 * lost:.1f} points" if lost < 0 \
-            else "loses nothing"
-        return f"K={k} {did}"
-
-    def budget(self) -> str:
-        """One sentence on the accuracy budget: loud when it is missed or the dense head is shown instead."""
-        budget = f"the {100 * self.tolerance:.1f}-point budget"
-        ref = f"against the dense head ({self.dense_top1:.3f} on {self.images} held-out images)"
-        if self.fallback:
-            went = ", ".join(self._lost(a) for a in [self.rule_k, *self.escalated])
-            return (f"WARNING: no compact head within {budget} of held-out top-1 {ref}: {went}; "
-                    "the dense head is shown (every channel counts in every decision)")
-        k = self.channels_per_class
-        lost = self.dense_top1 - self.top1[str(k)] if self.lost is None else self.lost
-        said = f"{self._lost(k, lost)} of held-out top-1 {ref}"
-        if self.escalated:
-            said = (f"{self._lost(self.rule_k)} (the loss rule's choice), outside {budget}; "
-                    f"going up ({', '.join(f'K={a}' for a in self.escalated)}), {said}")
-        if not self.within_tolerance:
-            return (f"WARNING: {said}: OUTSIDE {budget}; the compact head is kept: compare it with the dense "
-                    "head (metrics 'sparse.dense') before trusting its accuracy")
-        if self.noise is not None and lost > self.tolerance:
-            return (f"{said}: not measurably outside {budget} ({self.images} images cannot resolve less than "
-                    f"{100 * (self.tolerance + self.noise):.1f} points)")
-        return f"{said}: within {budget}"
 
 
 @dataclass(frozen=True)
-class SparseSummary(_DataMixin):
+class SparseSummary(Record):
     """What SIDE-style pruning did: channels per class after each round, and the dense head's accuracy."""
 
     channels_per_class: int | None  # None: no compact head kept the budget, the dense head is shown
@@ -399,34 +245,6 @@ class SparseSummary(_DataMixin):
     refit_epochs: int = 0  # K chosen: the chosen head then fine-tuned this long on every training image
     dense_fit: Accuracy | None = None  # dense trained again on every image: the first one (held-out images left out)
 
-    def describe(self) -> str:
-        """K, how it was chosen, what compactness cost on the test split and, loudly, a missed budget."""
-        k, sel = self.channels_per_class, self.selection
-        how = "given"
-        if sel is not None:
-            order = sorted(sel.top1, key=lambda a: -int(a))
-            if sel.loss:
-                tried = ", ".join(f"K={a}: {sel.loss[a]:.3f}" for a in order)
-                how = (f"chosen on {sel.images} held-out training images by calibrated loss "
-                       f"(dense {sel.dense_loss:.3f}; {tried}); {sel.budget()}")
-            else:  # a run from before the loss rule
-                tried = ", ".join(f"K={a}: {sel.top1[a]:.3f}" for a in order)
-                how = f"chosen on {sel.images} held-out training images (dense {sel.dense_top1:.3f}; {tried})"
-        head = f"compact head: {k} channels per class" if k is not None else "dense head (fallback)"
-        then = f"; then fine-tuned {self.refit_epochs} epochs on every training image" if self.refit_epochs else ""
-        if self.dense_fit is None:
-            return f"{head}, {how}{then}; test top-1 of the dense head before pruning: {self.dense.top1:.4f}"
-        return (f"{head}, {how}{then}; test top-1 of the dense head trained on every training image: "
-                f"{self.dense.top1:.4f} ({self.dense_fit.top1:.4f} without the held-out images)")
-
-    def cost(self, compact: Accuracy) -> str:
-        """What compactness costs, at a glance: the shipped head's test top-1 against the dense head's."""
-        if self.channels_per_class is None:
-            return (f"no compact head kept the accuracy budget: the dense head is shown (test top-1 "
-                    f"{self.dense.top1:.3f})")
-        d = compact.top1 - self.dense.top1
-        return (f"cost of compactness: {self.channels_per_class} channels per class, test top-1 {compact.top1:.3f} "
-                f"against {self.dense.top1:.3f} dense ({100 * d:+.1f} points)")
 
 
 def head_key(k: int | str | None) -> str:
@@ -439,7 +257,7 @@ def head_key(k: int | str | None) -> str:
 
 
 @dataclass(frozen=True)
-class FrontierPoint(_DataMixin):
+class FrontierPoint(Record):
     """One head a pruned run keeps (``metrics.json["frontier"]``, one per K tried and the dense reference):
     its test accuracy (with the cross-entropy), its held-out scores when K was chosen on held-out images,
     the size of its explanations on the test split, and whether it is the head the run shows.
@@ -475,7 +293,7 @@ class FrontierPoint(_DataMixin):
 
 
 @dataclass(frozen=True)
-class Selected(_DataMixin):
+class Selected(Record):
     """``infodisent select``: the head shown is not the one the run chose (``metrics.json["selected"]``)."""
 
     channels_per_class: int | None  # now shown (None: the dense head)
@@ -483,30 +301,17 @@ class Selected(_DataMixin):
     command: str = "infodisent select"
 
 
-def frontier_steps(points: list[FrontierPoint]) -> str:
-    """One sentence on what each step down in K costs and buys: the test top-1 lost, and the channels a
-    reader saves (local size) and, where measured, the consistency gained, from the largest compact K down."""
-    compact = sorted((p for p in points if p.channels_per_class is not None), key=lambda p: -p.channels_per_class)
-    if len(compact) < 2:
-        return ""
-    steps = []
-    for a, b in zip(compact, compact[1:]):
-        lost = 100 * (a.test.top1 - b.test.top1)
-        step = (f"K={a.channels_per_class}→{b.channels_per_class} "
-                f"{'costs' if lost >= 0 else 'gains'} {abs(lost):.1f} points of top-1 for "
-                f"{a.local_size - b.local_size:.1f} fewer channels per decision")
-        if a.consistency is not None and b.consistency is not None:
-            step += f" and {b.consistency - a.consistency:+.3f} consistency"
-        steps.append(step)
-    return "Each step down in K: " + "; ".join(steps)
-
-
 def _measured(x: float | None) -> float:
     return float("nan") if x is None else x
 
 
 def frontier_table(points: list[FrontierPoint]) -> pd.DataFrame:
-    """The frontier as a table, one row per kept head, largest K first (the dense head on top)."""
+    """The frontier as a table, one row per kept head, largest K first (the dense head on top).
+
+    Args:
+        points: the kept heads (``RunMetrics.frontier``).
+    Returns:
+        A DataFrame indexed by K; a purity or consistency not measured is NaN."""
     rows = sorted(points, key=lambda p: -(p.channels_per_class or 10**9))
     return pd.DataFrame({
         "K": [p.key for p in rows], "test top-1": [p.test.top1 for p in rows],
@@ -517,7 +322,7 @@ def frontier_table(points: list[FrontierPoint]) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class RunMetrics(_DataMixin):
+class RunMetrics(Record):
     """``metrics.json``: what training measured, plus the parts later commands add (``explanations``).
 
     ``infodisent`` and ``linear_probe``: test accuracy of the head and of the linear probe (an
@@ -559,7 +364,10 @@ class RunMetrics(_DataMixin):
                                    agreement=None, sanity=None)
 
     def point(self, k: int | str | None) -> FrontierPoint:
-        """The frontier's point of ``k`` (an int, ``"dense"`` or None for the dense head); an error names those kept."""
+        """The frontier's point of ``k`` (an int, ``"dense"`` or None for the dense head); an error names those kept.
+
+        Args:
+            k: the head's channels per class, or ``"dense"`` or None for the dense head."""
         key = head_key(k)
         for p in self.frontier:
             if p.key == key:
@@ -587,7 +395,7 @@ class RunMetrics(_DataMixin):
 
 
 @dataclass(frozen=True)
-class Evaluation(_DataMixin):
+class Evaluation(Record):
     """``infodisent evaluate``: accuracy of a saved run on one split (``evaluation_<dataset>_<split>.json``)."""
 
     run: str
@@ -607,5 +415,5 @@ __all__ = [
     "LabelRandomisation", "Randomised", "SanityChecks",
     "Accuracy", "Agreement", "CacheUse", "CubPartScores", "Evaluation", "ExplanationMetrics", "Faithfulness",
     "FrontierPoint", "KSelection", "PartScores", "ProbeInfo", "RunMetrics", "Selected", "Sizes", "SparseSummary",
-    "frontier_steps", "frontier_table", "from_dict", "head_key", "to_dict",
+    "frontier_table", "head_key",
 ]

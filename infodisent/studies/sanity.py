@@ -23,32 +23,38 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from .. import distributed
 from ..core.backbone import Backbone
 from ..core.geometry import upsample_map
 from ..core.head import InfoDisentHead
 from ..core.model import InfoDisent
-from ..core.options import WEIGHT_THRESHOLD, SparseOptions
 from ..data.sources import CachedSource
 from ..errors import InputError
+from ..eval.part_metrics import cell_parts, parts_purity, pointing_game
 from ..explain.explanation import explain
 from ..explain.prototypes import mine_prototypes
-from .part_metrics import cell_parts, parts_purity, pointing_game
-from .results import LabelRandomisation, Randomised, SanityChecks
-
-if TYPE_CHECKING:
-    from ..run import Run
+from ..io import atomic_write_json, read_json
+from ..records.options import WEIGHT_THRESHOLD, SparseOptions
+from ..records.results import Evaluation, LabelRandomisation, Randomised, SanityChecks
+from ..records.serialize import from_dict, to_dict
+from ..run import Run
+from ..train.sparse import prune_head, sparsify
+from ..train.training import fit
 
 
 def backbone_stages(model: nn.Module) -> list[list[str]]:
     """The names of the parameterised modules of each stage of a timm model, first stage first (the classifier
-    left out): stage ``i`` starts at ``feature_info[i]``'s module and runs to the next one's."""
+    left out): stage ``i`` starts at ``feature_info[i]``'s module and runs to the next one's.
+
+    Args:
+        model: the timm model; it must name its stages in ``feature_info``."""
     info = getattr(model, "feature_info", None)
     starts = [f["module"] for f in info] if info is not None else []
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -68,7 +74,14 @@ def backbone_stages(model: nn.Module) -> list[list[str]]:
 
 def randomise(model: nn.Module, stages: int, seed: int = 0) -> tuple[nn.Module, int]:
     """A copy of ``model`` with its last ``stages`` stages re-initialised (each module's ``reset_parameters``,
-    BatchNorm statistics reset too), seeded; returns it and how many modules were reset."""
+    BatchNorm statistics reset too), seeded; returns it and how many modules were reset.
+
+    Args:
+        model: the timm model; it is left unchanged.
+        stages: how many of its last stages are re-initialised, in ``1..`` its number of stages.
+        seed: the torch seed of the new weights. Default 0.
+    Returns:
+        ``(copy, modules)``: the copy in eval mode and the number of modules re-initialised."""
     all_stages = backbone_stages(model)
     if not 1 <= stages <= len(all_stages):
         raise InputError(f"{type(model).__name__} has {len(all_stages)} stages; cannot randomise {stages}")
@@ -105,11 +118,19 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def model_randomisation(run: "Run", split: str = "test", *, images: int = 32, channels: int = 3, cascade: int = 3,
+def model_randomisation(run: Run, split: str = "test", *, images: int = 32, channels: int = 3, cascade: int = 3,
                         seed: int = 0) -> tuple[list[Randomised], int]:
     """The model randomisation check on ``images`` images of ``split`` (a seeded choice), comparing each
     image's ``channels`` strongest channels (by the size of their contribution to the predicted class), for
-    the last 1, 2, ..., ``cascade`` stages re-initialised. Returns the levels and the images compared."""
+    the last 1, 2, ..., ``cascade`` stages re-initialised. Returns the levels and the images compared.
+
+    Args:
+        run: the run checked; its backbone is copied, its trained head kept.
+        split: the split the images come from. Default ``"test"``.
+        images: how many images are compared (all of the split's when it has fewer). Default 32.
+        channels: the strongest channels per image whose maps are compared. Default 3.
+        cascade: the most stages re-initialised (at most the backbone's number of stages). Default 3.
+        seed: seeds the choice of images and the new weights. Default 0."""
     ds = run.dataset(split)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(ds), size=min(images, len(ds)), replace=False))
@@ -149,7 +170,17 @@ def model_randomisation(run: "Run", split: str = "test", *, images: int = 32, ch
 
 def purity_chance(dataset, transform, grid: tuple[int, int], channels: int, k: int, seed: int = 0) -> float:
     """The purity of ``channels`` made-up channels whose ``k`` patches lie at random cells of random images of
-    ``dataset`` (scored as :func:`~infodisent.eval.part_metrics.parts_purity` scores a channel)."""
+    ``dataset`` (scored as :func:`~infodisent.eval.part_metrics.parts_purity` scores a channel).
+
+    Args:
+        dataset: a dataset with part masks (the synthetic ``parts`` dataset).
+        transform: the model's evaluation transform (it places the cells on the images).
+        grid: the feature map's ``(H, W)``.
+        channels: how many made-up channels are scored.
+        k: patches per channel.
+        seed: seeds the random images and cells. Default 0.
+    Returns:
+        The mean purity over the made-up channels."""
     rng = np.random.default_rng(seed)
     gh, gw = grid
     images = rng.integers(0, len(dataset), size=(channels, k))
@@ -176,7 +207,7 @@ class _Scored(NamedTuple):
     grid: tuple[int, int]
 
 
-def _scores(run: "Run", head: InfoDisentHead, ds, test, k: int) -> _Scored:
+def _scores(run: Run, head: InfoDisentHead, ds, test, k: int) -> _Scored:
     """Purity, pointing game and top-1 of ``head`` on the run's backbone, its prototypes mined on ``test``."""
     head.eval()
     model = InfoDisent(run.model.backbone, head, list(run.class_names))
@@ -191,7 +222,7 @@ def _scores(run: "Run", head: InfoDisentHead, ds, test, k: int) -> _Scored:
                    index.grid)
 
 
-def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: int = 10,
+def label_randomisation(run: Run, split: str = "test", *, seed: int = 0, k: int = 10,
                         untrained_seeds: int = 3) -> LabelRandomisation:
     """The label randomisation check (needs the synthetic ``parts`` dataset, whose masks score purity and the
     pointing game, and the run's training feature cache): a head trained as the run's was (its FitConfig; a
@@ -201,9 +232,14 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
     identity, so its channels are the backbone's own, each class's K picked by its initial weights; the mean
     over ``untrained_seeds`` initialisations from the run's seed on): what a frozen backbone gives with no
     label at all. A head that learnt nothing from the labels scores near the untrained head, which lies well
-    above chance when the backbone's channels already fire on objects."""
-    from ..train.sparse import prune_head, sparsify
-    from ..train.training import fit
+    above chance when the backbone's channels already fire on objects.
+
+    Args:
+        run: the run checked (its dataset must be ``parts``, its training features cached).
+        split: the split the heads' prototypes are mined and scored on. Default ``"test"``.
+        seed: seeds the label shuffle and the chance references. Default 0.
+        k: patches per channel for the mining and the purity. Default 10.
+        untrained_seeds: how many untrained heads the untrained reference averages. Default 3."""
 
     if untrained_seeds < 1:
         raise InputError(f"untrained_seeds must be at least 1, got {untrained_seeds}")
@@ -244,12 +280,38 @@ def label_randomisation(run: "Run", split: str = "test", *, seed: int = 0, k: in
         pointing_game_untrained=float(np.mean([b.pointing_game for b in before])))
 
 
-def sanity_checks(run: "Run", split: str = "test", *, images: int = 32, channels: int = 3, cascade: int = 3,
-                  labels: bool = True, seed: int = 0) -> SanityChecks:
-    """Both checks (the label check where the dataset has part masks); see the module docstring."""
+def sanity_checks(run: Run, split: str = "test", *, images: int = 32, channels: int = 3, cascade: int = 3,
+                  labels: bool = True, seed: int = 0, record: bool = False) -> SanityChecks:
+    """Both checks (the label check where the dataset has part masks); see the module docstring.
+
+    Args:
+        run: the run whose explanations are checked (on its own dataset).
+        split: the split whose images the model randomisation compares. Default ``"test"``.
+        images: how many of its images. Default 32.
+        channels: top channels per image whose maps are compared. Default 3.
+        cascade: backbone stages re-initialised, one more per level. Default 3.
+        labels: also run the label randomisation (it trains a head). Default True.
+        seed: seeds the randomisation and the shuffle. Default 0.
+        record: write the result where ``infodisent evaluate --sanity`` does: ``metrics.json["sanity"]`` (the
+            test split of the head shown) and the split's evaluation file, if there is one. Default False."""
+    if record and not run.shown:
+        raise InputError("the sanity checks are recorded for the head shown: check them there, "
+                         "or `infodisent select` this head first")
     levels, n = model_randomisation(run, split, images=images, channels=channels, cascade=cascade, seed=seed)
     shuffled = label_randomisation(run, split, seed=seed) if labels and hasattr(run.dataset(split), "masks") else None
-    return SanityChecks(split=split, images=n, channels=channels, model=levels, labels=shuffled)
+    checks = SanityChecks(split=split, images=n, channels=channels, model=levels, labels=shuffled)
+    if record and distributed.current().main:
+        _record(run, split, checks)
+    return checks
+
+
+def _record(run: Run, split: str, checks: SanityChecks) -> None:
+    if split == "test" and run.files.metrics.is_file():
+        run.update_metrics(sanity=checks)
+    path = run.head_files.evaluation(run.dataset_spec(split).name, split)
+    if path.is_file():
+        evaluation = from_dict(Evaluation, read_json(path))
+        atomic_write_json(path, to_dict(replace(evaluation, sanity=checks)))
 
 
 __all__ = ["backbone_stages", "label_randomisation", "model_randomisation", "purity_chance", "randomise",

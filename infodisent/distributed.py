@@ -53,14 +53,25 @@ class Shard:
         return self.world > 1
 
     def take(self, items: Sequence[T]) -> Sequence[T]:
-        """This rank's part of one global batch: ``items[rank::world]``."""
+        """This rank's part of one global batch: ``items[rank::world]``.
+
+        Args:
+            items: the global batch (any sliceable sequence: positions, a tensor)."""
         return items[self.rank :: self.world]
 
 
 def global_batches(n: int, batch_size: int, shuffle: bool, seed: int) -> Iterator[np.ndarray]:
     """Positions ``0..n-1`` in batches of ``batch_size``: a seeded permutation when shuffling (the same
     one :meth:`~infodisent.data.features.FeatureCache.batches` draws), else in order. Every process draws the
-    same batches."""
+    same batches.
+
+    Args:
+        n: number of items.
+        batch_size: items per batch (the last batch may be smaller).
+        shuffle: draw a seeded permutation instead of keeping the order.
+        seed: the permutation's seed (unused without ``shuffle``).
+    Returns:
+        An iterator over arrays of positions, one per batch."""
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     for s in range(0, n, batch_size):
         yield order[s : s + batch_size]
@@ -72,7 +83,14 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
 
     Unlike :class:`~torch.utils.data.distributed.DistributedSampler`, which pads the epoch with repeated
     images and gives each process its own contiguous stream, N processes here see exactly the one-process
-    batches, so they train the one-process head."""
+    batches, so they train the one-process head.
+
+    Args:
+        n: number of items in the dataset.
+        batch_size: images per global batch (as in one process).
+        shuffle: draw the seeded permutation of :func:`global_batches` instead of keeping the order.
+        seed: that permutation's seed.
+        shard: this process's place, usually :func:`current`."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, shard: Shard) -> None:
         self.n, self.batch_size, self.shuffle, self.seed, self.shard = n, batch_size, shuffle, seed, shard
@@ -105,7 +123,13 @@ TIMEOUT = timedelta(hours=12)
 def setup(device: str) -> str:
     """Join the process group ``torchrun`` prepared (once per process) and return this process's
     device: any ``cuda`` device becomes ``cuda:LOCAL_RANK`` (choose the GPUs with
-    ``CUDA_VISIBLE_DEVICES``). Without a launcher: ``device`` unchanged."""
+    ``CUDA_VISIBLE_DEVICES``). Without a launcher: ``device`` unchanged.
+
+    Args:
+        device: the device asked for (``"cuda"``, ``"cpu"``, ...); NCCL is used when it is a CUDA device,
+            gloo otherwise.
+    Returns:
+        The device this process uses."""
     if not launched():
         return device
     cuda = str(device).startswith("cuda")
@@ -125,7 +149,10 @@ def barrier() -> None:
 
 
 def gather_objects(obj: T) -> list[T]:
-    """Every rank's ``obj`` on every rank, in rank order (``[obj]`` in one process)."""
+    """Every rank's ``obj`` on every rank, in rank order (``[obj]`` in one process).
+
+    Args:
+        obj: this rank's object (picklable)."""
     shard = current()
     if not shard.active:
         return [obj]
@@ -135,7 +162,10 @@ def gather_objects(obj: T) -> list[T]:
 
 
 def gather_to_main(obj: T) -> list[T] | None:
-    """Every rank's ``obj``, in rank order, on rank 0 (None on the others; ``[obj]`` in one process)."""
+    """Every rank's ``obj``, in rank order, on rank 0 (None on the others; ``[obj]`` in one process).
+
+    Args:
+        obj: this rank's object (picklable)."""
     shard = current()
     if not shard.active:
         return [obj]
@@ -145,7 +175,11 @@ def gather_to_main(obj: T) -> list[T] | None:
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
-    """Rank ``src``'s ``obj`` on every rank."""
+    """Rank ``src``'s ``obj`` on every rank.
+
+    Args:
+        obj: the object sent (picklable); ignored on the other ranks.
+        src: the rank whose object is sent. Default 0."""
     if not current().active:
         return obj
     box = [obj]
@@ -154,7 +188,10 @@ def broadcast_object(obj: T, src: int = 0) -> T:
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of ``t`` over ranks (in place; ``t`` itself in one process)."""
+    """The sum of ``t`` over ranks (in place; ``t`` itself in one process).
+
+    Args:
+        t: this rank's tensor, of the same shape on every rank; overwritten with the sum."""
     if not current().active:
         return t
     if dist.get_backend() == "nccl" and t.device.type != "cuda":  # NCCL reduces CUDA tensors only
@@ -167,7 +204,10 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
 
 def unshard(pieces: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     """Put strided batch pieces back together: ``pieces[r][b]`` is rank ``r``'s part ``g_b[r::world]``
-    of global batch ``b``; returns the global batches in order (dimension 0 interleaved)."""
+    of global batch ``b``; returns the global batches in order (dimension 0 interleaved).
+
+    Args:
+        pieces: per rank, its list of batch pieces (as gathered by :func:`gather_objects`)."""
     world = len(pieces)
     if world == 1:
         return list(pieces[0])
@@ -183,7 +223,11 @@ def unshard(pieces: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 
 def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``module`` wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` when several
-    processes train (gradients averaged across them), else ``module`` itself."""
+    processes train (gradients averaged across them), else ``module`` itself.
+
+    Args:
+        module: the module trained.
+        device: its device; a CUDA device is passed to DDP as ``device_ids``."""
     if not current().active:
         return module
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None

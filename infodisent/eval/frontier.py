@@ -18,10 +18,10 @@ import torch
 
 from ..core.head import InfoDisentHead
 from ..data.sources import FeatureSource
-from ..eval.metrics import size_summary
-from ..eval.results import FrontierPoint
-from .selection import HeldOut
-from .training import classification_metrics, forward_all
+from ..records.results import FrontierPoint
+from ..train.selection import HeldOut
+from ..train.training import classification_metrics, forward_all
+from .metrics import size_summary
 
 
 @torch.no_grad()
@@ -33,9 +33,9 @@ def frontier_point(head: InfoDisentHead, test: FeatureSource, channels_per_class
         head: the head (pruned, or the dense reference).
         test: the test split's features (every process's share under torchrun: the scores are of all of them).
         channels_per_class: its K (None: the dense head).
-        held: its scores on the held-out images K was chosen on (default None: K was given).
-        shown: whether it is the head the run shows (default False).
-        amp: bfloat16 autocast on CUDA (default True).
+        held: its scores on the held-out images K was chosen on. Default None: K was given.
+        shown: whether it is the head the run shows. Default False.
+        amp: bfloat16 autocast on CUDA. Default True.
     """
     logits, labels, vs = forward_all(head, test, amp, values=True)
     with torch.no_grad():

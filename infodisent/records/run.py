@@ -1,14 +1,14 @@
-"""Typed configurations: what ``infodisent train`` takes (:class:`RunConfig`) and what ``config.json`` holds.
+"""The run's records: what ``infodisent train`` takes (:class:`RunConfig`) and what ``config.json`` holds
+(:class:`RunRecord`: the model, how it was trained and, for an edited run, where it comes from).
 
 Every option is checked where it is given: a wrong dataset, loss, pooling,
 orthogonal map or relaxation fails when the dataclass is built (before any
-image is read), with the allowed values. ``config.json`` is parsed once into a
-:class:`ModelConfig`; its ``version`` is checked, and a file written by another
-format version gets an error that says which.
+image is read), with the allowed values. A ``config.json`` of another format
+version gets an error that says which.
 
 Example:
     >>> cfg = RunConfig(out="runs/cub", dataset="cub", root="/data/CUB_200_2011")
-    >>> ModelConfig.read("runs/cub/config.json").backbone.name
+    >>> infodisent.open_run("runs/demo").config.run.fit.epochs
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .core.backbone import DEFAULT_BACKBONE, OFFLINE_WEIGHTS, WeightsSource
-from .core.head import HeadConfig
-from .core.options import FitConfig, SparseOptions
-from .data.datasets import DATASETS, DatasetSpec, PartsConfig
-from .errors import InfodisentError, InputError
-from .eval.results import from_dict
-from .io import CorruptFileError, read_json
+from ..errors import CorruptFileError, InfodisentError, InputError
+from .data import DatasetSpec, PartsConfig, check_dataset
+from .model import DEFAULT_BACKBONE, OFFLINE_WEIGHTS, BackboneSpec, HeadConfig, ModelConfig
+from .options import FitConfig, SparseOptions
+from .serialize import Record, from_dict
 
 CONFIG_VERSION = 2
 
@@ -33,7 +31,7 @@ class ConfigVersionError(InfodisentError, ValueError):
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Record):
     """Everything ``infodisent train`` needs. ``head`` leaves the feature and class counts to the data."""
 
     out: str
@@ -67,8 +65,7 @@ class RunConfig:
     sparse: SparseOptions | None = field(default_factory=SparseOptions)
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise InputError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        check_dataset(self.dataset)
         if self.dataset != "parts" and self.root is None:
             raise InputError(f"dataset {self.dataset!r} needs a root (the folder holding its files)")
         if self.parts is not None and self.dataset != "parts":
@@ -89,7 +86,10 @@ class RunConfig:
             raise InputError(f"RunConfig.teacher (the weight of the black box's logits) must be in (0, 1], got {self.teacher}")
 
     def dataset_spec(self, split: str) -> DatasetSpec:
-        """How to build ``split`` of this run's dataset."""
+        """How to build ``split`` of this run's dataset.
+
+        Args:
+            split: ``"train"`` or ``"test"``."""
         return DatasetSpec(self.dataset, self.root, split, self.max_classes, self.parts)
 
     def recorded(self) -> dict[str, Any]:
@@ -101,19 +101,32 @@ class RunConfig:
 
     @classmethod
     def from_recorded(cls, data: dict[str, Any]) -> "RunConfig":
+        """Rebuild the configuration :meth:`recorded` stored (progress bars off; resume and overwrite at their
+        defaults).
+
+        Args:
+            data: ``config.json``'s ``run`` object."""
         return from_dict(cls, {**data, "progress": False})
 
 
 def demo_config(out: str = "runs/demo", **overrides: Any) -> RunConfig:
-    """The embedded default: offline EfficientNet-Lite0 on the synthetic parts dataset."""
+    """The embedded default: offline EfficientNet-Lite0 on the synthetic parts dataset.
+
+    Args:
+        out: the run directory. Default ``"runs/demo"``.
+        **overrides: other :class:`RunConfig` fields, passed to ``dataclasses.replace``."""
     cfg = RunConfig(out=out, dataset="parts", overwrite=True, fit=FitConfig(epochs=20))
     return replace(cfg, **overrides)
 
 
 def tutorial_config(out: str = "runs/tutorial", **overrides: Any) -> RunConfig:
     """The tutorials' run: the demo's setting on a smaller parts dataset (15 classes, 16 training and 8 test
-    images each, 12 dense epochs, shorter fine-tuning), about a minute on a 2-core CPU, a second with
-    :func:`open_or_train` once it exists."""
+    images each, 12 dense epochs, shorter fine-tuning): a short training (its time is in
+    ``docs/results/running-times.md``), opened at once with :func:`open_or_train` once it exists.
+
+    Args:
+        out: the run directory. Default ``"runs/tutorial"``.
+        **overrides: other :class:`RunConfig` fields, passed to ``dataclasses.replace``."""
     cfg = RunConfig(out=out, dataset="parts", parts=PartsConfig(train_per_class=16, test_per_class=8),
                     fit=FitConfig(epochs=12), sparse=SparseOptions(finetune_epochs=6, round_epochs=2),
                     progress=False)
@@ -121,20 +134,8 @@ def tutorial_config(out: str = "runs/tutorial", **overrides: Any) -> RunConfig:
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
-    """The backbone a head was trained on."""
-
-    name: str
-    weights: WeightsSource
-    num_features: int
-    feature_shape: tuple[int, int, int]
-    # whether the model's own classifier reads the map as it is (CNNs); None in runs that did not record it
-    classifier_reads_map: bool | None = None
-
-
-@dataclass(frozen=True)
-class EditRecord:
-    """Where an edited run comes from (:meth:`Run.edit <infodisent.run.Run.edit>`): the run it was made from,
+class EditRecord(Record):
+    """Where an edited run comes from (:func:`infodisent.studies.shortcuts.edit`): the run it was made from,
     the channels switched off, and how long it was fine-tuned with them off (U fixed)."""
 
     source: str
@@ -143,31 +144,26 @@ class EditRecord:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """``config.json``: everything needed to rebuild a run's model and its dataset."""
+class RunRecord:
+    """``config.json``: the model (:class:`~infodisent.records.model.ModelConfig`), how it was trained
+    (``run``; None for a head saved outside ``train_run``) and, for an edited run, its provenance."""
 
-    backbone: BackboneSpec
-    data: dict[str, Any]  # timm's data config (input_size, mean, std, interpolation, crop_pct, ...)
-    head: HeadConfig
-    class_names: tuple[str, ...]
-    run: RunConfig | None = None  # how it was trained (None for a head saved outside train_run)
-    channels_per_class: int | None = None  # of a pruned head: the most channels any class keeps
+    model: ModelConfig
+    run: RunConfig | None = None
+    edit: EditRecord | None = None
     version: int = CONFIG_VERSION
-    edit: EditRecord | None = None  # an edited run: its provenance
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the model's fields at the top, ``run`` and ``edit`` beside them."""
+        m = self.model
         d = {
             "version": self.version,
-            "backbone": {**asdict(self.backbone), "feature_shape": list(self.backbone.feature_shape)},
-            "data": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data.items()},
-            "head": self.head.to_dict(),
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-            "channels_per_class": self.channels_per_class,
+            "backbone": {**asdict(m.backbone), "feature_shape": list(m.backbone.feature_shape)},
+            "data": {k: list(v) if isinstance(v, tuple) else v for k, v in m.data.items()},
+            "head": asdict(m.head),
+            "num_classes": m.num_classes,
+            "class_names": list(m.class_names),
+            "channels_per_class": m.channels_per_class,
         }
         if self.run is not None:
             d["run"] = self.run.recorded()
@@ -177,7 +173,13 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str | Path = "config.json") -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any], where: str | Path = "config.json") -> "RunRecord":
+        """Parse ``config.json``'s content; ``where`` names the file in errors (another version, a damaged
+        field, class names that do not fit the head).
+
+        Args:
+            data: the parsed JSON object.
+            where: the file, named in errors. Default ``"config.json"``."""
         version = data.get("version") if isinstance(data, dict) else None
         if version != CONFIG_VERSION:
             newer = isinstance(version, int) and version > CONFIG_VERSION
@@ -188,26 +190,23 @@ class ModelConfig:
             )
         try:
             run = RunConfig.from_recorded(data["run"]) if data.get("run") else None
-            cfg = cls(
-                backbone=from_dict(BackboneSpec, data["backbone"]),
+            backbone = from_dict(BackboneSpec, data["backbone"])
+            if backbone.model_kwargs is None and run is not None and run.model_kwargs:
+                backbone = replace(backbone, model_kwargs=run.model_kwargs)  # recorded with the run only
+            model = ModelConfig(
+                backbone=backbone,
                 data={k: tuple(v) if isinstance(v, list) else v for k, v in data["data"].items()},
                 head=from_dict(HeadConfig, data["head"]),
                 class_names=tuple(data["class_names"]),
-                run=run,
                 channels_per_class=data.get("channels_per_class"),
-                version=version,
-                edit=from_dict(EditRecord, data["edit"]) if data.get("edit") else None,
             )
+            record = cls(model, run, from_dict(EditRecord, data["edit"]) if data.get("edit") else None, version)
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(where, f"not a valid run configuration: {type(e).__name__}: {e}") from e
-        if data.get("num_classes", cfg.num_classes) != cfg.num_classes or cfg.head.num_classes != cfg.num_classes:
-            raise CorruptFileError(where, f"{cfg.num_classes} class names for a head of {cfg.head.num_classes} classes")
-        return cfg
-
-    @classmethod
-    def read(cls, path: str | Path) -> "ModelConfig":
-        return cls.from_dict(read_json(path), path)
+        if data.get("num_classes", model.num_classes) != model.num_classes:
+            raise CorruptFileError(where, f"{model.num_classes} class names, and num_classes says {data['num_classes']}")
+        return record
 
 
-__all__ = ["CONFIG_VERSION", "BackboneSpec", "ConfigVersionError", "ModelConfig", "RunConfig", "demo_config",
+__all__ = ["CONFIG_VERSION", "ConfigVersionError", "EditRecord", "RunConfig", "RunRecord", "demo_config",
            "tutorial_config"]

@@ -32,20 +32,28 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import RunConfig
-from ..data import distributed
+from .. import distributed
 from ..errors import InputError
 from ..io import atomic_write_text
 from ..pipeline import evaluate_run, train_run
-from ..run import Run
-from ..train.sparse import SparseOptions
-from .results import Evaluation, RunMetrics
+from ..records.options import SparseOptions
+from ..records.results import Evaluation, RunMetrics
+from ..records.run import RunConfig
+from ..run import open_run
 
 ABLATIONS = "ablations.csv"
 
 
 def variants(base: RunConfig, channels_per_class: int = 5, finetune_epochs: int | None = None) -> dict[str, RunConfig]:
-    """The grid's run configurations, each in ``<base.out>/<name>``."""
+    """The grid's run configurations, each in ``<base.out>/<name>``.
+
+    Args:
+        base: the run every variant starts from (its ``sparse`` options serve ``compact`` only).
+        channels_per_class: K of the fixed-K sparse variants. Default 5.
+        finetune_epochs: fine-tuning epochs after the last prune, for every sparse variant. Default None:
+            those of ``base.sparse`` (or of the default :class:`SparseOptions`).
+    Returns:
+        The configurations by variant name, each overwriting its directory."""
     h, f = base.head, base.fit
     compact = base.sparse or SparseOptions()
     ft = finetune_epochs if finetune_epochs is not None else compact.finetune_epochs
@@ -68,7 +76,13 @@ def variants(base: RunConfig, channels_per_class: int = 5, finetune_epochs: int 
 
 
 def table_row(name: str, cfg: RunConfig, metrics: RunMetrics, ev: Evaluation) -> dict[str, Any]:
-    """One row of the grid's table: the variant's settings, accuracy and explanation metrics."""
+    """One row of the grid's table: the variant's settings, accuracy and explanation metrics.
+
+    Args:
+        name: the variant's name.
+        cfg: its run configuration.
+        metrics: its training's metrics.
+        ev: its test evaluation, with explanation metrics."""
     e = ev.explanations
     size, faith = e.size, e.faithfulness
     row = {
@@ -97,6 +111,16 @@ def ablation_grid(
     With ``names``, the rows of those variants replace theirs in an existing table. With ``resume``,
     a variant whose run directory already holds its finished run is not trained again, only
     evaluated (e.g. after a metric changed); an unfinished one continues.
+
+    Args:
+        base: the run every variant starts from; the table goes in ``base.out``.
+        channels_per_class: K of the fixed-K sparse variants. Default 5.
+        names: the variants run. Default None: all of them.
+        stability: include the stability metric in each evaluation. Default True.
+        finetune_epochs: fine-tuning epochs after the last prune (:func:`variants`). Default None.
+        resume: keep finished variants and continue unfinished ones instead of training afresh. Default False.
+    Returns:
+        The table, one row per variant (:func:`table_row`).
     """
     grid = variants(base, channels_per_class, finetune_epochs)
     unknown = set(names or []) - set(grid)
@@ -110,7 +134,7 @@ def ablation_grid(
             cfg = replace(cfg, overwrite=False, resume=True)
         result = train_run(cfg)
         ev = evaluate_run(
-            Run.open(cfg.out, device=cfg.device), "test", batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+            open_run(cfg.out, device=cfg.device), "test", batch_size=cfg.batch_size, num_workers=cfg.num_workers,
             progress=cfg.progress, explanations=True, stability=stability,
         )
         rows.append(table_row(name, cfg, result.metrics, ev))
