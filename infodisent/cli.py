@@ -1,5 +1,7 @@
 """The ``infodisent`` command: ``demo``, ``train``, ``evaluate``, ``mine``, ``report``, ``ablate``, ``select``.
 
+A face (the top floor, tests/test_layout.py): it may use every room; nothing in the package imports it.
+
 argparse lives here only; each subcommand turns its arguments into the
 library's dataclasses and calls one function of :mod:`infodisent.pipeline`.
 """

@@ -1,5 +1,8 @@
 """Several processes, one result: PyTorch's DDP under ``torchrun``.
 
+Infrastructure, floor 1 (tests/test_layout.py): it imports nothing of the package; the
+cache, training, mining and the jobs read the process group through it.
+
 ``torchrun --nproc_per_node=N -m infodisent train ...`` starts N processes and sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous; :func:`setup` joins the process group once
 (NCCL on CUDA, gloo on the CPU). Everything else reads the group through :func:`current`, so a

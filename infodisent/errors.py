@@ -2,6 +2,7 @@
 service) can tell a user's mistake (a wrong path, a value out of range, a damaged file, a run of
 another backbone), which gets a message, from a bug, which gets a traceback. Each error also keeps
 the built-in base it had (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` still works.
+The bottom floor (tests/test_layout.py): it imports nothing of the package.
 
 Example:
     >>> try:

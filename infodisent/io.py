@@ -1,4 +1,6 @@
-"""File helpers: atomic writes (a temporary name renamed into place), JSON, checksums."""
+"""File helpers: atomic writes (a temporary name renamed into place), JSON, checksums.
+
+Infrastructure, floor 1 (tests/test_layout.py): it imports only :mod:`infodisent.errors`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The commands behind the CLI: train (``train``, ``demo``), ``evaluate`` and ``mine``.
 
+Floor 9 (tests/test_layout.py): above the run directory (:mod:`infodisent.run`) and every room below it;
+the studies and the faces build on it.
+
 backbone → datasets → feature cache (or streaming) → InfoDisent head and the
 linear-probe reference → test accuracy of both → a run directory (file names:
 :class:`~infodisent.run.RunFiles`). ``config.json`` and the head are written

@@ -1,5 +1,8 @@
 """One handle on a run directory: its files, its typed configuration, and everything built from them.
 
+Floor 8 (tests/test_layout.py): it may use every room below (records to viz); the jobs
+(:mod:`infodisent.pipeline`), the studies and the faces build on it.
+
 A run directory (written by ``infodisent train``) holds:
 
 - ``config.json``: the model's configuration and how it was trained (:class:`~infodisent.records.run.RunRecord`)

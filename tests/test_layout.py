@@ -6,6 +6,7 @@ feature-cache writer. Every import statement counts, at any depth."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -92,6 +93,18 @@ def test_every_room_has_a_floor():
     rooms = {room(m) for m in _modules()} - {None}
     assert rooms - set(FLOOR) == set(), "a room missing from FLOORS: give it its floor here and in DESIGN §3"
     assert set(FLOOR) - rooms == set(), "FLOORS names a room the package no longer has"
+
+
+def test_each_room_says_its_floor_where_a_reader_starts():
+    """A room's docstring (its package ``__init__`` or its module) names its floor as this list does: reading it
+    tells where it stands and what it may touch."""
+    mods = _modules()
+    for r, floor in FLOOR.items():
+        doc = ast.get_docstring(ast.parse(mods[f"infodisent.{r}"].read_text())) or ""
+        said = [int(n) for n in re.findall(r"[Ff]loor (\d+)", doc)]
+        said += [0] * ("bottom floor" in doc) + [len(FLOORS) - 1] * ("top floor" in doc)
+        assert said, f"infodisent.{r}'s docstring does not say its floor ({floor})"
+        assert set(said) == {floor}, f"infodisent.{r}'s docstring says floor {said}, the layout puts it on {floor}"
 
 
 def test_no_module_imports_from_a_floor_above_its_own():

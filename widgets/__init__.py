@@ -2,7 +2,8 @@
 
 Thin shells over :class:`~infodisent.run.Run`, :mod:`~infodisent.explain.explanation`, :mod:`~infodisent.explain.render` and
 :mod:`~infodisent.viz.plots` (stock ipywidgets 8, plotly ``FigureWidget``, ipyevents for clicks on images; no
-front-end build). Each has ``.static(...)`` for places without a widget manager.
+front-end build). Each has ``.static(...)`` for places without a widget manager. A face (the top floor,
+tests/test_layout.py): they call the library and draw; nothing in the package imports them.
 
 Example:
     >>> from infodisent.widgets import ChannelBrowser, DecisionExplorer, TrainingPanel
