@@ -230,6 +230,10 @@ class _Setting:
     def main(self) -> bool:
         return distributed.current().main
 
+    @property
+    def checkpoint_paths(self) -> CheckpointPaths:
+        return CheckpointPaths(self.files.checkpoint, self.files.history)
+
 
 @dataclass
 class _Trained:
@@ -306,7 +310,7 @@ class _Teaching:
 def _train_dense(s: _Setting, src: _Sources, how: _Teaching, monitor: Monitor | None) -> pd.DataFrame:
     """The paper's dense head (``s.head``, trained in place); resumable from its checkpoint."""
     cfg = s.cfg
-    return fit(s.head, src.train, src.test, how.fit, CheckpointPaths(s.files.checkpoint, s.files.history),
+    return fit(s.head, src.train, src.test, how.fit, s.checkpoint_paths,
                cfg.resume, cfg.progress, cfg.device, monitor, how.teacher)
 
 
@@ -346,7 +350,7 @@ def _prune_and_refit(s: _Setting, src: _Sources, how: _Teaching, history: pd.Dat
                       _kept_head_file(s.files, point.key))
         if selection is not None and not selection.within_tolerance:  # a miss, or the fallback
             warnings.warn(sentences.budget(selection), BudgetWarning, stacklevel=3)
-        _save_pruned(CheckpointPaths(s.files.checkpoint, s.files.history), head, history, dense, dense_fit,
+        _save_pruned(s.checkpoint_paths, head, history, dense, dense_fit,
                      cfg.sparse, selection, frontier)
     return _Trained(head, history, dense, dense_fit, selection, frontier)
 

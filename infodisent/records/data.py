@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import InputError
@@ -59,9 +59,11 @@ class PartsConfig(Record):
     shortcut_size: float = 0.25  # the mark's side, as a fraction of the image side (56 px at 224)
 
     def __post_init__(self) -> None:
-        for name in ("margin", "shortcut_share", "shortcut_test_share", "shortcut_size"):  # 1 and 1.0: one cache key
-            object.__setattr__(self, name, float(getattr(self, name)))
-        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        for f in fields(self):  # the float fields hold floats: 1 and 1.0 give one cache key
+            if f.type == "float":
+                object.__setattr__(self, f.name, float(getattr(self, f.name)))
+            elif f.type == "tuple[float, float]":
+                object.__setattr__(self, f.name, tuple(float(s) for s in getattr(self, f.name)))
         if not (0 <= self.shortcut_share <= 1 and 0 <= self.shortcut_test_share <= 1 and 0 < self.shortcut_size < 0.5):
             raise InputError("PartsConfig needs shortcut_share and shortcut_test_share in [0, 1] and "
                              f"0 < shortcut_size < 0.5; got {self}")

@@ -21,7 +21,7 @@ from ..errors import CorruptFileError, InfodisentError, InputError
 from .data import DatasetSpec, PartsConfig, check_dataset
 from .model import DEFAULT_BACKBONE, OFFLINE_WEIGHTS, BackboneSpec, HeadConfig, ModelConfig
 from .options import FitConfig, SparseOptions
-from .serialize import Record, from_dict
+from .serialize import Record, from_dict, to_dict
 
 CONFIG_VERSION = 2
 
@@ -156,20 +156,12 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: the model's fields at the top, ``run`` and ``edit`` beside them."""
         m = self.model
-        d = {
-            "version": self.version,
-            "backbone": {**asdict(m.backbone), "feature_shape": list(m.backbone.feature_shape)},
-            "data": {k: list(v) if isinstance(v, tuple) else v for k, v in m.data.items()},
-            "head": asdict(m.head),
-            "num_classes": m.num_classes,
-            "class_names": list(m.class_names),
-            "channels_per_class": m.channels_per_class,
-        }
+        d = {"version": self.version, "backbone": to_dict(m.backbone), "data": to_dict(m.data), "head": to_dict(m.head),
+             "num_classes": m.num_classes, "class_names": list(m.class_names), "channels_per_class": m.channels_per_class}
         if self.run is not None:
             d["run"] = self.run.recorded()
         if self.edit is not None:
-            d["edit"] = {"source": self.edit.source, "disabled": list(self.edit.disabled),
-                         "finetune_epochs": self.edit.finetune_epochs}
+            d["edit"] = to_dict(self.edit)
         return d
 
     @classmethod

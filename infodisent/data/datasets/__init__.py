@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import InputError
-from ...records.data import SPLITS, DatasetSpec, PartsConfig, check_dataset, check_split
+from ...records.data import DatasetSpec, PartsConfig, check_dataset, check_split
 from .base import DatasetLayoutError, ImageDataset, ImageReadError, read_image, to_rgb
 from .cub import CUB200
 from .folder import ImageFolderDataset
@@ -69,9 +69,6 @@ def from_spec(spec: DatasetSpec, transform: Callable | None = None) -> ImageData
 
 
 __all__ = [
-    "DatasetSpec",
-    "SPLITS",
-    "check_split",
     "DATASETS",
     "CUB200",
     "DatasetLayoutError",
@@ -79,7 +76,6 @@ __all__ = [
     "ImageFolderDataset",
     "ImageNet",
     "ImageReadError",
-    "PartsConfig",
     "PartsDataset",
     "StanfordCars",
     "StanfordDogs",
